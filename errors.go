@@ -1,0 +1,57 @@
+package tollgate
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// ErrOpen is matched (with errors.Is) by every error the breaker returns
+// instead of sending a request.
+var ErrOpen = errors.New("tollgate: circuit open")
+
+// OpenError is returned, in fail-fast mode, for a request the breaker
+// refused to send. It says when the breaker expects to let requests through
+// again and why it opened. errors.Is(err, ErrOpen) reports true for it.
+type OpenError struct {
+	Key    Key       // the (provider, model family) whose breaker is open
+	Until  time.Time // when the pause ends; zero when unknown
+	Reason string    // why the breaker opened, e.g. "retry-after", "overloaded"
+}
+
+func (e *OpenError) Error() string {
+	if e.Until.IsZero() {
+		return fmt.Sprintf("tollgate: circuit open for %s (%s)", e.Key, e.Reason)
+	}
+	return fmt.Sprintf("tollgate: circuit open for %s until %s (%s)",
+		e.Key, e.Until.UTC().Format(time.RFC3339Nano), e.Reason)
+}
+
+// Is reports whether target is ErrOpen.
+func (e *OpenError) Is(target error) bool { return target == ErrOpen }
+
+// APIError is a provider's error object, as found in an error response body
+// (`{"type":"error","error":{...}}` for Anthropic, `{"error":{...}}` for
+// OpenAI) or in a mid-stream `event: error`.
+type APIError struct {
+	// Type is the provider's error type, e.g. "rate_limit_error",
+	// "overloaded_error" (Anthropic) or "tokens", "server_error" (OpenAI).
+	Type string
+	// Message is the provider's human-readable message.
+	Message string
+	// Code is a machine-readable detail: Anthropic's error.details.error_code
+	// (e.g. "enforced_spend_limit_reached") or OpenAI's error.code
+	// (e.g. "rate_limit_exceeded"). Empty when absent.
+	Code string
+}
+
+func (e *APIError) Error() string {
+	if e.Code != "" {
+		return fmt.Sprintf("%s (%s): %s", e.Type, e.Code, e.Message)
+	}
+	return fmt.Sprintf("%s: %s", e.Type, e.Message)
+}
+
+// spendLimitCode is the error code Anthropic sends with a 429 when the
+// organisation's monthly spend cap is reached; waiting minutes cannot help.
+const spendLimitCode = "enforced_spend_limit_reached"

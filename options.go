@@ -1,0 +1,100 @@
+package tollgate
+
+import (
+	"math/rand/v2"
+	"time"
+)
+
+// Option configures a Transport (and the State its layers share).
+type Option func(*config)
+
+// Defaults. They match the official SDKs where those are sensible and cap
+// what the SDKs leave open (the Go SDK will sleep as long as the server asks).
+const (
+	DefaultMaxAttempts = 5
+	DefaultMaxWait     = 60 * time.Second
+	DefaultBackoffBase = 500 * time.Millisecond
+	DefaultBackoffMax  = 8 * time.Second
+)
+
+type config struct {
+	clock       Clock
+	maxAttempts int
+	maxWait     time.Duration
+	backoffBase time.Duration
+	backoffMax  time.Duration
+	modelFamily func(Provider, string) string
+	// jitter returns a uniformly random duration in [0, n); tests replace it.
+	jitter func(n time.Duration) time.Duration
+}
+
+func newConfig(opts []Option) config {
+	c := config{
+		clock:       systemClock{},
+		maxAttempts: DefaultMaxAttempts,
+		maxWait:     DefaultMaxWait,
+		backoffBase: DefaultBackoffBase,
+		backoffMax:  DefaultBackoffMax,
+		modelFamily: ModelFamily,
+		jitter:      func(n time.Duration) time.Duration { return rand.N(n) },
+	}
+	for _, o := range opts {
+		if o != nil {
+			o(&c)
+		}
+	}
+	return c
+}
+
+// WithMaxAttempts sets how many times one call may be sent, the first
+// attempt included (default 5). Values below 1 mean 1: no retries.
+func WithMaxAttempts(n int) Option {
+	return func(c *config) { c.maxAttempts = max(n, 1) }
+}
+
+// WithMaxWait caps any single wait tollgate makes on a caller's behalf
+// (default 60 s). When the server asks for a longer wait (retry-after), the
+// caller gets the server's response at once instead of a silent long sleep.
+// Values of zero or below keep the default.
+func WithMaxWait(d time.Duration) Option {
+	return func(c *config) {
+		if d > 0 {
+			c.maxWait = d
+		}
+	}
+}
+
+// WithBackoff sets the exponential backoff used when the server gives no
+// wait: attempt n waits a uniformly random time in [0, min(max, base·2ⁿ⁻¹))
+// ("full jitter"). Defaults: base 500 ms, max 8 s, as the official SDKs.
+// Values of zero or below keep the default.
+func WithBackoff(base, max time.Duration) Option {
+	return func(c *config) {
+		if base > 0 {
+			c.backoffBase = base
+		}
+		if max > 0 {
+			c.backoffMax = max
+		}
+	}
+}
+
+// WithClock replaces the system clock, for tests.
+func WithClock(clock Clock) Option {
+	return func(c *config) {
+		if clock != nil {
+			c.clock = clock
+		}
+	}
+}
+
+// WithModelFamily replaces ModelFamily, the function that names the pool of
+// limits a model belongs to. Calls whose models map to the same family share
+// one budget and one breaker.
+func WithModelFamily(family func(provider Provider, model string) string) Option {
+	return func(c *config) {
+		if family != nil {
+			c.modelFamily = family
+		}
+	}
+}
