@@ -14,7 +14,8 @@ import (
 // concurrent use.
 type State struct {
 	cfg    config
-	budget *budget // the Budget layer's buckets and queues, per Key
+	budget   *budget   // the Budget layer's buckets and queues, per Key
+	breakers *breakers // the Breaker layer's circuit breakers and pauses, per Key
 
 	mu   sync.Mutex
 	keys map[Key]*keyState
@@ -39,6 +40,7 @@ type Counters struct {
 func NewState(opts ...Option) *State {
 	s := &State{cfg: newConfig(opts), keys: make(map[Key]*keyState)}
 	s.budget = newBudget(&s.cfg)
+	s.breakers = newBreakers(&s.cfg)
 	return s
 }
 
@@ -110,6 +112,8 @@ type KeySnapshot struct {
 	// Budget is the Budget layer's view: effective limits, bucket levels,
 	// queue, learned tokenizer ratio and tier.
 	Budget BudgetSnapshot
+	// Breaker is the Breaker layer's view: state, pause deadline and why.
+	Breaker BreakerSnapshot
 }
 
 // Key returns the snapshot of k, and whether the State knew k.
@@ -132,6 +136,7 @@ func (s *State) Snapshot() Snapshot {
 	}
 	for i := range snap.Keys {
 		snap.Keys[i].Budget = s.budget.snapshot(snap.Keys[i].Key, snap.Taken)
+		snap.Keys[i].Breaker = s.breakers.snapshot(snap.Keys[i].Key, snap.Taken)
 	}
 	slices.SortFunc(snap.Keys, func(a, b KeySnapshot) int {
 		return cmp.Or(cmp.Compare(a.Key.Provider, b.Key.Provider), cmp.Compare(a.Key.Family, b.Key.Family))
