@@ -1,18 +1,76 @@
 package tollgate
 
 import (
+	"context"
+	"math"
 	"net/http"
+	"sync"
 	"time"
 )
 
 // Budget returns the layer that admits each attempt against the limits of
-// its (provider, model family). In this version it only establishes the call
-// record; pacing against requests, input and output tokens per minute comes
-// with the budget work.
+// its Key (provider, model family), so that the client stays inside the
+// account's limits instead of learning them from 429s.
+//
+// Each Key has one continuously refilled bucket per known limit (see Limits):
+// requests, input tokens and output tokens per minute, and tokens per minute
+// (input and output combined) where the provider reports that instead, as
+// OpenAI does. An attempt costs one request, its estimated input tokens and,
+// reserved up front, its max_tokens of output (DefaultOutputTokens when the
+// request sets none). A cost larger than a bucket's capacity waits for a full
+// bucket and takes all of it. An attempt waits until every bucket covers its
+// cost; waiters are served strictly in arrival order per Key, so a small
+// attempt never overtakes a bigger one that came first.
+//
+// When an attempt's exchange is done (its response body read to the end or
+// closed, or the attempt failed) its reservation is settled to the usage the
+// response reported, which frees unused output capacity at once. A 429 gives
+// its whole reservation back as soon as its headers arrive: the server did not
+// count it. An attempt that got no response gives its tokens back and keeps
+// its request, since the server may have counted the request before the
+// connection failed, and keeping it paces reconnection storms. Other error
+// responses give back their output reservation.
+//
+// Input tokens are estimated from the request's prompt bytes and images. The
+// number of prompt bytes per rate-limited input token is learned per Key
+// from the usage responses report (a moving average clamped to
+// [minBytesPerToken, maxBytesPerToken], starting at DefaultBytesPerToken), so
+// a systematic misestimate corrects itself within a few calls. Rate-limited
+// input follows the provider: Anthropic counts input and cache-creation
+// tokens but not cache reads; OpenAI counts every prompt token.
+//
+// Limits come from WithLimits or from the *-limit response headers; headers
+// win. As soon as an attempt's response headers arrive, each bucket whose
+// level is above what the server's *-remaining header allows is pulled down
+// to it, since other processes may share the Key. The reading is taken as of
+// when the attempt was sent: what this process charged after that is
+// subtracted from it (the server had not seen it), what it charged before is
+// not (the server had counted it), the refill since is added, and a value
+// rounded to the thousand (Anthropic's token headers) is read as the top of
+// its rounding interval, so a level is never pulled further down than the
+// server's count requires. Until any limit is known for a Key, its attempts are
+// admitted one at a time: the next one waits for the previous one's response
+// headers. A Key whose responses never carry limit headers stays one at a
+// time; give such endpoints WithLimits.
+//
+// WithMaxConcurrency caps the attempts in flight per Key; an attempt is in
+// flight from admission until its exchange is done.
+//
+// A wait ends at once when the request context is done; RoundTrip then
+// returns the context's error and gives back everything the attempt held:
+// its place in the queue, its concurrency slot and its tokens. The time
+// spent waiting is recorded in the call's Waits.Budget. All waits use the
+// clock given by WithClock.
+//
+// Budget sees usage and the end of a body through the Observe layer, which
+// must run inside it (New does this). Without Observe, an attempt is done
+// when its response headers arrive and its reservation is never settled.
+//
+// A nil s gets a State of its own with default options.
 func Budget(s *State) Middleware {
 	s = orNewState(s)
 	return func(next http.RoundTripper) http.RoundTripper {
-		return passthrough{state: s, next: orDefault(next)}
+		return &budgeter{state: s, next: orDefault(next)}
 	}
 }
 
@@ -27,12 +85,871 @@ func (p passthrough) RoundTrip(req *http.Request) (*http.Response, error) {
 	return p.next.RoundTrip(req)
 }
 
+type budgeter struct {
+	state *State
+	next  http.RoundTripper
+}
+
+func (b *budgeter) RoundTrip(req *http.Request) (*http.Response, error) {
+	s := b.state
+	req, c := s.callFor(req)
+	req, ex := s.exchangeFor(req, c)
+	kb := s.budget.forKey(c.key)
+
+	r := &reservation{kb: kb}
+	waited, err := kb.admit(req.Context(), r, &c.info)
+	if waited > 0 {
+		c.addWait(func(w *Waits) { w.Budget += waited })
+	}
+	if err != nil {
+		if req.Body != nil {
+			_ = req.Body.Close()
+		}
+		return nil, err
+	}
+	ex.whenDone(r.settle)
+
+	resp, err := b.next.RoundTrip(req)
+	observed := ex.isSent() // Observe marks the exchange sent
+	if resp != nil {
+		status, h, _ := ex.result()
+		if !observed || status != resp.StatusCode {
+			status, h = resp.StatusCode, ParseRateLimitHeaders(resp.Header, s.cfg.clock.Now())
+		}
+		r.responded(status, h)
+	}
+	if !observed {
+		// Nothing inside will report the end of the body.
+		ex.finish(Usage{}, err)
+	}
+	return resp, err
+}
+
+// Limits are rate limits per minute for one Key. A zero field is unknown:
+// that dimension is not paced until a response header reports it.
+type Limits struct {
+	RequestsPerMinute     int
+	InputTokensPerMinute  int
+	OutputTokensPerMinute int
+	// TokensPerMinute limits input and output tokens combined, as OpenAI
+	// reports it. Anthropic's tokens-* headers only repeat the most
+	// restrictive of its other limits and are not learned as a limit.
+	TokensPerMinute int
+}
+
+func (l Limits) byDimension() [numDimensions]int64 {
+	return [numDimensions]int64{
+		Requests:     int64(l.RequestsPerMinute),
+		Tokens:       int64(l.TokensPerMinute),
+		InputTokens:  int64(l.InputTokensPerMinute),
+		OutputTokens: int64(l.OutputTokensPerMinute),
+	}
+}
+
+func limitsOf(v [numDimensions]int64) Limits {
+	return Limits{
+		RequestsPerMinute:     int(v[Requests]),
+		TokensPerMinute:       int(v[Tokens]),
+		InputTokensPerMinute:  int(v[InputTokens]),
+		OutputTokensPerMinute: int(v[OutputTokens]),
+	}
+}
+
+// LimitSource says where an effective limit came from.
+type LimitSource uint8
+
+// The sources of a limit.
+const (
+	LimitUnknown     LimitSource = iota // no limit known: not paced
+	LimitFromOption                     // WithLimits
+	LimitFromHeaders                    // a response's *-limit header
+)
+
+func (s LimitSource) String() string {
+	switch s {
+	case LimitFromOption:
+		return "option"
+	case LimitFromHeaders:
+		return "headers"
+	}
+	return "unknown"
+}
+
+// DefaultOutputTokens is the output reserved for a request that sets no
+// max_tokens (OpenAI's chat completions may omit it). It is settled to the
+// real output when the response ends.
+const DefaultOutputTokens = 4096
+
+// The learned prompt bytes per rate-limited input token stay in this range,
+// so that one odd response (or heavy prompt caching, which lowers the tokens
+// counted without lowering the bytes sent) cannot make the estimate absurd.
+const (
+	minBytesPerToken = 1.0
+	maxBytesPerToken = 16.0
+	// minLearnWeight is the weight of a new sample once a few are known; the
+	// first samples are averaged with equal weight, so the default guess is
+	// replaced by the first real measurement.
+	minLearnWeight = 0.25
+)
+
+// DefaultUtilizationThreshold is the threshold WithUtilizationAlert uses
+// when given zero or less.
+const DefaultUtilizationThreshold = 0.8
+
+// budgetConfig is the Budget layer's part of config.
+type budgetConfig struct {
+	limits         Limits
+	maxConcurrency int
+	alertThreshold float64
+	onAlert        func(UtilizationAlert)
+}
+
+// WithLimits sets the limits of every Key before any response has reported
+// them, which also ends the cold start (one attempt at a time) at once. A
+// limit reported by a response's *-limit header replaces the one set here
+// for that Key and dimension. Zero fields leave a dimension to the headers;
+// negative values count as zero.
+func WithLimits(l Limits) Option {
+	return func(c *config) {
+		v := l.byDimension()
+		for d := range v {
+			v[d] = max(v[d], 0)
+		}
+		c.budget.limits = limitsOf(v)
+	}
+}
+
+// WithMaxConcurrency caps the attempts in flight per Key at n; more wait, in
+// arrival order, in the same queue as attempts waiting for tokens. An attempt
+// is in flight from admission until its response body is read to the end or
+// closed, or it fails. n of zero or less means no cap (the default).
+func WithMaxConcurrency(n int) Option {
+	return func(c *config) { c.budget.maxConcurrency = max(n, 0) }
+}
+
+// UtilizationAlert reports that the use of one limit over the last minute
+// crossed the threshold given to WithUtilizationAlert, upwards (Above) or
+// back down.
+type UtilizationAlert struct {
+	Key       Key
+	Dimension Dimension
+	// Used is what settled attempts consumed of the limit in the minute
+	// before At.
+	Used        int64
+	Limit       int64
+	Utilization float64 // Used / Limit
+	Above       bool    // whether Utilization is at or above the threshold
+	At          time.Time
+}
+
+// WithUtilizationAlert calls f when the use of any known limit of a Key over
+// the last minute reaches threshold (a fraction of the limit; 0.8 when zero
+// or less), and again when it falls back below. Use is the actual
+// consumption of settled attempts in a sliding one-minute window (in whole
+// seconds). Nothing runs in the background: use is evaluated when an
+// attempt is admitted or settled, so a fall is reported at the next such
+// event. f runs on the goroutine of that event with no lock held; the alerts
+// of one Key are delivered one at a time, in order. f should return quickly.
+// A nil f turns alerts off.
+func WithUtilizationAlert(threshold float64, f func(UtilizationAlert)) Option {
+	return func(c *config) {
+		if threshold <= 0 {
+			threshold = DefaultUtilizationThreshold
+		}
+		c.budget.alertThreshold, c.budget.onAlert = threshold, f
+	}
+}
+
+// BudgetSnapshot is the Budget layer's view of one Key at one moment.
+type BudgetSnapshot struct {
+	// Limits are the effective limits; a zero field is unknown.
+	Limits Limits
+	// Dimensions holds, per Dimension, the limit, its source, the bucket
+	// level and the use over the last minute.
+	Dimensions [numDimensions]DimensionBudget
+	// ColdStart reports that no limit is known yet, so attempts are admitted
+	// one at a time.
+	ColdStart bool
+	InFlight  int // attempts admitted whose exchange is not done
+	Waiting   int // attempts queued for admission
+	// BytesPerToken is the learned number of prompt bytes per rate-limited
+	// input token.
+	BytesPerToken float64
+	// Tier names the published tier the limits match (tier.go), TierCustom
+	// when they match none, TierUnknown before any is known. It is
+	// informational: pacing always uses Limits.
+	Tier string
+}
+
+// DimensionBudget is the Budget layer's view of one dimension of a Key.
+type DimensionBudget struct {
+	Limit  int64 // per minute; zero when unknown
+	Source LimitSource
+	// Level is what the bucket holds now: the amount an attempt can take
+	// without waiting. It is below zero while settled usage exceeded what
+	// was reserved. Zero when the limit is unknown.
+	Level float64
+	// Used is what settled attempts consumed in the last minute.
+	Used int64
+	// Utilization is Used / Limit; zero when the limit is unknown.
+	Utilization float64
+}
+
 // budget holds the Budget layer's state for every Key.
-type budget struct{ cfg *config }
+type budget struct {
+	cfg  *config
+	mu   sync.RWMutex
+	keys map[Key]*keyBudget
+}
 
-func newBudget(cfg *config) *budget { return &budget{cfg: cfg} }
+func newBudget(cfg *config) *budget {
+	return &budget{cfg: cfg, keys: make(map[Key]*keyBudget)}
+}
 
-// BudgetSnapshot is the Budget layer's view of one Key.
-type BudgetSnapshot struct{}
+// forKey returns the state of k, creating it.
+func (b *budget) forKey(k Key) *keyBudget {
+	b.mu.RLock()
+	kb := b.keys[k]
+	b.mu.RUnlock()
+	if kb != nil {
+		return kb
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if kb = b.keys[k]; kb == nil {
+		kb = newKeyBudget(b.cfg, k, b.cfg.clock.Now())
+		b.keys[k] = kb
+	}
+	return kb
+}
 
-func (b *budget) snapshot(k Key, now time.Time) BudgetSnapshot { return BudgetSnapshot{} }
+func (b *budget) snapshot(k Key, now time.Time) BudgetSnapshot {
+	b.mu.RLock()
+	kb := b.keys[k]
+	b.mu.RUnlock()
+	if kb == nil {
+		kb = newKeyBudget(b.cfg, k, now)
+	}
+	kb.mu.Lock()
+	defer kb.mu.Unlock()
+	return kb.snapshotLocked(now)
+}
+
+// keyBudget is the Budget layer's state for one Key, under one mutex.
+type keyBudget struct {
+	key Key
+	cfg *config
+
+	mu      sync.Mutex
+	limits  [numDimensions]int64
+	sources [numDimensions]LimitSource
+	buckets [numDimensions]bucket
+	// charged is the running total of what attempts of this Key have been
+	// charged, refunds and settlements included. Its growth between two
+	// moments is what this process spent in between; see pullDownLocked.
+	charged [numDimensions]float64
+	// held is what the attempts not yet settled are charged: a bucket that
+	// becomes known while they are in flight starts that much below full.
+	held     [numDimensions]float64
+	queue    []*waiter // FIFO; the head is the only waiter with a timer
+	inFlight int
+	probing  bool // cold start: one attempt awaits its response headers
+
+	bytesPerToken float64
+	samples       int
+
+	window     usageWindow
+	above      [numDimensions]bool
+	alerts     []UtilizationAlert // to deliver, in order
+	delivering bool               // a goroutine is delivering alerts
+}
+
+func newKeyBudget(cfg *config, k Key, now time.Time) *keyBudget {
+	kb := &keyBudget{key: k, cfg: cfg, bytesPerToken: DefaultBytesPerToken}
+	for d, l := range cfg.budget.limits.byDimension() {
+		if l > 0 {
+			kb.limits[d], kb.sources[d] = l, LimitFromOption
+			kb.buckets[d].setLimit(now, float64(l))
+		}
+	}
+	return kb
+}
+
+// A reservation is what one attempt holds of its Key's budget, from
+// admission until it is settled.
+type reservation struct {
+	kb      *keyBudget
+	cost    [numDimensions]float64 // what the attempt asks for
+	initial [numDimensions]float64 // what it was charged at admission
+	charged [numDimensions]float64 // what it is charged now
+	// chargedAtSend is the Key's running total right after this attempt was
+	// charged: everything the server could have counted when it answered.
+	chargedAtSend [numDimensions]float64
+	sentAt        time.Time
+	promptBytes   int64
+	images        int64
+
+	status   int  // the response status, once headers arrived
+	slot     bool // holds a place among the attempts in flight
+	probe    bool // holds the cold-start gate
+	refunded bool // gave everything back (429)
+	settled  bool
+}
+
+// A waiter is an attempt queued for admission.
+type waiter struct {
+	r       *reservation
+	granted bool          // admitted; set under keyBudget.mu
+	wake    chan struct{} // capacity 1: granted, became head, or the head's wait may be shorter
+}
+
+// admit waits, in arrival order, until r's cost fits the Key's buckets and
+// its concurrency allows one more attempt, then charges r. It returns how
+// long it waited, and ctx's error when ctx ended the wait, in which case r
+// holds nothing.
+func (kb *keyBudget) admit(ctx context.Context, r *reservation, info *RequestInfo) (time.Duration, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	clock := kb.cfg.clock
+	kb.mu.Lock()
+	start := clock.Now()
+	kb.estimateLocked(r, info)
+	if len(kb.queue) == 0 && kb.admissibleLocked(start, r) {
+		kb.grantLocked(start, r)
+		deliver := kb.evaluateLocked(start)
+		kb.mu.Unlock()
+		kb.deliverAlerts(deliver)
+		return 0, nil
+	}
+	w := &waiter{r: r, wake: make(chan struct{}, 1)}
+	kb.queue = append(kb.queue, w)
+	now := start
+	for {
+		var timer <-chan time.Time
+		if kb.queue[0] == w {
+			if d, ok := kb.waitLocked(now, r); ok {
+				timer = clock.After(d)
+			}
+		}
+		kb.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			kb.mu.Lock()
+			now = clock.Now()
+			if w.granted {
+				kb.releaseLocked(now, r, true)
+				kb.doneLocked(r)
+				kb.serveLocked(now, true)
+			} else if kb.removeLocked(w) == 0 {
+				kb.serveLocked(now, true)
+			}
+			kb.mu.Unlock()
+			return now.Sub(start), ctx.Err()
+		case <-w.wake:
+		case <-timer:
+		}
+		kb.mu.Lock()
+		now = clock.Now()
+		if !w.granted {
+			kb.serveLocked(now, false)
+		}
+		if w.granted {
+			deliver := kb.evaluateLocked(now)
+			kb.mu.Unlock()
+			kb.deliverAlerts(deliver)
+			return now.Sub(start), nil
+		}
+	}
+}
+
+// estimateLocked fills r's cost from the request and the learned ratio.
+func (kb *keyBudget) estimateLocked(r *reservation, info *RequestInfo) {
+	var in float64
+	if info.PromptBytes > 0 {
+		in = math.Ceil(float64(info.PromptBytes)/kb.bytesPerToken) + float64(info.Images)*imageTokens
+	} else {
+		in = float64(info.EstimatedInputTokens)
+	}
+	out := float64(DefaultOutputTokens)
+	if info.MaxTokens > 0 {
+		out = float64(info.MaxTokens)
+	}
+	r.cost = [numDimensions]float64{Requests: 1, Tokens: in + out, InputTokens: in, OutputTokens: out}
+	r.promptBytes, r.images = info.PromptBytes, int64(info.Images)
+}
+
+func (kb *keyBudget) limitsKnown() bool {
+	return kb.limits != [numDimensions]int64{}
+}
+
+// blockedLocked reports whether r must wait for something other than refill:
+// a concurrency slot or the cold-start gate.
+func (kb *keyBudget) blockedLocked() bool {
+	if n := kb.cfg.budget.maxConcurrency; n > 0 && kb.inFlight >= n {
+		return true
+	}
+	return !kb.limitsKnown() && kb.probing
+}
+
+func (kb *keyBudget) admissibleLocked(now time.Time, r *reservation) bool {
+	if kb.blockedLocked() {
+		return false
+	}
+	for d := range kb.buckets {
+		if b := &kb.buckets[d]; b.known() && !b.fits(now, r.cost[d]) {
+			return false
+		}
+	}
+	return true
+}
+
+// waitLocked returns how long until r's cost fits, or false when r waits for
+// a slot or the cold-start gate, which no timer can end.
+func (kb *keyBudget) waitLocked(now time.Time, r *reservation) (time.Duration, bool) {
+	if kb.blockedLocked() {
+		return 0, false
+	}
+	var wait time.Duration
+	for d := range kb.buckets {
+		if b := &kb.buckets[d]; b.known() {
+			wait = max(wait, b.waitFor(now, r.cost[d]))
+		}
+	}
+	return wait, true
+}
+
+// grantLocked charges r's cost and gives it a place among the attempts in
+// flight.
+func (kb *keyBudget) grantLocked(now time.Time, r *reservation) {
+	for d := range kb.buckets {
+		n := r.cost[d]
+		if b := &kb.buckets[d]; b.known() {
+			n = min(n, b.limit)
+			b.take(now, n)
+		}
+		r.initial[d], r.charged[d] = n, n
+		kb.charged[d] += n
+		kb.held[d] += n
+	}
+	r.chargedAtSend = kb.charged
+	r.sentAt = now
+	r.slot = true
+	kb.inFlight++
+	if !kb.limitsKnown() {
+		r.probe, kb.probing = true, true
+	}
+}
+
+// serveLocked admits queued attempts from the head while they fit. The head
+// left waiting is woken when it is new, or when improved says its wait may
+// have become shorter, so that it sets its timer anew.
+func (kb *keyBudget) serveLocked(now time.Time, improved bool) {
+	served := false
+	for len(kb.queue) > 0 {
+		w := kb.queue[0]
+		if !kb.admissibleLocked(now, w.r) {
+			if served || improved {
+				wake(w)
+			}
+			return
+		}
+		kb.grantLocked(now, w.r)
+		w.granted = true
+		kb.removeLocked(w)
+		wake(w)
+		served = true
+	}
+}
+
+func wake(w *waiter) {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// removeLocked takes w out of the queue, keeping the order and the backing
+// array, and returns the position it had (-1 when it was not queued).
+func (kb *keyBudget) removeLocked(w *waiter) int {
+	for i, q := range kb.queue {
+		if q == w {
+			copy(kb.queue[i:], kb.queue[i+1:])
+			kb.queue[len(kb.queue)-1] = nil
+			kb.queue = kb.queue[:len(kb.queue)-1]
+			return i
+		}
+	}
+	return -1
+}
+
+// refundLocked gives back what r is charged in the given dimensions.
+func (kb *keyBudget) refundLocked(now time.Time, r *reservation, dims ...Dimension) {
+	for _, d := range dims {
+		kb.adjustLocked(now, r, d, 0)
+	}
+}
+
+// adjustLocked changes what r is charged in d to n.
+func (kb *keyBudget) adjustLocked(now time.Time, r *reservation, d Dimension, n float64) {
+	delta := n - r.charged[d]
+	if delta == 0 {
+		return
+	}
+	if b := &kb.buckets[d]; b.known() {
+		if delta > 0 {
+			b.take(now, delta)
+		} else {
+			b.give(now, -delta)
+		}
+	}
+	kb.charged[d] += delta
+	kb.held[d] += delta
+	r.charged[d] = n
+}
+
+// doneLocked marks r settled: its charges are final.
+func (kb *keyBudget) doneLocked(r *reservation) {
+	if r.settled {
+		return
+	}
+	r.settled = true
+	for d, n := range r.charged {
+		kb.held[d] -= n
+	}
+}
+
+// refundAllLocked gives back everything r is charged, once.
+func (kb *keyBudget) refundAllLocked(now time.Time, r *reservation) {
+	if !r.refunded && !r.settled {
+		kb.refundLocked(now, r, Requests, Tokens, InputTokens, OutputTokens)
+		r.refunded = true
+	}
+}
+
+// releaseLocked gives up r's slot and cold-start gate and, when all is set,
+// everything it is charged.
+func (kb *keyBudget) releaseLocked(now time.Time, r *reservation, all bool) {
+	if all {
+		kb.refundAllLocked(now, r)
+	}
+	if r.slot {
+		r.slot = false
+		kb.inFlight--
+	}
+	kb.releaseProbeLocked(r)
+}
+
+func (kb *keyBudget) releaseProbeLocked(r *reservation) {
+	if r.probe {
+		r.probe, kb.probing = false, false
+	}
+}
+
+// responded learns from an attempt's response headers as soon as they
+// arrive: it refunds a 429, learns limits, pulls levels down to what the
+// server says remains and opens the cold-start gate.
+func (r *reservation) responded(status int, h RateLimitHeaders) {
+	kb := r.kb
+	kb.mu.Lock()
+	now := kb.cfg.clock.Now()
+	r.status = status
+	if status == http.StatusTooManyRequests {
+		kb.refundAllLocked(now, r)
+	}
+	kb.learnLocked(now, r, h)
+	kb.releaseProbeLocked(r)
+	kb.serveLocked(now, true)
+	kb.mu.Unlock()
+}
+
+// setLimitLocked sets the limit of d. A bucket that was unknown starts full
+// less what the attempts in flight hold.
+func (kb *keyBudget) setLimitLocked(now time.Time, d Dimension, limit int64) {
+	b := &kb.buckets[d]
+	wasKnown := b.known()
+	b.setLimit(now, float64(limit))
+	if !wasKnown {
+		b.take(now, min(kb.held[d], b.limit))
+	}
+}
+
+// budgetDialect is how one provider's headers and usage map onto buckets.
+type budgetDialect struct {
+	provider Provider
+	// learn marks the dimensions whose *-limit headers are limits to pace by
+	// and whose *-remaining headers levels are pulled down to.
+	learn [numDimensions]bool
+	// rounding is the unit *-remaining values are rounded to.
+	rounding [numDimensions]float64
+	// cacheReads reports whether cache reads count against the input limit.
+	cacheReads bool
+}
+
+var budgetDialects = []budgetDialect{
+	{
+		provider: ProviderAnthropic,
+		// tokens-* is the most restrictive of the other token limits, a
+		// view of them rather than a bucket of its own.
+		learn:    [numDimensions]bool{Requests: true, InputTokens: true, OutputTokens: true},
+		rounding: [numDimensions]float64{Tokens: 1000, InputTokens: 1000, OutputTokens: 1000},
+	},
+	{
+		provider:   ProviderOpenAI,
+		learn:      [numDimensions]bool{Requests: true, Tokens: true},
+		cacheReads: true,
+	},
+}
+
+// otherDialect is used for a provider not in the table: every reported
+// limit is learned and every input token counts.
+var otherDialect = budgetDialect{learn: [numDimensions]bool{true, true, true, true}, cacheReads: true}
+
+func dialectOf(p Provider) *budgetDialect {
+	for i := range budgetDialects {
+		if budgetDialects[i].provider == p {
+			return &budgetDialects[i]
+		}
+	}
+	return &otherDialect
+}
+
+// learnLocked takes the limits the headers report and pulls levels down to
+// what they say remains.
+func (kb *keyBudget) learnLocked(now time.Time, r *reservation, h RateLimitHeaders) {
+	p := h.Provider
+	if p == "" {
+		p = kb.key.Provider
+	}
+	dialect := dialectOf(p)
+	for d := range numDimensions {
+		reading := h.Limits[d]
+		if !dialect.learn[d] {
+			continue
+		}
+		if reading.HasLimit && reading.Limit > 0 &&
+			(kb.limits[d] != reading.Limit || kb.sources[d] != LimitFromHeaders) {
+			kb.limits[d], kb.sources[d] = reading.Limit, LimitFromHeaders
+			kb.setLimitLocked(now, d, reading.Limit)
+		}
+		if reading.HasRemaining && kb.buckets[d].known() {
+			kb.pullDownLocked(now, r, d, float64(reading.Remaining), dialect.rounding[d])
+		}
+	}
+}
+
+// pullDownLocked lowers the level of d to what the server's remaining
+// reading, in r's response, allows.
+//
+// The server computed remaining when it admitted r, which is taken to be
+// when r was sent. At that moment it had counted r and, as far as this
+// process can know, everything charged before r; the running total
+// kb.charged at that moment is r.chargedAtSend. So:
+//
+//   - what this process charged since, other than r's own changes (the
+//     attempts admitted after r, and settlements of others), the server could
+//     not have counted: it is subtracted, and nothing else is, so attempts in
+//     flight that the server already counted are not counted twice;
+//   - the bucket refilled since r was sent: that refill is added back;
+//   - a remaining value rounded to a unit (Anthropic's token headers, to the
+//     nearest thousand) may be up to half a unit below the truth: the upper
+//     end is taken, so the level is never pulled further down than the
+//     server's count requires.
+//
+// The level is only ever lowered: when the server knows of more room than
+// this process, the difference is its own estimate being cautious, which
+// settling corrects.
+func (kb *keyBudget) pullDownLocked(now time.Time, r *reservation, d Dimension, remaining, rounding float64) {
+	b := &kb.buckets[d]
+	since := (kb.charged[d] - r.chargedAtSend[d]) - (r.charged[d] - r.initial[d])
+	refill := b.limit * max(now.Sub(r.sentAt), 0).Minutes()
+	target := min(b.limit, remaining+rounding/2+refill) - since
+	b.pullDown(now, target)
+}
+
+// settle is called when r's exchange is done: it frees r's slot and settles
+// its charges to the usage the response reported.
+func (r *reservation) settle(ex *exchange) {
+	ex.mu.Lock()
+	status, u := ex.status, ex.usage
+	ex.mu.Unlock()
+
+	kb := r.kb
+	kb.mu.Lock()
+	now := kb.cfg.clock.Now()
+	if status == 0 {
+		status = r.status
+	}
+	kb.releaseLocked(now, r, false)
+	switch {
+	case r.refunded:
+	case status == http.StatusTooManyRequests:
+		kb.refundAllLocked(now, r)
+	case status == 0:
+		kb.refundLocked(now, r, Tokens, InputTokens, OutputTokens)
+	default:
+		kb.settleUsageLocked(now, r, status, u)
+	}
+	kb.doneLocked(r)
+	for d := range numDimensions {
+		kb.window.add(now, d, r.charged[d])
+	}
+	kb.serveLocked(now, true)
+	deliver := kb.evaluateLocked(now)
+	kb.mu.Unlock()
+	kb.deliverAlerts(deliver)
+}
+
+// settleUsageLocked sets r's token charges to the usage its response
+// reported, and learns the prompt bytes per token from it.
+func (kb *keyBudget) settleUsageLocked(now time.Time, r *reservation, status int, u Usage) {
+	in, out := r.charged[InputTokens], r.charged[OutputTokens]
+	inKnown := u.Reported && u.TotalInputTokens() > 0
+	switch {
+	case u.Reported:
+		out = float64(u.OutputTokens)
+	case status >= 400:
+		out = 0 // an error response generated nothing
+	}
+	if inKnown {
+		counted := u.InputTokens + u.CacheCreationInputTokens
+		if dialectOf(kb.key.Provider).cacheReads {
+			counted += u.CacheReadInputTokens
+		}
+		in = float64(counted)
+		if status < 300 {
+			kb.learnRatioLocked(r, counted)
+		}
+	}
+	tokens := r.charged[Tokens] - (r.charged[InputTokens] + r.charged[OutputTokens]) + in + out
+	kb.adjustLocked(now, r, InputTokens, in)
+	kb.adjustLocked(now, r, OutputTokens, out)
+	kb.adjustLocked(now, r, Tokens, max(tokens, 0))
+}
+
+// learnRatioLocked folds one measurement of prompt bytes per rate-limited
+// input token into the Key's estimate.
+func (kb *keyBudget) learnRatioLocked(r *reservation, counted int64) {
+	text := counted - r.images*imageTokens
+	if r.promptBytes <= 0 || text <= 0 {
+		return
+	}
+	sample := min(max(float64(r.promptBytes)/float64(text), minBytesPerToken), maxBytesPerToken)
+	kb.samples++
+	weight := max(1/float64(kb.samples), minLearnWeight)
+	kb.bytesPerToken += weight * (sample - kb.bytesPerToken)
+}
+
+// evaluateLocked queues an alert for every known limit whose use over the
+// last minute crossed the threshold since the last evaluation. It reports
+// whether the caller must deliver them (after unlocking).
+func (kb *keyBudget) evaluateLocked(now time.Time) bool {
+	cfg := &kb.cfg.budget
+	if cfg.onAlert == nil {
+		return false
+	}
+	threshold := cfg.alertThreshold
+	if threshold <= 0 {
+		threshold = DefaultUtilizationThreshold
+	}
+	used := kb.window.sum(now)
+	for d, limit := range kb.limits {
+		if limit <= 0 {
+			continue
+		}
+		u := float64(used[d]) / float64(limit)
+		if above := u >= threshold; above != kb.above[d] {
+			kb.above[d] = above
+			kb.alerts = append(kb.alerts, UtilizationAlert{
+				Key: kb.key, Dimension: Dimension(d), Used: used[d], Limit: limit,
+				Utilization: u, Above: above, At: now,
+			})
+		}
+	}
+	if len(kb.alerts) == 0 || kb.delivering {
+		return false
+	}
+	kb.delivering = true
+	return true
+}
+
+// deliverAlerts calls the alert hook for every queued alert, in order, with
+// no lock held, when deliver says this goroutine is the one to do it.
+func (kb *keyBudget) deliverAlerts(deliver bool) {
+	if !deliver {
+		return
+	}
+	for {
+		kb.mu.Lock()
+		batch := kb.alerts
+		kb.alerts = nil
+		if len(batch) == 0 {
+			kb.delivering = false
+			kb.mu.Unlock()
+			return
+		}
+		kb.mu.Unlock()
+		for _, a := range batch {
+			kb.cfg.budget.onAlert(a)
+		}
+	}
+}
+
+func (kb *keyBudget) snapshotLocked(now time.Time) BudgetSnapshot {
+	used := kb.window.sum(now)
+	snap := BudgetSnapshot{
+		Limits:        limitsOf(kb.limits),
+		ColdStart:     !kb.limitsKnown(),
+		InFlight:      kb.inFlight,
+		Waiting:       len(kb.queue),
+		BytesPerToken: kb.bytesPerToken,
+		Tier:          tierOf(kb.key.Provider, limitsOf(kb.limits)),
+	}
+	for d := range snap.Dimensions {
+		db := DimensionBudget{Limit: kb.limits[d], Source: kb.sources[d], Used: used[d]}
+		if db.Limit > 0 {
+			db.Level = kb.buckets[d].levelAt(now)
+			db.Utilization = float64(used[d]) / float64(db.Limit)
+		}
+		snap.Dimensions[d] = db
+	}
+	return snap
+}
+
+// usageWindow sums consumption per dimension over the last minute, in
+// one-second slots.
+type usageWindow struct {
+	slots [60]usageSlot
+}
+
+type usageSlot struct {
+	second int64 // Unix second the slot counts
+	used   [numDimensions]int64
+}
+
+func (w *usageWindow) add(now time.Time, d Dimension, n float64) {
+	if n <= 0 {
+		return
+	}
+	sec := now.Unix()
+	s := &w.slots[sec%int64(len(w.slots))]
+	if s.second != sec {
+		*s = usageSlot{second: sec}
+	}
+	s.used[d] += int64(math.Round(n))
+}
+
+// sum returns the consumption in the minute up to now.
+func (w *usageWindow) sum(now time.Time) [numDimensions]int64 {
+	var total [numDimensions]int64
+	sec := now.Unix()
+	for i := range w.slots {
+		s := &w.slots[i]
+		if s.second > sec-int64(len(w.slots)) && s.second <= sec {
+			for d, n := range s.used {
+				total[d] += n
+			}
+		}
+	}
+	return total
+}

@@ -26,6 +26,7 @@ type config struct {
 	modelFamily func(Provider, string) string
 	// jitter returns a uniformly random duration in [0, n); tests replace it.
 	jitter func(n time.Duration) time.Duration
+	budget budgetConfig // the Budget layer's options (budget.go)
 }
 
 func newConfig(opts []Option) config {

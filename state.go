@@ -13,7 +13,7 @@ import (
 // it through small methods; users read it with Snapshot. It is safe for
 // concurrent use.
 type State struct {
-	cfg    config
+	cfg      config
 	budget   *budget   // the Budget layer's buckets and queues, per Key
 	breakers *breakers // the Breaker layer's circuit breakers and pauses, per Key
 
