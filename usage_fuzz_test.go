@@ -1,0 +1,93 @@
+package tollgate
+
+import (
+	"bytes"
+	"io"
+	"math"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// Each target checks what must hold for any input: no panic, the caller
+// gets exactly the bytes of the body, done runs exactly once (readThrough
+// checks both), and the usage does not depend on how the body was cut into
+// Reads.
+
+func FuzzSSEUsage(f *testing.F) {
+	for _, tc := range sseCases {
+		for _, ending := range []string{"\n", "\r\n", "\r"} {
+			f.Add([]byte(strings.ReplaceAll(tc.body, "\n", ending)), uint8(7))
+		}
+	}
+	f.Add(sampleSSE(3), uint8(0))
+	f.Add(sampleChatSSE(3), uint8(200))
+	f.Add([]byte("data: {\"usage\":{\"output_tokens\":1}}\r"), uint8(1))
+	f.Add([]byte("\xEF\xBB"), uint8(0))
+	f.Fuzz(func(t *testing.T, body []byte, chunk uint8) {
+		fuzzSplits(t, body, "text/event-stream", chunk)
+	})
+}
+
+func FuzzJSONUsage(f *testing.F) {
+	for _, tc := range jsonCases {
+		f.Add([]byte(tc.body), uint8(5))
+	}
+	f.Add(sampleJSONBody(2<<10), uint8(0))
+	f.Add([]byte(`{"choices":[{"index":1,"finish_reason":"stop"},{"finish_reason":"length"}]}`), uint8(3))
+	f.Add([]byte(`{"usage":{"a":[[[["\"]"]]]],"input_tokens":5}}`), uint8(2))
+	f.Add([]byte(`12`), uint8(0))
+	f.Fuzz(func(t *testing.T, body []byte, chunk uint8) {
+		fuzzSplits(t, body, "application/json", chunk)
+	})
+}
+
+func fuzzSplits(t *testing.T, body []byte, contentType string, chunk uint8) {
+	want, out := readThrough(t, body, contentType, sizes())
+	require.Equal(t, body, out)
+	got, out := readThrough(t, body, contentType, func() int { return 1 })
+	require.Equal(t, want, got, "one byte per Read")
+	require.Equal(t, body, out)
+	got, out = readThrough(t, body, contentType, func() int { return 1 + int(chunk) })
+	require.Equal(t, want, got, "%d bytes per Read", 1+int(chunk))
+	require.Equal(t, body, out)
+	got, _ = readThrough(t, body, contentType, sizes(len(body)/2))
+	require.Equal(t, want, got, "split in the middle")
+}
+
+func FuzzReadRequestInfo(f *testing.F) {
+	f.Add([]byte(anthropicRequest), "/v1/messages", true)
+	f.Add([]byte(chatRequest), "/v1/chat/completions", false)
+	f.Add([]byte(`{"model":"gpt-4.1","instructions":"Be nice.","input":[{"role":"user","content":[{"type":"input_text","text":"Hi"},{"type":"input_image","image_url":"data:,"}]}],"max_output_tokens":50}`), "/v1/responses", false)
+	f.Add([]byte(`{"model":"m","input":["a",[1,2]]}`), "/v1/embeddings", false)
+	f.Add([]byte(`{"model":"m\u0031","messages":[{"role":"user","content":"\u00e9\n\ud83d\ude00x"}]}`), "/v1/messages/count_tokens", false)
+	f.Add([]byte(`{"messages":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[{"text":"x"}]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}`), "/", false)
+	f.Add([]byte(`{"model":"x",`), "", false)
+	f.Fuzz(func(t *testing.T, body []byte, path string, anthropicVersion bool) {
+		req := &http.Request{
+			Method:        http.MethodPost,
+			URL:           &url.URL{Scheme: "https", Host: "api.example.com", Path: path},
+			Header:        http.Header{},
+			Body:          io.NopCloser(bytes.NewReader(body)),
+			GetBody:       func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil },
+			ContentLength: int64(len(body)),
+		}
+		if anthropicVersion {
+			req.Header.Set("anthropic-version", "2023-06-01")
+		}
+		info := readRequestInfo(req)
+
+		require.Contains(t, []Provider{ProviderAnthropic, ProviderOpenAI}, info.Provider)
+		require.GreaterOrEqual(t, info.PromptBytes, int64(0))
+		require.LessOrEqual(t, info.PromptBytes, int64(len(body)), "prompt text is never longer than its JSON")
+		require.GreaterOrEqual(t, info.MaxTokens, int64(0))
+		require.Equal(t, int64(math.Ceil(float64(info.PromptBytes)/DefaultBytesPerToken))+int64(info.Images)*imageTokens,
+			info.EstimatedInputTokens)
+		got, err := io.ReadAll(req.Body)
+		require.NoError(t, err)
+		require.Equal(t, body, got, "the caller's body is untouched")
+	})
+}
