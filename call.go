@@ -22,6 +22,10 @@ type call struct {
 	last      *exchange
 	waits     Waits
 	retryWait time.Duration // decided when a response is judged, served before the next attempt
+
+	// trace is the Trace layer's record of the call (otel.go), nil when the
+	// call is not traced. It is set before the first attempt and not changed.
+	trace *callTrace
 }
 
 // Waits is how long a call spent waiting, by cause.
@@ -62,8 +66,11 @@ func callFrom(ctx context.Context) *call {
 // addWait records time spent waiting.
 func (c *call) addWait(add func(*Waits)) {
 	c.mu.Lock()
+	before := c.waits
 	add(&c.waits)
+	after := c.waits
 	c.mu.Unlock()
+	c.trace.waited(before, after)
 }
 
 // attemptCount returns how many attempts have started.
@@ -114,7 +121,8 @@ func (c *call) newExchange(req *http.Request) (*http.Request, *exchange) {
 	ex := &exchange{call: c, attempt: c.attempts}
 	c.last = ex
 	c.mu.Unlock()
-	return req.WithContext(context.WithValue(req.Context(), exchangeKey, ex)), ex
+	ctx := context.WithValue(req.Context(), exchangeKey, ex)
+	return req.WithContext(c.trace.attemptContext(ctx, ex)), ex
 }
 
 func (ex *exchange) isSent() bool {

@@ -27,6 +27,9 @@ type config struct {
 	// jitter returns a uniformly random duration in [0, n); tests replace it.
 	jitter func(n time.Duration) time.Duration
 	budget budgetConfig // the Budget layer's options (budget.go)
+	// telemetry is the Trace layer's options and instruments (otel.go); a
+	// pointer, shared by copies of the config, as it holds a sync.Once.
+	telemetry *telemetry
 }
 
 func newConfig(opts []Option) config {
@@ -38,6 +41,7 @@ func newConfig(opts []Option) config {
 		backoffMax:  DefaultBackoffMax,
 		modelFamily: ModelFamily,
 		jitter:      func(n time.Duration) time.Duration { return rand.N(n) },
+		telemetry:   new(telemetry),
 	}
 	for _, o := range opts {
 		if o != nil {

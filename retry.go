@@ -126,6 +126,7 @@ func (r *retrier) checkRetry(ctx context.Context, resp *http.Response, err error
 	c.mu.Lock()
 	c.retryWait = d.wait
 	c.mu.Unlock()
+	c.trace.retryDecided(d)
 	return d.retry, nil
 }
 
