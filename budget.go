@@ -50,8 +50,9 @@ import (
 // its rounding interval, so a level is never pulled further down than the
 // server's count requires. Until any limit is known for a Key, its attempts are
 // admitted one at a time: the next one waits for the previous one's response
-// headers. A Key whose responses never carry limit headers stays one at a
-// time; give such endpoints WithLimits.
+// headers. A Key whose successful responses carry no limit headers at all (a
+// gateway that strips them) ends its cold start with that response and is
+// not paced; give such endpoints WithLimits.
 //
 // WithMaxConcurrency caps the attempts in flight per Key; an attempt is in
 // flight from admission until its exchange is done.
@@ -354,6 +355,10 @@ type keyBudget struct {
 	queue    []*waiter // FIFO; the head is the only waiter with a timer
 	inFlight int
 	probing  bool // cold start: one attempt awaits its response headers
+	// unpaced: a successful response carried no limit headers, so this Key's
+	// server (a gateway, a proxy) will not tell its limits; the cold start
+	// ends rather than serialising every call forever.
+	unpaced bool
 
 	bytesPerToken float64
 	samples       int
@@ -489,7 +494,7 @@ func (kb *keyBudget) blockedLocked() bool {
 	if n := kb.cfg.budget.maxConcurrency; n > 0 && kb.inFlight >= n {
 		return true
 	}
-	return !kb.limitsKnown() && kb.probing
+	return !kb.limitsKnown() && !kb.unpaced && kb.probing
 }
 
 func (kb *keyBudget) admissibleLocked(now time.Time, r *reservation) bool {
@@ -658,6 +663,9 @@ func (r *reservation) responded(status int, h RateLimitHeaders) {
 		kb.refundAllLocked(now, r)
 	}
 	kb.learnLocked(now, r, h)
+	if status >= 200 && status < 300 && !kb.limitsKnown() {
+		kb.unpaced = true
+	}
 	kb.releaseProbeLocked(r)
 	kb.serveLocked(now, true)
 	kb.mu.Unlock()
@@ -899,7 +907,7 @@ func (kb *keyBudget) snapshotLocked(now time.Time) BudgetSnapshot {
 	used := kb.window.sum(now)
 	snap := BudgetSnapshot{
 		Limits:        limitsOf(kb.limits),
-		ColdStart:     !kb.limitsKnown(),
+		ColdStart:     !kb.limitsKnown() && !kb.unpaced,
 		InFlight:      kb.inFlight,
 		Waiting:       len(kb.queue),
 		BytesPerToken: kb.bytesPerToken,

@@ -455,8 +455,9 @@ func TestBudgetColdStart(t *testing.T) {
 }
 
 func TestBudgetColdStartWithoutLimitHeaders(t *testing.T) {
-	// Responses without limit headers open the gate for the next attempt
-	// only: the Key stays one at a time.
+	// An error response without limit headers opens the gate for the next
+	// attempt only; a successful one without them says this server (a
+	// gateway) will never tell its limits, so the cold start ends.
 	rig := newBudgetRig(t)
 	release := make(chan *http.Response)
 	rig.setReply(func(*http.Request) (*http.Response, error) { return <-release, nil })
@@ -465,19 +466,24 @@ func TestBudgetColdStartWithoutLimitHeaders(t *testing.T) {
 	b := rig.start(budgetReq(context.Background(), "b", "", 10))
 	rig.waitQueued(1)
 	c := rig.start(budgetReq(context.Background(), "c", "", 10))
-	rig.waitQueued(2)
-	release <- anthropicReply(200, nil, 1, 1)
+	d := rig.start(budgetReq(context.Background(), "d", "", 10))
+	rig.waitQueued(3)
+	release <- anthropicReply(529, nil, 1, 1)
 	rig.waitSent(2)
-	rig.waitQueued(1)
+	rig.waitQueued(2)
+	assert.True(t, rig.snap().ColdStart, "an error says nothing about the limits")
+	release <- anthropicReply(200, nil, 1, 1)
+	rig.waitSent(4)
+	assert.False(t, rig.snap().ColdStart, "a success without limit headers ends the cold start")
 	release <- anthropicReply(200, nil, 1, 1)
 	release <- anthropicReply(200, nil, 1, 1)
-	for _, ch := range []<-chan budgetResult{a, b, c} {
+	for _, ch := range []<-chan budgetResult{a, b, c, d} {
 		r := receive(t, ch)
 		require.NoError(t, r.err)
 		settle(r)
 	}
-	assert.Equal(t, []string{"a", "b", "c"}, rig.sentOrder())
-	assert.True(t, rig.snap().ColdStart)
+	assert.Equal(t, []string{"a", "b"}, rig.sentOrder()[:2])
+	assert.ElementsMatch(t, []string{"c", "d"}, rig.sentOrder()[2:])
 }
 
 func TestBudgetLimitsPrecedence(t *testing.T) {

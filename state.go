@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -19,6 +20,30 @@ type State struct {
 
 	mu   sync.Mutex
 	keys map[Key]*keyState
+
+	// families caches the model family of each (provider, model) seen: a
+	// fleet uses a handful of models, and naming one's family is a regexp.
+	families     sync.Map // Key{provider, model} → Key{provider, family}
+	familiesSize atomic.Int32
+}
+
+// maxCachedFamilies bounds the cache, so that requests naming ever new
+// models cannot grow it without end.
+const maxCachedFamilies = 1024
+
+// keyOf returns the Key of a model's pool of limits.
+func (s *State) keyOf(p Provider, model string) Key {
+	in := Key{Provider: p, Family: model}
+	if k, ok := s.families.Load(in); ok {
+		return k.(Key)
+	}
+	k := Key{Provider: p, Family: s.cfg.modelFamily(p, model)}
+	if s.familiesSize.Load() < maxCachedFamilies {
+		if _, loaded := s.families.LoadOrStore(in, k); !loaded {
+			s.familiesSize.Add(1)
+		}
+	}
+	return k
 }
 
 type keyState struct {
