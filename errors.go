@@ -10,22 +10,34 @@ import (
 // instead of sending a request.
 var ErrOpen = errors.New("tollgate: circuit open")
 
-// OpenError is returned, in fail-fast mode, for a request the breaker
-// refused to send. It says when the breaker expects to let requests through
-// again and why it opened. errors.Is(err, ErrOpen) reports true for it.
+// OpenError is returned for a request the breaker refused to send: in
+// fail-fast mode (WithFailFast), after the spend cap was reached, and when
+// waiting would outlast WithMaxPause or the request's deadline. It says when
+// the breaker expects to let requests through again and why it opened.
+// errors.Is(err, ErrOpen) reports true for it.
 type OpenError struct {
 	Key    Key       // the (provider, model family) whose breaker is open
 	Until  time.Time // when the pause ends; zero when unknown
 	Reason string    // why the breaker opened, e.g. "retry-after", "overloaded"
+	// Err is the server's error that opened the breaker, when one did: the
+	// *APIError of a spend-limit 429. Nil otherwise.
+	Err error
 }
 
 func (e *OpenError) Error() string {
+	reason := e.Reason
+	if e.Err != nil {
+		reason += ": " + e.Err.Error()
+	}
 	if e.Until.IsZero() {
-		return fmt.Sprintf("tollgate: circuit open for %s (%s)", e.Key, e.Reason)
+		return fmt.Sprintf("tollgate: circuit open for %s (%s)", e.Key, reason)
 	}
 	return fmt.Sprintf("tollgate: circuit open for %s until %s (%s)",
-		e.Key, e.Until.UTC().Format(time.RFC3339Nano), e.Reason)
+		e.Key, e.Until.UTC().Format(time.RFC3339Nano), reason)
 }
+
+// Unwrap returns Err, so that errors.As finds the server's *APIError.
+func (e *OpenError) Unwrap() error { return e.Err }
 
 // Is reports whether target is ErrOpen.
 func (e *OpenError) Is(target error) bool { return target == ErrOpen }

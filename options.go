@@ -25,8 +25,9 @@ type config struct {
 	backoffMax  time.Duration
 	modelFamily func(Provider, string) string
 	// jitter returns a uniformly random duration in [0, n); tests replace it.
-	jitter func(n time.Duration) time.Duration
-	budget budgetConfig // the Budget layer's options (budget.go)
+	jitter  func(n time.Duration) time.Duration
+	budget  budgetConfig    // the Budget layer's options (budget.go)
+	breaker breakerSettings // the Breaker layer's options (breaker.go)
 	// telemetry is the Trace layer's options and instruments (otel.go); a
 	// pointer, shared by copies of the config, as it holds a sync.Once.
 	telemetry *telemetry

@@ -66,6 +66,7 @@ func NewState(opts ...Option) *State {
 	s := &State{cfg: newConfig(opts), keys: make(map[Key]*keyState)}
 	s.budget = newBudget(&s.cfg)
 	s.breakers = newBreakers(&s.cfg)
+	s.breakers.trace = s.traceBreakerChange
 	return s
 }
 
