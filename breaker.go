@@ -494,7 +494,11 @@ func (c *circuit) judge(ctx context.Context, ex *exchange, resp *http.Response, 
 	c.mu.Lock()
 	typical := c.typical
 	c.mu.Unlock()
-	wait, short := refillPause(r.headers, typical, now)
+	sentAt := now
+	if ex != nil && !ex.sendTime().IsZero() {
+		sentAt = ex.sendTime()
+	}
+	wait, short := refillPause(r.headers, typical, sentAt, now)
 	switch tooMany := r.status == http.StatusTooManyRequests; {
 	case tooMany && r.apiErr != nil && r.apiErr.Code == spendLimitCode:
 		return verdict{err: errPause, pause: &pause{until: now.Add(c.b.settings.spendLimitPause),
@@ -581,14 +585,21 @@ func (t typicalCost) need(d Dimension) float64 {
 }
 
 // refillPause returns how long the server needs before the next typical
-// request fits, and the dimension that needs longest. For each dimension
-// with less remaining than the request needs, that is the deficit refilled at
-// limit per minute, never past the dimension's reset: the reset is when the
-// bucket is full again, and one request needs far less than a full bucket.
-// It returns zero when every dimension the headers show has enough.
-func refillPause(h RateLimitHeaders, typical typicalCost, now time.Time) (time.Duration, Dimension) {
+// request fits, and the dimension that needs longest. The server read its
+// remaining amounts when it admitted the attempt, at the earliest when the
+// attempt was sent (sentAt); by now the buckets have refilled for that long,
+// and a value rounded to a unit (Anthropic's token headers) may be up to a
+// unit below the truth. What is still missing after both is the deficit; its
+// pause is the deficit refilled at limit per minute, never past the
+// dimension's reset: the reset is when the bucket is full again, and one
+// request needs far less than a full bucket. A fleet that uses its limit well
+// always sees little remaining; only a deficit that refill has not yet made
+// up is a reason to pause. It returns zero when no dimension is short.
+func refillPause(h RateLimitHeaders, typical typicalCost, sentAt, now time.Time) (time.Duration, Dimension) {
 	var longest time.Duration
 	var short Dimension
+	rounding := dialectOf(h.Provider).rounding
+	elapsed := max(now.Sub(sentAt), 0)
 	for d := range numDimensions {
 		// Anthropic's tokens limit repeats the most restrictive of the
 		// input and output limits, which are judged on their own.
@@ -597,8 +608,15 @@ func refillPause(h RateLimitHeaders, typical typicalCost, now time.Time) (time.D
 			continue
 		}
 		r := h.Limits[d]
-		deficit := typical.need(d) - float64(r.Remaining)
-		if !r.HasRemaining || deficit <= 0 {
+		if !r.HasRemaining {
+			continue
+		}
+		available := float64(r.Remaining) + rounding[d]
+		if r.HasLimit && r.Limit > 0 {
+			available += float64(r.Limit) * elapsed.Minutes()
+		}
+		deficit := typical.need(d) - available
+		if deficit <= 0 {
 			continue
 		}
 		var wait time.Duration

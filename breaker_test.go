@@ -163,37 +163,43 @@ func TestBreakerRefillPause(t *testing.T) {
 	reading := func(limit, remaining int64, reset time.Duration) Reading {
 		return Reading{Limit: limit, HasLimit: limit > 0, Remaining: remaining, HasRemaining: true, Reset: now.Add(reset)}
 	}
-	typical := typicalCost{input: 500, output: 100, seen: true}
+	typical := typicalCost{input: 2000, output: 1500, seen: true}
 	for _, tt := range []struct {
 		name     string
 		provider Provider
+		sent     time.Duration // how long before now the attempt was sent
 		limits   map[Dimension]Reading
 		typical  typicalCost
 		want     time.Duration
 		short    Dimension
 	}{
-		{"enough everywhere", ProviderAnthropic, map[Dimension]Reading{
-			Requests: reading(60, 5, time.Minute), InputTokens: reading(30000, 600, time.Minute)}, typical, 0, 0},
-		{"no request left: the refill of one request, not the reset", ProviderAnthropic, map[Dimension]Reading{
+		{"enough everywhere", ProviderAnthropic, 0, map[Dimension]Reading{
+			Requests: reading(60, 5, time.Minute), InputTokens: reading(30000, 1000, time.Minute)}, typical, 0, 0},
+		{"no request left: the refill of one request, not the reset", ProviderAnthropic, 0, map[Dimension]Reading{
 			Requests: reading(60, 0, 60*time.Second)}, typical, time.Second, Requests},
-		{"input tokens short: the deficit at the limit's rate", ProviderAnthropic, map[Dimension]Reading{
-			InputTokens: reading(30000, 200, time.Minute)}, typical, 600 * time.Millisecond, InputTokens},
-		{"never past the reset", ProviderAnthropic, map[Dimension]Reading{
+		{"input tokens short: the deficit, less the rounding, at the limit's rate", ProviderAnthropic, 0, map[Dimension]Reading{
+			InputTokens: reading(30000, 200, time.Minute)}, typical, 1600 * time.Millisecond, InputTokens},
+		{"the refill since the attempt was sent is no deficit", ProviderAnthropic, time.Second, map[Dimension]Reading{
+			Requests: reading(60, 0, time.Minute), InputTokens: reading(30000, 200, time.Minute)}, typical,
+			600 * time.Millisecond, InputTokens},
+		{"a fleet at its limit, answered after two seconds, need not pause", ProviderAnthropic, 2 * time.Second, map[Dimension]Reading{
+			Requests: reading(50, 0, time.Minute), InputTokens: reading(30000, 0, time.Minute)}, typical, 0, 0},
+		{"never past the reset", ProviderAnthropic, 0, map[Dimension]Reading{
 			InputTokens: reading(30000, 200, 100*time.Millisecond)}, typical, 100 * time.Millisecond, InputTokens},
-		{"a reset in the past: the bucket is full", ProviderAnthropic, map[Dimension]Reading{
+		{"a reset in the past: the bucket is full", ProviderAnthropic, 0, map[Dimension]Reading{
 			Requests: reading(60, 0, -time.Second)}, typical, 0, 0},
-		{"no limit known: until the reset", ProviderAnthropic, map[Dimension]Reading{
+		{"no limit known: until the reset", ProviderAnthropic, 0, map[Dimension]Reading{
 			OutputTokens: reading(0, 10, 3*time.Second)}, typical, 3 * time.Second, OutputTokens},
-		{"the longest wait wins", ProviderAnthropic, map[Dimension]Reading{
+		{"the longest wait wins", ProviderAnthropic, 0, map[Dimension]Reading{
 			Requests: reading(60, 0, time.Minute), OutputTokens: reading(4000, 0, time.Minute)}, typical,
-			1500 * time.Millisecond, OutputTokens},
-		{"before any usage one token is needed", ProviderAnthropic, map[Dimension]Reading{
-			InputTokens: reading(30000, 0, time.Minute)}, typicalCost{}, 2 * time.Millisecond, InputTokens},
-		{"anthropic's tokens line repeats input or output: ignored", ProviderAnthropic, map[Dimension]Reading{
+			7500 * time.Millisecond, OutputTokens},
+		{"before any usage one token is needed", ProviderOpenAI, 0, map[Dimension]Reading{
+			Tokens: reading(60000, 0, time.Minute)}, typicalCost{}, time.Millisecond, Tokens},
+		{"anthropic's tokens line repeats input or output: ignored", ProviderAnthropic, 0, map[Dimension]Reading{
 			Tokens: reading(30000, 0, time.Minute), InputTokens: reading(30000, 1000, time.Minute)}, typical, 0, 0},
-		{"openai's tokens are input plus output", ProviderOpenAI, map[Dimension]Reading{
-			Tokens: reading(60000, 0, time.Minute)}, typical, 600 * time.Millisecond, Tokens},
-		{"unknown remaining is no reason to wait", ProviderOpenAI, map[Dimension]Reading{
+		{"openai's tokens are input plus output, exact", ProviderOpenAI, 0, map[Dimension]Reading{
+			Tokens: reading(60000, 0, time.Minute)}, typical, 3500 * time.Millisecond, Tokens},
+		{"unknown remaining is no reason to wait", ProviderOpenAI, 0, map[Dimension]Reading{
 			Requests: {Limit: 60, HasLimit: true, Reset: now.Add(time.Minute)}}, typical, 0, 0},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -201,7 +207,7 @@ func TestBreakerRefillPause(t *testing.T) {
 			for d, r := range tt.limits {
 				h.Limits[d] = r
 			}
-			got, short := refillPause(h, tt.typical, now)
+			got, short := refillPause(h, tt.typical, now.Add(-tt.sent), now)
 			assert.Equal(t, tt.want, got)
 			assert.Equal(t, tt.short, short)
 		})
@@ -597,12 +603,12 @@ func TestBreakerPausesForTheRefillOfTheNextRequest(t *testing.T) {
 			"anthropic-ratelimit-tokens-reset", reset,
 		}
 	}
-	const used = `{"id":"msg_1","type":"message","usage":{"input_tokens":500,"output_tokens":100}}`
+	const used = `{"id":"msg_1","type":"message","usage":{"input_tokens":2000,"output_tokens":100}}`
 	api := &brkAPI{script: func(n int, _ *http.Request) (*http.Response, error) {
 		switch n {
 		case 1: // plenty left; teaches what a request costs
 			return respond(200, used, limits("10", "20000")...), nil
-		case 2: // 200 input tokens left, 500 needed: 300 to refill at 500/s
+		case 2: // 200 input tokens left, read as up to 1200 (rounded), 2000 needed: 800 to refill at 500/s
 			return respond(200, used, limits("10", "200")...), nil
 		case 3: // no request left: one to refill at one a second
 			return respond(200, used, limits("0", "20000")...), nil
@@ -617,14 +623,14 @@ func TestBreakerPausesForTheRefillOfTheNextRequest(t *testing.T) {
 	require.NoError(t, err)
 	b := breakerOf(t, s)
 	assert.Equal(t, BreakerClosed, b.State)
-	assert.Equal(t, 500.0, b.TypicalInputTokens)
+	assert.Equal(t, 2000.0, b.TypicalInputTokens)
 	assert.Equal(t, 100.0, b.TypicalOutputTokens)
 
 	_, err = brkDo(ctx, client)
 	require.NoError(t, err)
 	b = breakerOf(t, s)
 	assert.Equal(t, BreakerOpen, b.State)
-	assert.Equal(t, testEpoch.Add(600*time.Millisecond), b.OpenUntil, "the refill of one request, not the reset a minute away")
+	assert.Equal(t, testEpoch.Add(1600*time.Millisecond), b.OpenUntil, "the refill of one request, not the reset a minute away")
 
 	wait := func(want time.Duration) {
 		t.Helper()
@@ -635,15 +641,15 @@ func TestBreakerPausesForTheRefillOfTheNextRequest(t *testing.T) {
 		clk.Advance(want)
 		<-done
 	}
-	wait(600 * time.Millisecond) // the probe, answered with no request left
+	wait(1600 * time.Millisecond) // the probe, answered with no request left
 	assert.Equal(t, clk.Now().Add(time.Second), breakerOf(t, s).OpenUntil)
 	wait(time.Second)
 	assert.Equal(t, BreakerClosed, breakerOf(t, s).State)
-	assert.Equal(t, 600*time.Millisecond, api.calls[2].waits.Pause)
+	assert.Equal(t, 1600*time.Millisecond, api.calls[2].waits.Pause)
 	assert.Equal(t, []string{
-		"closed→open +600ms input-tokens refill",
+		"closed→open +1.6s input-tokens refill",
 		"open→half-open input-tokens refill",
-		"half-open→open +1.6s requests refill",
+		"half-open→open +2.6s requests refill",
 		"open→half-open requests refill",
 		"half-open→closed",
 	}, events.get())

@@ -42,13 +42,12 @@ import (
 // Limits come from WithLimits or from the *-limit response headers; headers
 // win. As soon as an attempt's response headers arrive, each bucket whose
 // level is above what the server's *-remaining header allows is pulled down
-// to it, since other processes may share the Key. The reading is taken as of
-// when the attempt was sent: what this process charged after that is
-// subtracted from it (the server had not seen it), what it charged before is
-// not (the server had counted it), the refill since is added, and a value
-// rounded to the thousand (Anthropic's token headers) is read as the top of
-// its rounding interval, so a level is never pulled further down than the
-// server's count requires. Until any limit is known for a Key, its attempts are
+// to it, since other processes may share the Key. The reading is read as
+// the most the level can be — the refill since the attempt was sent added,
+// a value rounded to the thousand (Anthropic's token headers) read as the top
+// of its rounding interval, nothing this process sent meanwhile subtracted —
+// so a level is never pulled further down than the server's count requires
+// (see pullDownLocked). Until any limit is known for a Key, its attempts are
 // admitted one at a time: the next one waits for the previous one's response
 // headers. A Key whose successful responses carry no limit headers at all (a
 // gateway that strips them) ends its cold start with that response and is
@@ -345,10 +344,6 @@ type keyBudget struct {
 	limits  [numDimensions]int64
 	sources [numDimensions]LimitSource
 	buckets [numDimensions]bucket
-	// charged is the running total of what attempts of this Key have been
-	// charged, refunds and settlements included. Its growth between two
-	// moments is what this process spent in between; see pullDownLocked.
-	charged [numDimensions]float64
 	// held is what the attempts not yet settled are charged: a bucket that
 	// becomes known while they are in flight starts that much below full.
 	held     [numDimensions]float64
@@ -387,9 +382,6 @@ type reservation struct {
 	cost    [numDimensions]float64 // what the attempt asks for
 	initial [numDimensions]float64 // what it was charged at admission
 	charged [numDimensions]float64 // what it is charged now
-	// chargedAtSend is the Key's running total right after this attempt was
-	// charged: everything the server could have counted when it answered.
-	chargedAtSend [numDimensions]float64
 	sentAt        time.Time
 	promptBytes   int64
 	images        int64
@@ -534,10 +526,8 @@ func (kb *keyBudget) grantLocked(now time.Time, r *reservation) {
 			b.take(now, n)
 		}
 		r.initial[d], r.charged[d] = n, n
-		kb.charged[d] += n
 		kb.held[d] += n
 	}
-	r.chargedAtSend = kb.charged
 	r.sentAt = now
 	r.slot = true
 	kb.inFlight++
@@ -608,7 +598,6 @@ func (kb *keyBudget) adjustLocked(now time.Time, r *reservation, d Dimension, n 
 			b.give(now, -delta)
 		}
 	}
-	kb.charged[d] += delta
 	kb.held[d] += delta
 	r.charged[d] = n
 }
@@ -749,30 +738,29 @@ func (kb *keyBudget) learnLocked(now time.Time, r *reservation, h RateLimitHeade
 // pullDownLocked lowers the level of d to what the server's remaining
 // reading, in r's response, allows.
 //
-// The server computed remaining when it admitted r, which is taken to be
-// when r was sent. At that moment it had counted r and, as far as this
-// process can know, everything charged before r; the running total
-// kb.charged at that moment is r.chargedAtSend. So:
+// The server took the reading when it admitted r, somewhere between r's
+// send and the arrival of its headers (now). Which of this process's other
+// attempts it had counted by then cannot be known: concurrent attempts reach
+// the server in any order. So the reading is turned into the most the level
+// can be, never less:
 //
-//   - what this process charged since, other than r's own changes (the
-//     attempts admitted after r, and settlements of others), the server could
-//     not have counted: it is subtracted, and nothing else is, so attempts in
-//     flight that the server already counted are not counted twice;
-//   - the bucket refilled since r was sent: that refill is added back;
-//   - a remaining value rounded to a unit (Anthropic's token headers, to the
-//     nearest thousand) may be up to half a unit below the truth: the upper
-//     end is taken, so the level is never pulled further down than the
-//     server's count requires.
+//   - the refill since r was sent is added (the earliest the reading could
+//     have been taken);
+//   - nothing this process charged meanwhile is subtracted (the server may
+//     have counted all of it), so attempts in flight are never counted twice;
+//   - a value rounded to a unit (Anthropic's token headers, documented as
+//     rounded to the nearest thousand, by some servers rounded down) may be up
+//     to a unit below the truth: the unit is added.
 //
+// What this bound leaves out is this process's own attempts in flight, which
+// its level already holds; the pull-down is for what others spent.
 // The level is only ever lowered: when the server knows of more room than
 // this process, the difference is its own estimate being cautious, which
 // settling corrects.
 func (kb *keyBudget) pullDownLocked(now time.Time, r *reservation, d Dimension, remaining, rounding float64) {
 	b := &kb.buckets[d]
-	since := (kb.charged[d] - r.chargedAtSend[d]) - (r.charged[d] - r.initial[d])
 	refill := b.limit * max(now.Sub(r.sentAt), 0).Minutes()
-	target := min(b.limit, remaining+rounding/2+refill) - since
-	b.pullDown(now, target)
+	b.pullDown(now, min(b.limit, remaining+rounding+refill))
 }
 
 // settle is called when r's exchange is done: it frees r's slot and settles

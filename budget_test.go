@@ -565,14 +565,16 @@ func TestBudgetPullsDownToRemaining(t *testing.T) {
 		want   float64
 	}{
 		{"requests, exact", nil, 0, 0, 0, anthropicLimits(50, 10, -1, -1, -1, -1), Requests, 10},
-		{"tokens are rounded to the thousand: allow half of it", nil, 0, 0, 0,
-			anthropicLimits(-1, -1, 30_000, 5_000, -1, -1), InputTokens, 5_500},
+		{"tokens are rounded to the thousand: allow a whole one", nil, 0, 0, 0,
+			anthropicLimits(-1, -1, 30_000, 5_000, -1, -1), InputTokens, 6_000},
 		{"never raised", []Option{WithLimits(Limits{RequestsPerMinute: 50})}, 0, 0, 0,
 			anthropicLimits(-1, 50, -1, -1, -1, -1), Requests, 49},
 		{"attempts sent before were counted by the server", []Option{WithLimits(Limits{RequestsPerMinute: 50})}, 3, 0, 0,
 			anthropicLimits(-1, 40, -1, -1, -1, -1), Requests, 40},
-		{"attempts sent after were not", []Option{WithLimits(Limits{RequestsPerMinute: 50})}, 0, 3, 0,
-			anthropicLimits(-1, 40, -1, -1, -1, -1), Requests, 37},
+		{"attempts sent after may have been counted too: not subtracted twice", []Option{WithLimits(Limits{RequestsPerMinute: 50})}, 0, 3, 0,
+			anthropicLimits(-1, 40, -1, -1, -1, -1), Requests, 40},
+		{"a reading above the level changes nothing", []Option{WithLimits(Limits{RequestsPerMinute: 50})}, 0, 3, 0,
+			anthropicLimits(-1, 48, -1, -1, -1, -1), Requests, 46},
 		{"refill since the server counted", []Option{WithLimits(Limits{RequestsPerMinute: 60})}, 0, 0, 10 * time.Second,
 			anthropicLimits(-1, 20, -1, -1, -1, -1), Requests, 30},
 	}

@@ -96,6 +96,7 @@ type exchange struct {
 
 	mu      sync.Mutex
 	sent    bool
+	sentAt  time.Time // when Observe handed the request to the base transport
 	status  int // 0 when no response arrived
 	headers RateLimitHeaders
 	apiErr  *APIError // the error document of a non-2xx response, when it had one
@@ -123,6 +124,20 @@ func (c *call) newExchange(req *http.Request) (*http.Request, *exchange) {
 	c.mu.Unlock()
 	ctx := context.WithValue(req.Context(), exchangeKey, ex)
 	return req.WithContext(c.trace.attemptContext(ctx, ex)), ex
+}
+
+// markSent records that the attempt is leaving for the server now.
+func (ex *exchange) markSent(now time.Time) {
+	ex.mu.Lock()
+	ex.sent, ex.sentAt = true, now
+	ex.mu.Unlock()
+}
+
+// sendTime returns when the attempt was sent, or zero before it was.
+func (ex *exchange) sendTime() time.Time {
+	ex.mu.Lock()
+	defer ex.mu.Unlock()
+	return ex.sentAt
 }
 
 func (ex *exchange) isSent() bool {

@@ -274,9 +274,7 @@ const maxErrorBody = 64 << 10
 func (o *observer) RoundTrip(req *http.Request) (*http.Response, error) {
 	req, c := o.state.callFor(req)
 	req, ex := o.state.exchangeFor(req, c)
-	ex.mu.Lock()
-	ex.sent = true
-	ex.mu.Unlock()
+	ex.markSent(o.state.cfg.clock.Now())
 
 	resp, err := o.next.RoundTrip(req)
 	if err != nil {
