@@ -378,13 +378,13 @@ func newKeyBudget(cfg *config, k Key, now time.Time) *keyBudget {
 // A reservation is what one attempt holds of its Key's budget, from
 // admission until it is settled.
 type reservation struct {
-	kb      *keyBudget
-	cost    [numDimensions]float64 // what the attempt asks for
-	initial [numDimensions]float64 // what it was charged at admission
-	charged [numDimensions]float64 // what it is charged now
-	sentAt        time.Time
-	promptBytes   int64
-	images        int64
+	kb          *keyBudget
+	cost        [numDimensions]float64 // what the attempt asks for
+	initial     [numDimensions]float64 // what it was charged at admission
+	charged     [numDimensions]float64 // what it is charged now
+	sentAt      time.Time
+	promptBytes int64
+	images      int64
 
 	status   int  // the response status, once headers arrived
 	slot     bool // holds a place among the attempts in flight

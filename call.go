@@ -97,7 +97,7 @@ type exchange struct {
 	mu      sync.Mutex
 	sent    bool
 	sentAt  time.Time // when Observe handed the request to the base transport
-	status  int // 0 when no response arrived
+	status  int       // 0 when no response arrived
 	headers RateLimitHeaders
 	apiErr  *APIError // the error document of a non-2xx response, when it had one
 	usage   Usage
