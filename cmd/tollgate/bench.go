@@ -1,0 +1,117 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/tollgate-go/tollgate/internal/fleet"
+	"github.com/tollgate-go/tollgate/internal/fleet/peers"
+)
+
+// benchClients is the default --clients of bench.
+var benchClients = []string{peers.NameSDK, peers.NameQueue4, peers.NameRetryableHTTP, peers.NameFailsafe, peers.NameTollgate}
+
+func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	f := newFleetFlags("bench", fleet.DefaultDuration, stderr)
+	clients := f.fs.String("clients", strings.Join(benchClients, ","),
+		"comma-separated clients to run side by side: "+strings.Join(peers.Names(), ", "))
+	f.fs.Usage = func() {
+		fmt.Fprintf(stderr, `usage: tollgate bench [flags]
+
+Runs the same fleet of agents through each client, side by side, each against
+its own fake Anthropic API on 127.0.0.1 with the same limits (tier-1-like by
+default), and prints what each got out of them:
+
+  share of binding limit   what the server admitted, over the most it could have
+                           admitted in the time (buckets start full): for each limit
+                           L, used / (L + L·minutes); the largest is shown
+  failed calls             calls that returned an error to the agent
+  429s per 100 OK          rate-limit responses the client drew, per successful call
+  OK calls/min             successful calls per minute
+  p50, p95                 latency of successful calls, retries and waits included
+
+flags:
+`)
+		f.fs.PrintDefaults()
+	}
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	list, err := peers.Parse(*clients)
+	if err != nil {
+		return usageError{err}
+	}
+	if f.withLimit {
+		list = withLimitsInstead(list)
+	}
+	cfg := f.config()
+	return runFleet(ctx, "bench", f, cfg, list, stdout, stderr, writeRows)
+}
+
+// withLimitsInstead replaces tollgate by tollgate+limits (once).
+func withLimitsInstead(list []fleet.Client) []fleet.Client {
+	has := func(name string) bool {
+		for _, c := range list {
+			if c.Name == name {
+				return true
+			}
+		}
+		return false
+	}
+	out := make([]fleet.Client, 0, len(list))
+	for _, c := range list {
+		if c.Name == peers.NameTollgate {
+			if has(peers.NameTollgateLimits) {
+				continue
+			}
+			c = peers.Tollgate(true)
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// runFleet runs the fleet with live progress and prints the results as a
+// table (by table) or as JSON.
+func runFleet(ctx context.Context, command string, f *fleetFlags, cfg fleet.Config, clients []fleet.Client,
+	stdout, stderr io.Writer, table func(io.Writer, []fleet.Result)) error {
+	live := stdout
+	if f.json {
+		live = stderr
+	}
+	names := make([]string, len(clients))
+	for i, c := range clients {
+		names[i] = c.Name
+	}
+	fmt.Fprintf(live, "tollgate %s: %s, through %s\n", command, f.describe(), strings.Join(names, ", "))
+	if cfg.BaseURL == "" {
+		fmt.Fprintf(live, "each client against its own fake API on 127.0.0.1; Ctrl-C stops and prints what was measured\n\n")
+	}
+	view := newLiveView(live)
+	cfg.Progress = view.update
+	started := time.Now()
+	results, err := fleet.Run(ctx, cfg, clients...)
+	if err != nil {
+		return err
+	}
+	interrupted := len(results) > 0 && results[0].Interrupted
+	if f.json {
+		if err := writeJSON(stdout, newSummary(command, started, f, cfg, results)); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintln(stdout)
+		if interrupted {
+			fmt.Fprintf(stdout, "Interrupted after %s: the figures cover only that time.\n\n", results[0].Elapsed.Round(100*time.Millisecond))
+		}
+		table(stdout, results)
+		writeFailures(stdout, results)
+	}
+	if interrupted {
+		return errInterrupted
+	}
+	return nil
+}

@@ -1,0 +1,97 @@
+// Command tollgate runs tollgate against a fleet of agents on a fake,
+// rate-limited Anthropic API, next to the usual alternatives.
+//
+//	tollgate demo  [flags]   the bare SDK and tollgate side by side, live (about a minute)
+//	tollgate bench [flags]   every client side by side, a table of what each got (2 minutes)
+//
+// Everything runs in this process against fake APIs listening on 127.0.0.1;
+// nothing leaves the machine unless demo is given --upstream. Run a
+// subcommand with -h for its flags.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// Exit codes.
+const (
+	exitOK          = 0
+	exitError       = 1   // the run could not be done
+	exitUsage       = 2   // bad command line
+	exitInterrupted = 130 // stopped by SIGINT/SIGTERM, after printing what was measured
+)
+
+const usage = `usage: tollgate <command> [flags]
+
+commands:
+  demo    run the same fleet through the bare SDK and through tollgate, side by side,
+          against an embedded fake API with tier-1-like limits (about a minute)
+  bench   run the fleet through every client (sdk, queue4, retryablehttp, failsafe,
+          tollgate) side by side and print what each got out of the same limits
+
+Run 'tollgate <command> -h' for the flags of a command.
+`
+
+// run is main without the process: it returns the exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	var err error
+	switch args[0] {
+	case "demo":
+		err = demo(ctx, args[1:], stdout, stderr)
+	case "bench":
+		err = bench(ctx, args[1:], stdout, stderr)
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "tollgate: unknown command %q\n\n%s", args[0], usage)
+		return exitUsage
+	}
+	var ue usageError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, errHelp):
+		return exitOK
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "tollgate %s: %v\nRun 'tollgate %s -h' for usage.\n", args[0], ue.err, args[0])
+		return exitUsage
+	case errors.Is(err, errInterrupted):
+		return exitInterrupted
+	default:
+		fmt.Fprintf(stderr, "tollgate %s: %v\n", args[0], err)
+		return exitError
+	}
+}
+
+// usageError is a bad command line.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
+
+var (
+	// errHelp is -h: the usage was printed, nothing else to do.
+	errHelp = errors.New("help requested")
+	// errInterrupted is a run stopped by a signal, whose results were printed.
+	errInterrupted = errors.New("interrupted")
+)

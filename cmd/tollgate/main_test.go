@@ -1,0 +1,206 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/tollgate-go/tollgate/internal/fleet"
+	"github.com/tollgate-go/tollgate/internal/fleet/peers"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// fast are flags for a short run whose limits are far above what it uses.
+var fast = []string{"--duration", "1s", "--agents", "3", "--rpm", "600000", "--itpm", "100000000",
+	"--otpm", "10000000", "--latency", "5ms", "--per-token", "0s", "--max-tokens", "16"}
+
+func runCLI(ctx context.Context, args ...string) (code int, stdout, stderr string) {
+	var out, errb bytes.Buffer
+	code = run(ctx, args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestUsageErrors(t *testing.T) {
+	t.Setenv("ANTHROPIC_API_KEY", "")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "usage: tollgate <command>"},
+		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
+		{[]string{"bench", "--agents", "0"}, "--agents must be at least 1"},
+		{[]string{"bench", "--agents", "x"}, `invalid value "x" for flag -agents`},
+		{[]string{"bench", "--duration", "-1s"}, "--duration must be positive"},
+		{[]string{"bench", "--duration", "soon"}, "invalid value"},
+		{[]string{"bench", "--nope"}, "flag provided but not defined: -nope"},
+		{[]string{"bench", "extra"}, `unexpected argument "extra"`},
+		{[]string{"bench", "--clients", "sdk,nope"}, `unknown client "nope"`},
+		{[]string{"bench", "--clients", "sdk,sdk"}, `client "sdk" named twice`},
+		{[]string{"bench", "--clients", ""}, "no clients named"},
+		{[]string{"bench", "--rpm", "0", "--itpm", "0", "--otpm", "0"}, "no limit set"},
+		{[]string{"bench", "--rpm", "-5"}, "cannot be negative"},
+		{[]string{"bench", "--max-tokens", "9000"}, "exceeds --otpm 8000"},
+		{[]string{"demo", "--itpm", "1000"}, "below the largest prompt"},
+		{[]string{"demo", "--agents", "-3"}, "--agents must be at least 1"},
+		{[]string{"demo", "--upstream", "ftp://example.com"}, "--upstream must be an http(s) URL"},
+		{[]string{"demo", "--upstream", "https://example.invalid"}, "needs ANTHROPIC_API_KEY"},
+	} {
+		code, stdout, stderr := runCLI(context.Background(), tc.args...)
+		assert.Equal(t, exitUsage, code, "%v", tc.args)
+		assert.Empty(t, stdout, "%v", tc.args)
+		assert.Contains(t, stderr, tc.want, "%v", tc.args)
+	}
+}
+
+func TestHelp(t *testing.T) {
+	code, stdout, _ := runCLI(context.Background(), "help")
+	assert.Equal(t, exitOK, code)
+	assert.Contains(t, stdout, "bench")
+	for _, cmd := range []string{"bench", "demo"} {
+		code, stdout, stderr := runCLI(context.Background(), cmd, "-h")
+		assert.Equal(t, exitOK, code)
+		assert.Empty(t, stdout)
+		assert.Contains(t, stderr, "usage: tollgate "+cmd)
+		assert.Contains(t, stderr, "-agents")
+	}
+}
+
+// decode parses a --json summary, checking it holds nothing else.
+func decode(t *testing.T, stdout string) summary {
+	t.Helper()
+	var s summary
+	dec := json.NewDecoder(strings.NewReader(stdout))
+	dec.DisallowUnknownFields()
+	require.NoError(t, dec.Decode(&s), stdout)
+	assert.False(t, dec.More(), "one JSON value only")
+	return s
+}
+
+func TestBenchJSON(t *testing.T) {
+	args := append([]string{"bench", "--json", "--clients", "sdk,queue4,tollgate"}, fast...)
+	code, stdout, stderr := runCLI(context.Background(), args...)
+	require.Equal(t, exitOK, code, stderr)
+	s := decode(t, stdout)
+	assert.Equal(t, "bench", s.Command)
+	assert.False(t, s.Interrupted)
+	assert.Equal(t, 3, s.Config.Agents)
+	assert.Equal(t, 1.0, s.Config.DurationSeconds)
+	assert.Equal(t, fleet.Limits{RequestsPerMinute: 600_000, InputTokensPerMinute: 100_000_000, OutputTokensPerMinute: 10_000_000}, s.Config.Limits)
+	require.Len(t, s.Results, 3)
+	for i, name := range []string{"sdk", "queue4", "tollgate"} {
+		r := s.Results[i]
+		assert.Equal(t, name, r.Client)
+		assert.Positive(t, r.OKCalls, name)
+		assert.Zero(t, r.FailedCalls, name)
+		assert.NotNil(t, r.FailedByKind)
+		assert.Equal(t, "server", r.Source)
+		assert.InDelta(t, 1.0, r.ElapsedSeconds, 0.3)
+		assert.Len(t, r.Shares, 3)
+		assert.Greater(t, r.BindingShare, 0.0)
+		assert.Less(t, r.BindingShare, 1.0)
+		assert.NotEmpty(t, r.BindingDimension)
+		assert.Positive(t, r.P50MS)
+		assert.GreaterOrEqual(t, r.P95MS, r.P50MS)
+		assert.InDelta(t, float64(r.OKCalls)/(r.ElapsedSeconds/60), r.OKPerMinute, 1e-6)
+	}
+	// The raw keys, as a script would read them.
+	var raw map[string]any
+	require.NoError(t, json.Unmarshal([]byte(stdout), &raw))
+	res := raw["results"].([]any)[0].(map[string]any)
+	for _, k := range []string{"binding_share", "failed_calls", "rate_limited_per_100_ok", "ok_per_minute", "p50_ms", "p95_ms", "elapsed_seconds"} {
+		assert.Contains(t, res, k)
+	}
+	assert.Contains(t, stderr, "tollgate bench:", "progress goes to stderr with --json")
+}
+
+func TestDemoTable(t *testing.T) {
+	args := append([]string{"demo", "--stream"}, fast...)
+	code, stdout, stderr := runCLI(context.Background(), args...)
+	require.Equal(t, exitOK, code, stderr)
+	assert.Contains(t, stdout, "share of binding limit used")
+	assert.Contains(t, stdout, "p95 latency")
+	assert.Contains(t, stdout, "sdk")
+	assert.Contains(t, stdout, "tollgate")
+	assert.NotContains(t, stdout, "\x1b[", "no terminal, no escape codes")
+}
+
+func TestDemoJSON(t *testing.T) {
+	args := append([]string{"demo", "--json"}, fast...)
+	code, stdout, stderr := runCLI(context.Background(), args...)
+	require.Equal(t, exitOK, code, stderr)
+	s := decode(t, stdout)
+	assert.Equal(t, "demo", s.Command)
+	require.Len(t, s.Results, 2)
+	assert.Equal(t, "sdk", s.Results[0].Client)
+	assert.Equal(t, "tollgate", s.Results[1].Client)
+}
+
+func TestInterruptPrintsWhatWasMeasured(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(700*time.Millisecond, cancel)
+	args := append([]string{"demo", "--json"}, fast...)
+	args = append(args, "--duration", "1m")
+	t0 := time.Now()
+	code, stdout, stderr := runCLI(ctx, args...)
+	assert.Less(t, time.Since(t0), 5*time.Second)
+	require.Equal(t, exitInterrupted, code, stderr)
+	s := decode(t, stdout)
+	assert.True(t, s.Interrupted)
+	for _, r := range s.Results {
+		assert.True(t, r.Interrupted)
+		assert.Positive(t, r.OKCalls)
+		assert.Less(t, r.ElapsedSeconds, 5.0)
+	}
+
+	// The table says so too.
+	ctx, cancel = context.WithCancel(context.Background())
+	time.AfterFunc(500*time.Millisecond, cancel)
+	args = append(append([]string{"bench", "--clients", "sdk"}, fast...), "--duration", "1m")
+	code, stdout, _ = runCLI(ctx, args...)
+	require.Equal(t, exitInterrupted, code)
+	assert.Contains(t, stdout, "Interrupted after")
+	assert.Contains(t, stdout, "sdk")
+}
+
+func TestWithLimitsReplacesTollgate(t *testing.T) {
+	list, err := peers.Parse("sdk,tollgate")
+	require.NoError(t, err)
+	names := func(cs []fleet.Client) (out []string) {
+		for _, c := range cs {
+			out = append(out, c.Name)
+		}
+		return out
+	}
+	assert.Equal(t, []string{"sdk", "tollgate+limits"}, names(withLimitsInstead(list)))
+	list, err = peers.Parse("tollgate,tollgate+limits")
+	require.NoError(t, err)
+	assert.Equal(t, []string{"tollgate+limits"}, names(withLimitsInstead(list)))
+}
+
+func TestLiveViewOnATerminalRedrawsInPlace(t *testing.T) {
+	var b bytes.Buffer
+	v := &liveView{w: &b, terminal: true}
+	ps := []fleet.Progress{{Client: "sdk", OK: 1}, {Client: "tollgate", OK: 2, Status: "breaker closed"}}
+	v.update(ps)
+	v.update(ps)
+	out := b.String()
+	assert.Equal(t, 1, strings.Count(out, "\x1b[2A"), "the second draw goes back up two lines")
+	assert.Contains(t, out, "breaker closed")
+
+	b.Reset()
+	v = &liveView{w: &b, every: time.Hour}
+	v.update(ps)
+	v.update(ps) // too soon: skipped
+	ps[0].Done, ps[1].Done = true, true
+	v.update(ps) // the last one always shows
+	assert.Equal(t, 4, strings.Count(b.String(), "\n"))
+	assert.NotContains(t, b.String(), "\x1b")
+}

@@ -1,0 +1,199 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/anthropics/anthropic-sdk-go/v2"
+)
+
+// Call is what one agent's call came to.
+type Call struct {
+	Agent   int           `json:"agent"`
+	Start   time.Duration `json:"start_ns"`   // since the run started
+	Latency time.Duration `json:"latency_ns"` // until the reply (or stream) was read in full, or the error
+	OK      bool          `json:"ok"`
+	// Kind names why a call did not succeed: one of the Kind constants, or
+	// a client's own (Target.Classify); empty for a success.
+	Kind   string `json:"kind,omitempty"`
+	Status int    `json:"status,omitempty"` // the HTTP status of the error, when there was one
+	// Attempts is how many HTTP attempts the call sent, as the fleet's
+	// transport counted them.
+	Attempts     int `json:"attempts"`
+	PromptTokens int `json:"prompt_tokens"` // the prompt's size under tollgatetest.CountTokens
+	InputTokens  int `json:"input_tokens"`  // usage the reply reported
+	OutputTokens int `json:"output_tokens"`
+}
+
+// The kinds of unsuccessful calls the fleet tells apart by itself.
+const (
+	// KindCutOff is a call stopped by the end of the run: not a failure.
+	KindCutOff      = "cut_off"
+	KindRateLimited = "rate_limited" // the caller got a 429
+	KindOverloaded  = "overloaded"   // the caller got a 529
+	KindServerError = "server_error" // another 5xx
+	KindClientError = "client_error" // another 4xx
+	KindStream      = "stream_error" // the stream broke after it started
+	KindTransport   = "transport"    // no response
+)
+
+// agent loops calls until the run stops.
+func (r *run) agent(ctx context.Context, n int) {
+	rng := rand.New(rand.NewPCG(r.cfg.Seed, uint64(n)+1))
+	for !r.stopped.Load() && ctx.Err() == nil {
+		size := r.cfg.MinPromptTokens + rng.IntN(r.cfg.MaxPromptTokens-r.cfg.MinPromptTokens+1)
+		r.record(r.call(ctx, n, Prompt(rng, size)))
+	}
+}
+
+// call makes one call and says what came of it.
+func (r *run) call(ctx context.Context, agent int, prompt string) Call {
+	var attempts atomic.Int32
+	ctx = context.WithValue(ctx, attemptsKey{}, &attempts)
+	params := anthropic.MessageNewParams{
+		Model:     anthropic.Model(r.cfg.Model),
+		MaxTokens: int64(r.cfg.MaxTokens),
+		Messages:  []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock(prompt))},
+	}
+	c := Call{Agent: agent, PromptTokens: countWords(prompt)}
+	t0 := time.Now()
+	c.Start = t0.Sub(r.start)
+	var usage anthropic.Usage
+	do := func(ctx context.Context) error {
+		if r.cfg.Stream {
+			return r.stream(ctx, params, &usage)
+		}
+		m, err := r.target.Client.Messages.New(ctx, params)
+		if err == nil {
+			usage = m.Usage
+		}
+		return err
+	}
+	var err error
+	if r.target.Wrap != nil {
+		err = r.target.Wrap(ctx, do)
+	} else {
+		err = do(ctx)
+	}
+	c.Latency = time.Since(t0)
+	c.Attempts = int(attempts.Load())
+	if err == nil {
+		c.OK = true
+		c.InputTokens = int(usage.InputTokens + usage.CacheCreationInputTokens + usage.CacheReadInputTokens)
+		c.OutputTokens = int(usage.OutputTokens)
+		return c
+	}
+	c.Kind, c.Status = r.classify(ctx, err)
+	return c
+}
+
+// stream makes a streaming call and reads every event.
+func (r *run) stream(ctx context.Context, params anthropic.MessageNewParams, usage *anthropic.Usage) error {
+	s := r.target.Client.Messages.NewStreaming(ctx, params)
+	defer s.Close()
+	var msg anthropic.Message
+	events := 0
+	for s.Next() {
+		events++
+		if err := msg.Accumulate(s.Current()); err != nil {
+			return &streamError{err}
+		}
+	}
+	if err := s.Err(); err != nil {
+		if events > 0 {
+			return &streamError{err}
+		}
+		return err
+	}
+	*usage = msg.Usage
+	return nil
+}
+
+// streamError is an error after the first event of a stream.
+type streamError struct{ err error }
+
+func (e *streamError) Error() string { return "stream: " + e.err.Error() }
+func (e *streamError) Unwrap() error { return e.err }
+
+func (r *run) classify(ctx context.Context, err error) (kind string, status int) {
+	var apiErr *anthropic.Error
+	if errors.As(err, &apiErr) {
+		status = apiErr.StatusCode
+	}
+	if errors.Is(err, errStopped) || (ctx.Err() != nil && errors.Is(err, context.Canceled)) {
+		return KindCutOff, status
+	}
+	if r.target.Classify != nil {
+		if k := r.target.Classify(err); k != "" {
+			return k, status
+		}
+	}
+	var se *streamError
+	switch {
+	case errors.As(err, &se):
+		return KindStream, status
+	case status == http.StatusTooManyRequests:
+		return KindRateLimited, status
+	case status == 529:
+		return KindOverloaded, status
+	case status >= 500:
+		return KindServerError, status
+	case status >= 400:
+		return KindClientError, status
+	}
+	return KindTransport, status
+}
+
+// Prompt returns a prompt of exactly size tokens under
+// tollgatetest.CountTokens: size words drawn from rng, one token each.
+func Prompt(rng *rand.Rand, size int) string {
+	var b strings.Builder
+	b.Grow(size * 8)
+	for i := range size {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(words[rng.IntN(len(words))])
+	}
+	return b.String()
+}
+
+func countWords(s string) int { return len(strings.Fields(s)) }
+
+// words are letters only, so each is one token to tollgatetest.
+var words = strings.Fields(`the of and to in is was for that on with as by at from his her an
+be this are or had which not but were have one all their there been has when who they will more
+no if out so said what up its about into than them can only other new some could time these two
+may then do first any my now such like our over man me even most made after also did many before
+must through back years where much your way well down should because each just those people how
+too little state good very make world still own see men work long get here between both life being
+under never day same another know while last might us great old year off come since against go came
+right used take three rate limit token bucket request response header retry budget breaker stream
+model agent queue pace wait minute second window burst refill capacity admit reserve settle usage`)
+
+// replyLengths returns a tollgatetest OutputTokensFunc drawing lengths
+// uniformly from [lo, hi] with a generator of its own, seeded with seed.
+func replyLengths(seed uint64, lo, hi int) func(string, int) int {
+	var mu sync.Mutex
+	rng := rand.New(rand.NewPCG(seed, 0x7265706c79))
+	return func(string, int) int {
+		mu.Lock()
+		defer mu.Unlock()
+		return lo + rng.IntN(hi-lo+1)
+	}
+}
+
+// attemptsKey carries a call's attempt counter in its context.
+type attemptsKey struct{}
+
+func countAttempt(ctx context.Context) {
+	if n, ok := ctx.Value(attemptsKey{}).(*atomic.Int32); ok {
+		n.Add(1)
+	}
+}

@@ -1,0 +1,433 @@
+// Package fleet runs a fleet of agents against a rate-limited Anthropic
+// Messages API through one or more "clients under test", side by side, and
+// measures what each client got out of the same limits.
+//
+// Each run gets its own fake API (a tollgatetest.Server built from the same
+// Config, so with the same limits) and its own connection pool, so runs can
+// go side by side in one process without sharing anything but the CPU. Every
+// agent of a run loops: one call through the client (the official SDK's
+// Messages.New, or NewStreaming consuming the whole stream), with a prompt
+// of a size drawn from a seeded generator, so every run sends the same
+// sequence of prompts.
+//
+// # How a run ends
+//
+// At the deadline the run stops sending: any HTTP attempt that has not yet
+// been handed to the connection pool fails at once (the call is "cut off",
+// counted neither as a success nor as a failure), and the attempts already
+// sent are allowed to finish (up to Config.Drain); the calls then get half a
+// second to return before the rest (those waiting to retry, whose next
+// attempt would be refused) are cancelled. Everything the server admitted
+// before the deadline is thus counted, and nothing it admitted after. When
+// the caller's context is cancelled instead (Ctrl-C), the run stops the same
+// way but without waiting, and its Result is marked Interrupted: whatever
+// was in flight is lost from the counts.
+//
+// # What is measured
+//
+// Requests, tokens and 429s are taken from the server's own counters (see
+// tollgatetest.Stats). The share of a limit used is, for each limited
+// dimension d with a per-minute limit L_d:
+//
+//	share_d = consumed_d / (L_d + L_d · elapsed / 1 min)
+//
+// The denominator is the most the server could have admitted in the elapsed
+// time: its buckets start full (capacity L_d) and refill at L_d per minute.
+// The binding limit is the dimension with the largest share. Latency
+// percentiles are over successful calls, by the nearest-rank method.
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/anthropics/anthropic-sdk-go/v2"
+
+	"github.com/tollgate-go/tollgate/tollgatetest"
+)
+
+// Defaults for the zero fields of a Config.
+const (
+	DefaultAgents           = 16
+	DefaultDuration         = 2 * time.Minute
+	DefaultModel            = "claude-sonnet-4-5"
+	DefaultMaxTokens        = 256
+	DefaultMinPromptTokens  = 300
+	DefaultMaxPromptTokens  = 1500
+	DefaultProgressInterval = time.Second
+	DefaultDrain            = 30 * time.Second
+	// DefaultAPIKey is the key sent to the fake API.
+	DefaultAPIKey = "tollgate-fleet"
+)
+
+// Limits are per-minute rate limits; zero means unlimited.
+type Limits struct {
+	RequestsPerMinute     int `json:"requests_per_minute,omitempty"`
+	InputTokensPerMinute  int `json:"input_tokens_per_minute,omitempty"`
+	OutputTokensPerMinute int `json:"output_tokens_per_minute,omitempty"`
+	TokensPerMinute       int `json:"tokens_per_minute,omitempty"`
+}
+
+// Tier1 is the older Tier 1 of Anthropic's Sonnet limits: 50 requests,
+// 30,000 input tokens and 8,000 output tokens per minute.
+var Tier1 = Limits{RequestsPerMinute: 50, InputTokensPerMinute: 30_000, OutputTokensPerMinute: 8_000}
+
+// ServerLimits returns the limits a tollgatetest.Config enforces.
+func ServerLimits(c tollgatetest.Config) Limits {
+	return Limits{
+		RequestsPerMinute:     max(0, c.RequestsPerMinute),
+		InputTokensPerMinute:  max(0, c.InputTokensPerMinute),
+		OutputTokensPerMinute: max(0, c.OutputTokensPerMinute),
+		TokensPerMinute:       max(0, c.TokensPerMinute),
+	}
+}
+
+// Config describes a fleet and the fake API each run gets.
+type Config struct {
+	Agents   int           // agents per run; 0 means DefaultAgents
+	Duration time.Duration // how long agents keep starting calls; 0 means DefaultDuration
+	Stream   bool          // use Messages.NewStreaming and read every event
+
+	Model     string // 0: DefaultModel
+	MaxTokens int    // max_tokens of every call; 0: DefaultMaxTokens
+
+	// Prompt sizes are drawn uniformly from [MinPromptTokens,
+	// MaxPromptTokens], counted by tollgatetest.CountTokens; zeros mean the
+	// defaults (300–1500).
+	MinPromptTokens, MaxPromptTokens int
+
+	// Reply lengths are drawn by each server uniformly from
+	// [MinOutputTokens, MaxOutputTokens] and capped at MaxTokens; zeros mean
+	// MaxTokens/4 and MaxTokens. Ignored when Server.OutputTokensFunc is set.
+	MinOutputTokens, MaxOutputTokens int
+
+	// Seed drives the prompts (per agent) and the reply lengths (per
+	// server); runs with the same seed see the same sequences.
+	Seed uint64
+
+	// Server is the fake API every run gets its own copy of.
+	Server tollgatetest.Config
+
+	// BaseURL, if set, sends every run to this API instead of fake servers
+	// (Server is then ignored), with APIKey. There are no server counters
+	// then: 429s are counted from the responses the fleet's transport sees,
+	// tokens from the usage the responses report, and Limits (which must then
+	// be given for shares to be computed) is what the shares are against.
+	BaseURL string
+	APIKey  string
+	// Limits overrides the limits the shares are computed against; zero
+	// means those of Server.
+	Limits Limits
+
+	// Progress, if set, is called every ProgressInterval (0: one second)
+	// with the state of every run, in the order of the clients, from one
+	// goroutine; and once more at the end, with Done set.
+	Progress         func([]Progress)
+	ProgressInterval time.Duration
+
+	// Drain caps how long, after the deadline, the attempts already sent
+	// may take to finish; 0 means DefaultDrain.
+	Drain time.Duration
+}
+
+func (c Config) withDefaults() Config {
+	if c.Agents <= 0 {
+		c.Agents = DefaultAgents
+	}
+	if c.Duration <= 0 {
+		c.Duration = DefaultDuration
+	}
+	if c.Model == "" {
+		c.Model = DefaultModel
+	}
+	if c.MaxTokens <= 0 {
+		c.MaxTokens = DefaultMaxTokens
+	}
+	if c.MinPromptTokens <= 0 {
+		c.MinPromptTokens = DefaultMinPromptTokens
+	}
+	if c.MaxPromptTokens <= 0 {
+		c.MaxPromptTokens = DefaultMaxPromptTokens
+	}
+	if c.MaxOutputTokens <= 0 {
+		c.MaxOutputTokens = c.MaxTokens
+	}
+	if c.MinOutputTokens <= 0 {
+		c.MinOutputTokens = max(1, c.MaxTokens/4)
+	}
+	if c.ProgressInterval <= 0 {
+		c.ProgressInterval = DefaultProgressInterval
+	}
+	if c.Drain <= 0 {
+		c.Drain = DefaultDrain
+	}
+	if c.APIKey == "" && c.BaseURL == "" {
+		c.APIKey = DefaultAPIKey
+	}
+	if c.Limits == (Limits{}) && c.BaseURL == "" {
+		c.Limits = ServerLimits(c.Server)
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	switch {
+	case c.MinPromptTokens > c.MaxPromptTokens:
+		return fmt.Errorf("fleet: prompt sizes: min %d > max %d", c.MinPromptTokens, c.MaxPromptTokens)
+	case c.MinOutputTokens > c.MaxOutputTokens:
+		return fmt.Errorf("fleet: reply lengths: min %d > max %d", c.MinOutputTokens, c.MaxOutputTokens)
+	case c.BaseURL != "" && c.APIKey == "":
+		return errors.New("fleet: BaseURL needs an APIKey")
+	}
+	return nil
+}
+
+// Client is a client under test: how to build it for one run.
+type Client struct {
+	Name string
+	// New builds the client for one run. It must send every HTTP attempt
+	// through env.Transport (wrapping it as it likes): the fleet counts
+	// attempts there and stops the run there.
+	New func(env Env) (*Target, error)
+}
+
+// Env is what a Client is built from.
+type Env struct {
+	BaseURL string // the API's base URL, for option.WithBaseURL
+	APIKey  string
+	// Transport is the run's own connection pool, wrapped by the fleet. It
+	// has CloseIdleConnections; the fleet calls it when the run ends.
+	Transport http.RoundTripper
+	// Limits are the account's limits, for clients that are told them.
+	Limits Limits
+}
+
+// Target is a client built for one run.
+type Target struct {
+	// Client makes the calls.
+	Client anthropic.Client
+	// Wrap, if set, runs each call: it must call do exactly once with ctx
+	// or a context derived from it (e.g. after taking a semaphore), and
+	// return its error, or return an error without calling do.
+	Wrap func(ctx context.Context, do func(context.Context) error) error
+	// Status, if set, returns a short live status for the progress line,
+	// such as a circuit breaker's state.
+	Status func() string
+	// Classify, if set, names the kind of a call's error when it knows it
+	// better than the fleet (e.g. "breaker_open"); "" leaves it to the fleet.
+	Classify func(error) string
+	// Close, if set, releases what New built; called once the run is over.
+	Close func()
+}
+
+// returnGrace is how long, once a stopped run's attempts are all finished,
+// its calls get to return before they are cancelled.
+const returnGrace = 500 * time.Millisecond
+
+// Run runs every client's fleet side by side, each against its own fake API
+// (or all against Config.BaseURL), for Config.Duration, and returns one
+// Result per client in the same order. When ctx is cancelled first, it stops
+// at once and returns what was measured so far, each Result marked
+// Interrupted. The error is non-nil only when a run could not be set up.
+func Run(ctx context.Context, cfg Config, clients ...Client) ([]Result, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if len(clients) == 0 {
+		return nil, errors.New("fleet: no clients")
+	}
+	runs := make([]*run, 0, len(clients))
+	closeAll := func() {
+		for _, r := range runs {
+			r.close()
+		}
+	}
+	for _, c := range clients {
+		r, err := newRun(cfg, c)
+		if err != nil {
+			closeAll()
+			return nil, err
+		}
+		runs = append(runs, r)
+	}
+
+	// The runs' own context: cancelled after the drain, or at once on ctx.
+	runCtx, cancelRuns := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelRuns()
+	start := time.Now()
+	var agents sync.WaitGroup
+	for _, r := range runs {
+		r.start = start
+		for a := range cfg.Agents {
+			agents.Go(func() { r.agent(runCtx, a) })
+		}
+	}
+
+	progressDone := make(chan struct{})
+	stopProgress := make(chan struct{})
+	if cfg.Progress != nil {
+		go func() {
+			defer close(progressDone)
+			t := time.NewTicker(cfg.ProgressInterval)
+			defer t.Stop()
+			for {
+				select {
+				case <-stopProgress:
+					return
+				case <-t.C:
+					cfg.Progress(progressOf(runs, time.Now(), false))
+				}
+			}
+		}()
+	} else {
+		close(progressDone)
+	}
+
+	deadline := time.NewTimer(cfg.Duration)
+	interrupted := false
+	select {
+	case <-deadline.C:
+	case <-ctx.Done():
+		deadline.Stop()
+		interrupted = true
+	}
+	end := time.Now()
+	for _, r := range runs {
+		r.stop()
+	}
+	agentsDone := make(chan struct{})
+	go func() {
+		agents.Wait()
+		close(agentsDone)
+	}()
+	if !interrupted {
+		// Let the attempts already sent finish, so everything the servers
+		// admitted before the deadline is counted; then give the calls a
+		// moment to return what they read before cancelling the rest (calls
+		// waiting to retry, whose next attempt would be refused anyway).
+		drain := time.NewTimer(cfg.Drain)
+	wait:
+		for _, r := range runs {
+			select {
+			case <-r.base.drained:
+			case <-drain.C:
+				break wait
+			case <-ctx.Done():
+				interrupted = true
+				break wait
+			}
+		}
+		drain.Stop()
+		if !interrupted {
+			t := time.NewTimer(returnGrace)
+			select {
+			case <-agentsDone:
+			case <-t.C:
+			case <-ctx.Done():
+				interrupted = true
+			}
+			t.Stop()
+		}
+	}
+	cancelRuns()
+	<-agentsDone
+	close(stopProgress)
+	<-progressDone
+
+	results := make([]Result, len(runs))
+	for i, r := range runs {
+		results[i] = r.result(cfg, end, interrupted)
+	}
+	if cfg.Progress != nil {
+		cfg.Progress(progressOf(runs, end, true))
+	}
+	closeAll()
+	return results, nil
+}
+
+// run is one client's fleet.
+type run struct {
+	name   string
+	cfg    Config
+	srv    *tollgatetest.Server // nil against a real API
+	base   *baseTransport
+	target *Target
+	start  time.Time
+
+	stopped atomic.Bool
+	ok      atomic.Int64
+	failed  atomic.Int64
+	inTok   atomic.Int64 // client-side usage of successful calls
+	outTok  atomic.Int64
+
+	mu    sync.Mutex
+	calls []Call
+
+	closeOnce sync.Once
+}
+
+func newRun(cfg Config, c Client) (*run, error) {
+	if c.New == nil {
+		return nil, fmt.Errorf("fleet: client %q has no New", c.Name)
+	}
+	r := &run{name: c.Name, cfg: cfg}
+	url := cfg.BaseURL
+	if url == "" {
+		sc := cfg.Server
+		if sc.OutputTokensFunc == nil {
+			sc.OutputTokensFunc = replyLengths(cfg.Seed, cfg.MinOutputTokens, cfg.MaxOutputTokens)
+		}
+		r.srv = tollgatetest.NewServer(sc)
+		url = r.srv.URL
+	}
+	r.base = newBaseTransport()
+	t, err := c.New(Env{BaseURL: url, APIKey: cfg.APIKey, Transport: r.base, Limits: cfg.Limits})
+	if err != nil {
+		r.close()
+		return nil, fmt.Errorf("fleet: client %q: %w", c.Name, err)
+	}
+	if t == nil {
+		r.close()
+		return nil, fmt.Errorf("fleet: client %q: New returned no target", c.Name)
+	}
+	r.target = t
+	return r, nil
+}
+
+// stop ends the run: agents start no more calls, attempts are refused.
+func (r *run) stop() {
+	r.stopped.Store(true)
+	r.base.stop()
+}
+
+func (r *run) close() {
+	r.closeOnce.Do(func() {
+		if r.target != nil && r.target.Close != nil {
+			r.target.Close()
+		}
+		r.base.CloseIdleConnections()
+		if r.srv != nil {
+			r.srv.Close()
+		}
+	})
+}
+
+func (r *run) record(c Call) {
+	switch {
+	case c.OK:
+		r.ok.Add(1)
+		r.inTok.Add(int64(c.InputTokens))
+		r.outTok.Add(int64(c.OutputTokens))
+	case c.Kind != KindCutOff:
+		r.failed.Add(1)
+	}
+	r.mu.Lock()
+	r.calls = append(r.calls, c)
+	r.mu.Unlock()
+}

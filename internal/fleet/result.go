@@ -1,0 +1,252 @@
+package fleet
+
+import (
+	"math"
+	"slices"
+	"time"
+
+	"github.com/tollgate-go/tollgate/tollgatetest"
+)
+
+// Result is what one client's run came to.
+type Result struct {
+	Client      string `json:"client"`
+	Interrupted bool   `json:"interrupted"` // stopped by the caller's context, not the deadline
+	// Elapsed runs from the start to the deadline (or the interruption).
+	Elapsed time.Duration `json:"elapsed_ns"`
+
+	OK     int `json:"ok_calls"`
+	Failed int `json:"failed_calls"`
+	CutOff int `json:"cut_off_calls"` // stopped by the end of the run; neither
+	// FailedByKind counts the failed calls by Call.Kind.
+	FailedByKind map[string]int `json:"failed_by_kind,omitempty"`
+
+	// Attempts is the HTTP attempts the client sent, counted by the fleet.
+	Attempts int `json:"attempts"`
+	// RateLimited is the 429s the client drew: the server's count, or the
+	// responses the fleet saw when there is no fake server.
+	RateLimited int `json:"rate_limited"`
+	// Source says where RateLimited and Used come from: "server" (the fake
+	// API's counters) or "client" (responses and reported usage).
+	Source string `json:"source"`
+	// Used is what the server admitted and served.
+	Used Usage `json:"used"`
+
+	Limits Limits `json:"limits"`
+	// Shares has one entry per limited dimension; Binding is the largest.
+	Shares  []Share `json:"shares"`
+	Binding Share   `json:"binding"`
+
+	// RateLimitedPer100OK is 100·RateLimited/OK; 0 when no call succeeded.
+	RateLimitedPer100OK float64       `json:"rate_limited_per_100_ok"`
+	OKPerMinute         float64       `json:"ok_per_minute"`
+	P50                 time.Duration `json:"p50_ns"` // latency of successful calls, nearest rank
+	P95                 time.Duration `json:"p95_ns"`
+	// OKPromptTokens is the mean prompt size of the successful calls. Every
+	// client is offered the same prompts; one that fails calls fails the
+	// large ones more (they need more of the bucket), so its successful calls
+	// are smaller and more of them fit in the limit.
+	OKPromptTokens float64 `json:"ok_mean_prompt_tokens"`
+
+	// Calls is every call, in the order they ended.
+	Calls []Call `json:"-"`
+}
+
+// Usage is what was consumed in each dimension.
+type Usage struct {
+	Requests     int `json:"requests"`
+	InputTokens  int `json:"input_tokens"`
+	OutputTokens int `json:"output_tokens"`
+}
+
+// The dimensions of a Share.
+const (
+	DimRequests     = "requests"
+	DimInputTokens  = "input_tokens"
+	DimOutputTokens = "output_tokens"
+	DimTokens       = "tokens" // input + output, against a combined limit
+)
+
+// Share is how much of one limit was used.
+type Share struct {
+	Dimension string  `json:"dimension"`
+	Limit     int     `json:"limit_per_minute"`
+	Used      int     `json:"used"`
+	Allowance float64 `json:"allowance"` // Limit + Limit·elapsed/1 min
+	Share     float64 `json:"share"`     // Used / Allowance
+}
+
+// Shares returns the share of each limited dimension of l that u used in
+// elapsed, the buckets having started full: used / (L + L·elapsed/1 min).
+func Shares(u Usage, l Limits, elapsed time.Duration) []Share {
+	var out []Share
+	add := func(dim string, limit, used int) {
+		if limit <= 0 {
+			return
+		}
+		allowance := float64(limit) + float64(limit)*elapsed.Minutes()
+		out = append(out, Share{Dimension: dim, Limit: limit, Used: used, Allowance: allowance, Share: float64(used) / allowance})
+	}
+	add(DimRequests, l.RequestsPerMinute, u.Requests)
+	add(DimInputTokens, l.InputTokensPerMinute, u.InputTokens)
+	add(DimOutputTokens, l.OutputTokensPerMinute, u.OutputTokens)
+	add(DimTokens, l.TokensPerMinute, u.InputTokens+u.OutputTokens)
+	return out
+}
+
+// Binding returns the share with the largest value (the first of equals),
+// or the zero Share when there is none.
+func Binding(shares []Share) Share {
+	var b Share
+	for i, s := range shares {
+		if i == 0 || s.Share > b.Share {
+			b = s
+		}
+	}
+	return b
+}
+
+// Percentile returns the p-th percentile (0 < p <= 100) of ds by the
+// nearest-rank method: the smallest value such that at least p % of the
+// values are at or below it, i.e. sorted[ceil(p/100·n) − 1]. Zero when ds is
+// empty. ds is not modified.
+func Percentile(ds []time.Duration, p float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	rank := int(math.Ceil(p / 100 * float64(len(s))))
+	return s[min(max(rank, 1), len(s))-1]
+}
+
+// Summarize fills in a Result's derived figures (Shares, Binding, the
+// rates and percentiles) from its counts, Calls, Limits and Elapsed.
+func (r *Result) Summarize() {
+	r.OK, r.Failed, r.CutOff = 0, 0, 0
+	r.FailedByKind = map[string]int{}
+	var lat []time.Duration
+	prompt := 0
+	for _, c := range r.Calls {
+		switch {
+		case c.OK:
+			r.OK++
+			lat = append(lat, c.Latency)
+			prompt += c.PromptTokens
+		case c.Kind == KindCutOff:
+			r.CutOff++
+		default:
+			r.Failed++
+			r.FailedByKind[c.Kind]++
+		}
+	}
+	r.Shares = Shares(r.Used, r.Limits, r.Elapsed)
+	r.Binding = Binding(r.Shares)
+	r.RateLimitedPer100OK, r.OKPromptTokens = 0, 0
+	if r.OK > 0 {
+		r.OKPromptTokens = float64(prompt) / float64(r.OK)
+		r.RateLimitedPer100OK = 100 * float64(r.RateLimited) / float64(r.OK)
+	}
+	r.OKPerMinute = 0
+	if r.Elapsed > 0 {
+		r.OKPerMinute = float64(r.OK) / r.Elapsed.Minutes()
+	}
+	r.P50 = Percentile(lat, 50)
+	r.P95 = Percentile(lat, 95)
+}
+
+func (r *run) result(cfg Config, end time.Time, interrupted bool) Result {
+	r.mu.Lock()
+	calls := slices.Clone(r.calls)
+	r.mu.Unlock()
+	res := Result{
+		Client:      r.name,
+		Interrupted: interrupted,
+		Elapsed:     end.Sub(r.start),
+		Attempts:    int(r.base.attempts.Load()),
+		Limits:      cfg.Limits,
+		Calls:       calls,
+	}
+	if r.srv != nil {
+		st := r.srv.Stats()
+		res.Source = "server"
+		res.RateLimited = st.RateLimited
+		res.Used = serverUsage(st)
+	} else {
+		res.Source = "client"
+		res.RateLimited = int(r.base.rateLimited.Load())
+		res.Used = Usage{Requests: int(r.ok.Load()), InputTokens: int(r.inTok.Load()), OutputTokens: int(r.outTok.Load())}
+	}
+	res.Summarize()
+	return res
+}
+
+// serverUsage is what a fake server admitted: requests that got a 2xx (a
+// limiter 429 takes nothing), the input tokens of those, and the output
+// tokens actually sent (a reservation's unused part is given back).
+func serverUsage(st tollgatetest.Stats) Usage {
+	return Usage{Requests: st.OK, InputTokens: st.InputTokens, OutputTokens: st.OutputTokens}
+}
+
+// Progress is the live state of one run.
+type Progress struct {
+	Client      string
+	Elapsed     time.Duration
+	OK, Failed  int
+	RateLimited int // 429s drawn so far
+	// Binding is the dimension with the largest share so far, PerMinute its
+	// use over the last minute (over the elapsed time, scaled to a minute,
+	// while the run is younger than a minute) and Limit its limit.
+	Binding   string
+	PerMinute float64
+	Limit     int
+	Share     float64 // the share of Binding so far
+	Status    string  // the client's own (Target.Status), e.g. a breaker's state
+	Done      bool    // the run is over: this is the last report
+}
+
+func progressOf(runs []*run, now time.Time, done bool) []Progress {
+	out := make([]Progress, len(runs))
+	for i, r := range runs {
+		elapsed := now.Sub(r.start)
+		p := Progress{Client: r.name, Elapsed: elapsed, OK: int(r.ok.Load()), Failed: int(r.failed.Load()), Done: done}
+		var used, recent Usage
+		window := min(elapsed, time.Minute)
+		if r.srv != nil {
+			st := r.srv.Stats()
+			p.RateLimited = st.RateLimited
+			used = serverUsage(st)
+			// The timeline has whole seconds: take those that overlap the window.
+			from := now.Add(-window).Truncate(time.Second)
+			w := st.Window(from, now.Add(time.Second))
+			recent = Usage{Requests: w.OK, InputTokens: w.InputTokens, OutputTokens: w.OutputTokens}
+			window = now.Sub(from)
+		} else {
+			p.RateLimited = int(r.base.rateLimited.Load())
+			used = Usage{Requests: p.OK, InputTokens: int(r.inTok.Load()), OutputTokens: int(r.outTok.Load())}
+			recent = used
+			window = elapsed
+		}
+		b := Binding(Shares(used, r.cfg.Limits, elapsed))
+		p.Binding, p.Limit, p.Share = b.Dimension, b.Limit, b.Share
+		if window > 0 {
+			var n int
+			switch b.Dimension {
+			case DimRequests:
+				n = recent.Requests
+			case DimInputTokens:
+				n = recent.InputTokens
+			case DimOutputTokens:
+				n = recent.OutputTokens
+			case DimTokens:
+				n = recent.InputTokens + recent.OutputTokens
+			}
+			p.PerMinute = float64(n) / window.Minutes()
+		}
+		if r.target.Status != nil {
+			p.Status = r.target.Status()
+		}
+		out[i] = p
+	}
+	return out
+}
