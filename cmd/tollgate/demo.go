@@ -48,6 +48,18 @@ flags:
 		return err
 	}
 
+	// Check everything the flags say before anything is printed or started.
+	var key string
+	if *upstream != "" {
+		u, err := url.Parse(*upstream)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return usagef("--upstream must be an http(s) URL, not %q", *upstream)
+		}
+		if key = os.Getenv("ANTHROPIC_API_KEY"); key == "" {
+			return usagef("--upstream needs ANTHROPIC_API_KEY in the environment")
+		}
+	}
+
 	shutdown, tp, err := setupTracing(ctx)
 	if err != nil {
 		return fmt.Errorf("tracing: %w", err)
@@ -72,14 +84,6 @@ flags:
 	}
 
 	// Against a real API: only tollgate, small, and said out loud first.
-	u, err := url.Parse(*upstream)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return usagef("--upstream must be an http(s) URL, not %q", *upstream)
-	}
-	key := os.Getenv("ANTHROPIC_API_KEY")
-	if key == "" {
-		return usagef("--upstream needs ANTHROPIC_API_KEY in the environment")
-	}
 	if !f.set("agents") {
 		f.agents = upstreamAgents
 	}

@@ -234,7 +234,8 @@ func progressLine(p fleet.Progress, width int) string {
 	line := fmt.Sprintf("%-*s %2d:%02d  ok %4d  failed %4d  429s %5d", width, p.Client,
 		int(el.Minutes()), int(el.Seconds())%60, p.OK, p.Failed, p.RateLimited)
 	if p.Binding != "" {
-		line += fmt.Sprintf("  %s %s/min of %s (%.0f %% used)", shortDim(p.Binding), count(p.PerMinute), count(float64(p.Limit)), 100*p.Share)
+		line += fmt.Sprintf("  %s %s in the last min, limit %s/min (%.0f %% of what was available used)",
+			shortDim(p.Binding), count(p.PerMinute), count(float64(p.Limit)), 100*p.Share)
 	}
 	if p.Status != "" {
 		line += "  " + p.Status

@@ -6,23 +6,39 @@ import (
 	"io"
 	"os"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/tollgate-go/tollgate"
 )
 
-// setupTracing is the demo's telemetry hook.
-//
-// HOOK (to be wired with the telemetry layer): when
-// OTEL_EXPORTER_OTLP_ENDPOINT is set, build an OTLP exporter and an SDK
-// TracerProvider here and return it with its Shutdown; tracingOptions
-// already hands the provider to tollgate (WithTracerProvider). Until then it
-// returns a no-op provider, and tracingNotice says spans are not exported.
-// The returned shutdown is never nil.
+// demoService is the service name the demo's spans carry in Jaeger.
+const demoService = "tollgate-demo"
+
+// setupTracing exports the demo's spans with OTLP over HTTP when
+// OTEL_EXPORTER_OTLP_ENDPOINT is set (the exporter reads that variable and
+// its OTEL_EXPORTER_OTLP_* siblings itself); otherwise it returns a no-op
+// provider. The returned shutdown flushes what is buffered and is never nil.
 func setupTracing(ctx context.Context) (shutdown func(context.Context) error, tp trace.TracerProvider, err error) {
-	_ = ctx
-	return func(context.Context) error { return nil }, noop.NewTracerProvider(), nil
+	noShutdown := func(context.Context) error { return nil }
+	if os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") == "" && os.Getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") == "" {
+		return noShutdown, noop.NewTracerProvider(), nil
+	}
+	exporter, err := otlptracehttp.New(ctx)
+	if err != nil {
+		return noShutdown, nil, fmt.Errorf("tracing: %w", err)
+	}
+	sdk := sdktrace.NewTracerProvider(
+		sdktrace.WithBatcher(exporter),
+		// Resource keys are plain strings: the GenAI semconv version the
+		// spans use and the newest resource semconv have different schemas.
+		sdktrace.WithResource(resource.NewSchemaless(attribute.String("service.name", demoService))),
+	)
+	return sdk.Shutdown, sdk, nil
 }
 
 // tracingOptions are the tollgate options that send its spans to tp.
@@ -30,9 +46,9 @@ func tracingOptions(tp trace.TracerProvider) []tollgate.Option {
 	return []tollgate.Option{tollgate.WithTracerProvider(tp)}
 }
 
-// tracingNotice says what becomes of spans, when someone asked for them.
+// tracingNotice says where the spans go, when someone asked for them.
 func tracingNotice(w io.Writer) {
 	if ep := os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT"); ep != "" {
-		fmt.Fprintf(w, "note: OTEL_EXPORTER_OTLP_ENDPOINT=%s is set, but span export is not wired into this build yet\n", ep)
+		fmt.Fprintf(w, "exporting tollgate's spans to %s (service %q)\n", ep, demoService)
 	}
 }

@@ -195,8 +195,9 @@ type Progress struct {
 	OK, Failed  int
 	RateLimited int // 429s drawn so far
 	// Binding is the dimension with the largest share so far, PerMinute its
-	// use over the last minute (over the elapsed time, scaled to a minute,
-	// while the run is younger than a minute) and Limit its limit.
+	// use over the last minute (for a run younger than a minute, its use so
+	// far, which may exceed Limit: the server's buckets start full) and Limit
+	// its limit.
 	Binding   string
 	PerMinute float64
 	Limit     int
@@ -241,7 +242,7 @@ func progressOf(runs []*run, now time.Time, done bool) []Progress {
 			case DimTokens:
 				n = recent.InputTokens + recent.OutputTokens
 			}
-			p.PerMinute = float64(n) / window.Minutes()
+			p.PerMinute = float64(n)
 		}
 		if r.target.Status != nil {
 			p.Status = r.target.Status()
