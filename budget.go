@@ -35,7 +35,11 @@ import (
 // number of prompt bytes per rate-limited input token is learned per Key
 // from the usage responses report (a moving average clamped to
 // [minBytesPerToken, maxBytesPerToken], starting at DefaultBytesPerToken), so
-// a systematic misestimate corrects itself within a few calls. Rate-limited
+// a systematic misestimate corrects itself within a few calls. Estimates
+// divide by that mean less three learned standard deviations of it: an
+// attempt is admitted the moment its estimate fits, so an estimate short of
+// the server's count would draw a 429, while one too high only holds tokens
+// until the attempt settles. Rate-limited
 // input follows the provider: Anthropic counts input and cache-creation
 // tokens but not cache reads; OpenAI counts every prompt token.
 //
@@ -190,6 +194,16 @@ const (
 	// first samples are averaged with equal weight, so the default guess is
 	// replaced by the first real measurement.
 	minLearnWeight = 0.25
+	// estimateMargin is how many learned standard deviations of the ratio
+	// an estimate stays on the safe side of its mean. An attempt is admitted
+	// the moment the level covers its estimate, so an estimate even a token
+	// short of what the server counts draws a 429; over-estimating costs
+	// nothing lasting, since settling gives the difference back.
+	estimateMargin = 3.0
+	// Until minRatioSamples measurements are in, the ratio's deviation is
+	// taken to be at least initialRatioDeviation of its mean.
+	minRatioSamples       = 3
+	initialRatioDeviation = 0.1
 )
 
 // DefaultUtilizationThreshold is the threshold WithUtilizationAlert uses
@@ -355,7 +369,8 @@ type keyBudget struct {
 	// ends rather than serialising every call forever.
 	unpaced bool
 
-	bytesPerToken float64
+	bytesPerToken float64 // learned mean
+	ratioVariance float64 // learned variance of the per-call ratio
 	samples       int
 
 	window     usageWindow
@@ -464,7 +479,7 @@ func (kb *keyBudget) admit(ctx context.Context, r *reservation, info *RequestInf
 func (kb *keyBudget) estimateLocked(r *reservation, info *RequestInfo) {
 	var in float64
 	if info.PromptBytes > 0 {
-		in = math.Ceil(float64(info.PromptBytes)/kb.bytesPerToken) + float64(info.Images)*imageTokens
+		in = math.Ceil(float64(info.PromptBytes)/kb.estimateRatioLocked()) + float64(info.Images)*imageTokens
 	} else {
 		in = float64(info.EstimatedInputTokens)
 	}
@@ -833,7 +848,21 @@ func (kb *keyBudget) learnRatioLocked(r *reservation, counted int64) {
 	sample := min(max(float64(r.promptBytes)/float64(text), minBytesPerToken), maxBytesPerToken)
 	kb.samples++
 	weight := max(1/float64(kb.samples), minLearnWeight)
-	kb.bytesPerToken += weight * (sample - kb.bytesPerToken)
+	diff := sample - kb.bytesPerToken
+	kb.bytesPerToken += weight * diff
+	// The exponentially weighted variance that goes with the mean above.
+	kb.ratioVariance = (1 - weight) * (kb.ratioVariance + weight*diff*diff)
+}
+
+// estimateRatioLocked returns the bytes per token that estimates divide by:
+// the learned mean less estimateMargin learned standard deviations, so that
+// nearly every estimate covers what the server will count.
+func (kb *keyBudget) estimateRatioLocked() float64 {
+	deviation := math.Sqrt(kb.ratioVariance)
+	if kb.samples < minRatioSamples {
+		deviation = max(deviation, initialRatioDeviation*kb.bytesPerToken)
+	}
+	return max(kb.bytesPerToken-estimateMargin*deviation, minBytesPerToken)
 }
 
 // evaluateLocked queues an alert for every known limit whose use over the

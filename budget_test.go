@@ -632,9 +632,41 @@ func TestBudgetLearnsBytesPerToken(t *testing.T) {
 		settle(budgetResult{resp: resp})
 		errs = append(errs, (estimate-float64(actual))/float64(actual))
 	}
-	assert.InDelta(t, -0.25, errs[0], 0.01, "the first estimate uses 4 bytes a token")
+	// 4 bytes a token, less three times a tenth of it while nothing is known.
+	assert.InDelta(t, 3.0/2.8-1, errs[0], 0.01, "the first estimate uses 4 bytes a token, with a margin")
+	for i, e := range errs {
+		assert.GreaterOrEqual(t, e, -0.001, "estimate %d is short of the count", i)
+	}
 	assert.InDelta(t, 0, errs[4], 0.02, "corrected within a few calls")
 	assert.InDelta(t, 3, rig.snap().BytesPerToken, 0.05)
+}
+
+func TestBudgetEstimatesCoverANoisyTokenizer(t *testing.T) {
+	// Two kinds of prompt, the same length in bytes, counted as 2.8 and 3.2
+	// bytes a token: the mean is 3, and an estimate at the mean would be
+	// short for every other call, drawing a 429 whenever it is admitted with
+	// the level just covering it.
+	rig := newBudgetRig(t, WithLimits(Limits{InputTokensPerMinute: 1_000_000}))
+	prompt := strings.Repeat("abc ", 750)
+	info := readRequestInfo(budgetReq(context.Background(), "", prompt, 10))
+	counts := []int64{int64(float64(info.PromptBytes) / 2.8), int64(float64(info.PromptBytes) / 3.2)}
+	var n int
+	rig.setReply(func(*http.Request) (*http.Response, error) {
+		return anthropicReply(200, nil, counts[n%2], 1), nil
+	})
+	for ; n < 40; n++ {
+		before := rig.level(InputTokens)
+		resp, err := rig.rt.RoundTrip(budgetReq(context.Background(), strconv.Itoa(n), prompt, 10))
+		require.NoError(t, err)
+		estimate := before - rig.level(InputTokens)
+		settle(budgetResult{resp: resp})
+		if n >= 10 {
+			assert.GreaterOrEqual(t, estimate, float64(counts[n%2]), "call %d: the estimate is short", n)
+			// mean less 3 deviations: 3 - 3·0.2 = 2.4 bytes a token, about 4/3 of the smaller count
+			assert.Less(t, estimate, 1.4*float64(counts[n%2]), "call %d: the margin is out of proportion", n)
+		}
+	}
+	assert.InDelta(t, 3, rig.snap().BytesPerToken, 0.1)
 }
 
 func TestBudgetBytesPerTokenStaysInRange(t *testing.T) {
