@@ -294,10 +294,13 @@ type circuit struct {
 	trips     int             // openings since the last close
 	tripping  *pause          // the pause the verdict being reported asks for
 	failure   string          // what the last failure was: an overload trip's reason
-	changed   chan struct{}   // closed (and replaced) when a verdict came: the probe slot may be free
-	waiting   int             // attempts waiting for the deadline
-	onProbe   int             // attempts waiting on changed for the probe's verdict
-	typical   typicalCost
+	// failureWait is the wait the last failure's response asked for, nil
+	// when it asked for none.
+	failureWait *time.Duration
+	changed     chan struct{} // closed (and replaced) when a verdict came: the probe slot may be free
+	waiting     int           // attempts waiting for the deadline
+	onProbe     int           // attempts waiting on changed for the probe's verdict
+	typical     typicalCost
 
 	shown      BreakerState // the state last reported
 	shownUntil time.Time    // the deadline last reported
@@ -346,7 +349,12 @@ var (
 type verdict struct {
 	err     error  // nil, errExcluded, errFailure or errPause
 	failure string // for errFailure: what failed
-	pause   *pause // for errPause
+	// serverWait is, for errFailure, the wait the failed response asked for
+	// (retry-after on a 529 or 5xx), when it asked: a trip on it pauses for
+	// that rather than for the breaker's own backoff.
+	serverWait    time.Duration
+	hasServerWait bool
+	pause         *pause // for errPause
 }
 
 // onStateChange runs under mu, inside a call into gobreaker.
@@ -357,7 +365,11 @@ func (c *circuit) onStateChange(_ string, _, to gobreaker.State) {
 		c.trips++
 		p := c.tripping
 		if p == nil {
-			p = &pause{until: c.b.cfg.clock.Now().Add(c.overloadPause()), reason: c.failure}
+			wait := c.overloadPause()
+			if c.failureWait != nil {
+				wait = *c.failureWait // the server said how long; it knows best
+			}
+			p = &pause{until: c.b.cfg.clock.Now().Add(wait), reason: c.failure}
 		}
 		c.extend(*p)
 	case gobreaker.StateClosed:
@@ -388,8 +400,9 @@ func (c *circuit) extend(p pause) {
 func (c *circuit) admit(ctx context.Context, call *call) (ticket func(error), probe bool, err error) {
 	clock, st := c.b.cfg.clock, &c.b.settings
 	start := clock.Now()
+	paused := false // only a wait on an open breaker or on its probe is a pause
 	defer func() {
-		if waited := clock.Now().Sub(start); waited > 0 {
+		if waited := clock.Now().Sub(start); paused && waited > 0 {
 			call.addWait(func(w *Waits) { w.Pause += waited })
 		}
 	}()
@@ -404,6 +417,7 @@ func (c *circuit) admit(ctx context.Context, call *call) (ticket func(error), pr
 			}
 			c.waiting++
 			c.unlock(ctx, now)
+			paused = true
 			err := sleep(ctx, clock, wait)
 			c.mu.Lock()
 			c.waiting--
@@ -431,6 +445,7 @@ func (c *circuit) admit(ctx context.Context, call *call) (ticket func(error), pr
 		changed := c.changed
 		c.onProbe++
 		c.unlock(ctx, now)
+		paused = true
 		select { // the probe is in flight
 		case <-ctx.Done():
 			c.mu.Lock()
@@ -460,7 +475,10 @@ func (c *circuit) report(ctx context.Context, ticket func(error), v verdict) {
 	c.mu.Lock()
 	now := c.b.cfg.clock.Now()
 	if v.err == errFailure {
-		c.failure = v.failure
+		c.failure, c.failureWait = v.failure, nil
+		if v.hasServerWait {
+			c.failureWait = &v.serverWait
+		}
 	}
 	c.tripping = v.pause
 	ticket(v.err) // a no-op when the state changed since the attempt was admitted
@@ -512,9 +530,11 @@ func (c *circuit) judge(ctx context.Context, ex *exchange, resp *http.Response, 
 	case tooMany:
 		return verdict{err: errFailure, failure: "rate limited"}
 	case r.status == 529:
-		return verdict{err: errFailure, failure: "overloaded"}
+		return verdict{err: errFailure, failure: "overloaded",
+			serverWait: r.headers.RetryAfter, hasServerWait: r.headers.HasRetryAfter}
 	case r.status >= 500 || r.status == http.StatusRequestTimeout:
-		return verdict{err: errFailure, failure: "server error"}
+		return verdict{err: errFailure, failure: "server error",
+			serverWait: r.headers.RetryAfter, hasServerWait: r.headers.HasRetryAfter}
 	case r.status >= 400:
 		return verdict{err: errExcluded}
 	}

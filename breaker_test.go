@@ -1017,3 +1017,49 @@ func TestBreakerTellsTheTraceLayer(t *testing.T) {
 }
 
 type brkMarker struct{}
+
+func TestBreakerTripHonoursTheServersWait(t *testing.T) {
+	// Five 529s, each asking for 5 ms: the trip pauses for what the server
+	// asked, not for the breaker's own backoff (500 ms and growing).
+	api := &brkAPI{script: func(n int, _ *http.Request) (*http.Response, error) {
+		return respond(529, apiError("overloaded_error"), "retry-after-ms", "5"), nil
+	}}
+	s, _, client := brkSetup(api, false)
+	for range DefaultBreakerThreshold {
+		status, err := brkDo(context.Background(), client)
+		require.NoError(t, err)
+		require.Equal(t, 529, status)
+	}
+	b := breakerOf(t, s)
+	assert.Equal(t, BreakerOpen, b.State)
+	assert.Equal(t, testEpoch.Add(5*time.Millisecond), b.OpenUntil)
+}
+
+// tickingClock is a fake clock whose every reading is a microsecond after
+// the last, as a real clock's would be.
+type tickingClock struct {
+	*fakeclock.Clock
+}
+
+func (c tickingClock) Now() time.Time {
+	c.Advance(time.Microsecond)
+	return c.Clock.Now()
+}
+
+func TestBreakerClosedRecordsNoPause(t *testing.T) {
+	api := &brkAPI{script: func(int, *http.Request) (*http.Response, error) {
+		return respond(200, `{"type":"message","usage":{"input_tokens":5,"output_tokens":1}}`), nil
+	}}
+	s := NewState(WithClock(tickingClock{fakeclock.New(testEpoch)}))
+	client := &http.Client{Transport: Chain(api, Breaker(s), Observe(s))}
+	for range 3 {
+		status, err := brkDo(context.Background(), client)
+		require.NoError(t, err)
+		require.Equal(t, 200, status)
+	}
+	api.mu.Lock()
+	defer api.mu.Unlock()
+	for i, c := range api.calls {
+		assert.Zero(t, c.waits.Pause, "call %d passed a closed breaker: no pause", i)
+	}
+}
