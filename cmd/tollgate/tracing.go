@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -28,7 +29,10 @@ func setupTracing(ctx context.Context) (shutdown func(context.Context) error, tp
 	if os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") == "" && os.Getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") == "" {
 		return noShutdown, noop.NewTracerProvider(), nil
 	}
-	exporter, err := otlptracehttp.New(ctx)
+	// The exporter's own transport, so that shutting down can close its
+	// connections too: the exporter's Shutdown leaves them idle.
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	exporter, err := otlptracehttp.New(ctx, otlptracehttp.WithHTTPClient(&http.Client{Transport: transport}))
 	if err != nil {
 		return noShutdown, nil, fmt.Errorf("tracing: %w", err)
 	}
@@ -38,7 +42,11 @@ func setupTracing(ctx context.Context) (shutdown func(context.Context) error, tp
 		// spans use and the newest resource semconv have different schemas.
 		sdktrace.WithResource(resource.NewSchemaless(attribute.String("service.name", demoService))),
 	)
-	return sdk.Shutdown, sdk, nil
+	shutdown = func(ctx context.Context) error {
+		defer transport.CloseIdleConnections()
+		return sdk.Shutdown(ctx)
+	}
+	return shutdown, sdk, nil
 }
 
 // tracingOptions are the tollgate options that send its spans to tp.
