@@ -260,6 +260,8 @@ func TestBudgetFIFO(t *testing.T) {
 	assert.Equal(t, []string{"drain"}, rig.sentOrder(), "the small ones wait behind the big one")
 	// Each is admitted when refill covers it, in order: 30 s, +1 s, +1 s, +5 s, +1 s.
 	for i, step := range []time.Duration{time.Second, time.Second, time.Second, 5 * time.Second, time.Second} {
+		// The new head sets its timer once the one before it is admitted.
+		require.True(t, rig.clk.WaitForWaiters(1, 5*time.Second), "attempt %d set no timer", i)
 		rig.clk.Advance(step)
 		r := receive(t, dones[i])
 		require.NoError(t, r.err)

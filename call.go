@@ -94,16 +94,18 @@ type exchange struct {
 	call    *call
 	attempt int // 1 for the first attempt
 
-	mu      sync.Mutex
-	sent    bool
-	sentAt  time.Time // when Observe handed the request to the base transport
-	status  int       // 0 when no response arrived
-	headers RateLimitHeaders
-	apiErr  *APIError // the error document of a non-2xx response, when it had one
-	usage   Usage
-	err     error // transport error, or the error that ended the body
-	done    bool
-	onDone  []func(*exchange)
+	mu     sync.Mutex
+	sent   bool
+	sentAt time.Time // when Observe handed the request to the base transport
+	// firstChunkAt is when the first bytes of the body reached the caller.
+	firstChunkAt time.Time
+	status       int // 0 when no response arrived
+	headers      RateLimitHeaders
+	apiErr       *APIError // the error document of a non-2xx response, when it had one
+	usage        Usage
+	err          error // transport error, or the error that ended the body
+	done         bool
+	onDone       []func(*exchange)
 }
 
 // exchangeFor returns the attempt carried by req, or starts a new one when

@@ -36,8 +36,8 @@ const instrumentationName = "github.com/tollgate-go/tollgate"
 // and port, and, when it ends, the response id, model and finish reasons, the
 // token usage (for Anthropic gen_ai.usage.input_tokens is input + cache read
 // + cache creation, as the conventions say), error.type on failure and, for
-// streams, gen_ai.response.time_to_first_chunk (measured to the arrival of
-// the response headers). tollgate's own attributes carry the prefix
+// streams, gen_ai.response.time_to_first_chunk (measured to when the first
+// bytes of the stream reached the caller). tollgate's own attributes carry the prefix
 // "tollgate.": the attempts made, the time waited for the budget, for an
 // open breaker and in backoff, the request id, and the remaining and limit of
 // every rate-limit dimension the last response reported.
@@ -566,9 +566,13 @@ func (ct *callTrace) end(status int, err error) {
 		u       Usage
 		bodyErr error
 	)
+	var firstChunkAt time.Time
 	if ex := c.lastExchange(); ex != nil && ex.isSent() {
 		status, h, apiErr = ex.result()
 		u, bodyErr = exchangeOutcome(ex)
+		ex.mu.Lock()
+		firstChunkAt = ex.firstChunkAt
+		ex.mu.Unlock()
 		if err != nil {
 			bodyErr = nil // the transport error is the exchange's error
 		}
@@ -579,12 +583,16 @@ func (ct *callTrace) end(status int, err error) {
 
 	errType := callErrorType(err, status, apiErr, u.StreamError, bodyErr)
 	info := c.info
-	// Time to first chunk: tollgate sees no chunk before the caller reads
-	// it, so it measures to the response headers, which an SSE API sends
-	// with its first event.
+	// Time to first chunk: to when the first bytes of the stream reached
+	// the caller; when the caller read none, to the response headers.
 	ttfc := time.Duration(-1)
-	if info.Stream && !headersAt.IsZero() && status > 0 && status < 300 {
-		ttfc = headersAt.Sub(c.start)
+	if info.Stream && status > 0 && status < 300 {
+		switch {
+		case !firstChunkAt.IsZero():
+			ttfc = firstChunkAt.Sub(c.start)
+		case !headersAt.IsZero():
+			ttfc = headersAt.Sub(c.start)
+		}
 	}
 
 	span := ct.span

@@ -252,7 +252,7 @@ func TestTraceStreamEndsAtStreamEnd(t *testing.T) {
 	assert.Equal(t, int64(12), got["gen_ai.usage.input_tokens"])
 	assert.Equal(t, int64(20), got["gen_ai.usage.output_tokens"], "the final message_delta count")
 	assert.Equal(t, []string{"end_turn"}, got["gen_ai.response.finish_reasons"])
-	assert.Contains(t, got, "gen_ai.response.time_to_first_chunk")
+	assert.Equal(t, 1.5, got["gen_ai.response.time_to_first_chunk"], "to when the caller got the first bytes")
 	assert.Equal(t, 1500*time.Millisecond, call.EndTime.Sub(call.StartTime), "the span covers the stream")
 }
 

@@ -300,8 +300,29 @@ func (o *observer) RoundTrip(req *http.Request) (*http.Response, error) {
 		ex.finish(Usage{}, nil)
 		return resp, nil
 	}
-	resp.Body = newUsageReader(resp.Body, c.info.Provider, resp.Header.Get("Content-Type"), ex.finish)
+	body := &firstChunk{ReadCloser: resp.Body, ex: ex, clock: o.state.cfg.clock}
+	resp.Body = newUsageReader(body, c.info.Provider, resp.Header.Get("Content-Type"), ex.finish)
 	return resp, nil
+}
+
+// firstChunk notes when the first bytes of a body reach the caller: for a
+// stream, the time to first chunk.
+type firstChunk struct {
+	io.ReadCloser
+	ex    *exchange
+	clock Clock
+	seen  bool // Reads are not concurrent with each other
+}
+
+func (f *firstChunk) Read(p []byte) (int, error) {
+	n, err := f.ReadCloser.Read(p)
+	if n > 0 && !f.seen {
+		f.seen = true
+		f.ex.mu.Lock()
+		f.ex.firstChunkAt = f.clock.Now()
+		f.ex.mu.Unlock()
+	}
+	return n, err
 }
 
 type readCloser struct {
