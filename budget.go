@@ -337,6 +337,19 @@ func (b *budget) forKey(k Key) *keyBudget {
 	return kb
 }
 
+// tier names the tier k's limits match; TierUnknown for a Key not seen.
+func (b *budget) tier(k Key) string {
+	b.mu.RLock()
+	kb := b.keys[k]
+	b.mu.RUnlock()
+	if kb == nil {
+		return TierUnknown
+	}
+	kb.mu.Lock()
+	defer kb.mu.Unlock()
+	return tierOf(kb.key.Provider, limitsOf(kb.limits))
+}
+
 func (b *budget) snapshot(k Key, now time.Time) BudgetSnapshot {
 	b.mu.RLock()
 	kb := b.keys[k]

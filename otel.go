@@ -596,6 +596,40 @@ func (ct *callTrace) end(status int, err error) {
 	}
 
 	span := ct.span
+	// A span nobody records (the no-op provider, the default) is not worth
+	// its attributes: this runs once per call.
+	if span.IsRecording() {
+		ct.annotate(span, now, err, errType, status, attempts, waits, h, u, ttfc)
+	}
+	span.End(trace.WithTimestamp(now))
+
+	ct.recordMetrics(info, u, errType, now.Sub(c.start), ttfc)
+	if record := ct.tel.recordUsage; record != nil {
+		record(ct.ctx, UsageRecord{
+			Time:                     now,
+			Duration:                 now.Sub(c.start),
+			RequestID:                h.RequestID,
+			Provider:                 info.Provider,
+			Operation:                info.Operation,
+			Model:                    info.Model,
+			ResponseModel:            u.ResponseModel,
+			Stream:                   info.Stream,
+			InputTokens:              u.InputTokens,
+			OutputTokens:             u.OutputTokens,
+			CacheReadInputTokens:     u.CacheReadInputTokens,
+			CacheCreationInputTokens: u.CacheCreationInputTokens,
+			Status:                   status,
+			Error:                    errType,
+			Attempts:                 attempts,
+			Waits:                    waits,
+		})
+	}
+}
+
+// annotate sets the attributes and the status of a finished call's span.
+func (ct *callTrace) annotate(span trace.Span, now time.Time, err error, errType string, status, attempts int,
+	waits Waits, h RateLimitHeaders, u Usage, ttfc time.Duration) {
+	c := ct.call
 	attrs := []attribute.KeyValue{
 		attemptsKey.Int(attempts),
 		waitBudgetKey.Float64(waits.Budget.Seconds()),
@@ -635,8 +669,8 @@ func (ct *callTrace) end(status int, err error) {
 			attrs = append(attrs, dimensionAttrs[d].limit.Int64(r.Limit))
 		}
 	}
-	if ks, ok := c.state.Snapshot().Key(c.key); ok && ks.Budget.Tier != "" {
-		attrs = append(attrs, tierKey.String(ks.Budget.Tier))
+	if tier := c.state.budget.tier(c.key); tier != "" {
+		attrs = append(attrs, tierKey.String(tier))
 	}
 	if errType != "" {
 		attrs = append(attrs, semconv.ErrorTypeKey.String(errType))
@@ -646,29 +680,6 @@ func (ct *callTrace) end(status int, err error) {
 		}
 	}
 	span.SetAttributes(attrs...)
-	span.End(trace.WithTimestamp(now))
-
-	ct.recordMetrics(info, u, errType, now.Sub(c.start), ttfc)
-	if record := ct.tel.recordUsage; record != nil {
-		record(ct.ctx, UsageRecord{
-			Time:                     now,
-			Duration:                 now.Sub(c.start),
-			RequestID:                h.RequestID,
-			Provider:                 info.Provider,
-			Operation:                info.Operation,
-			Model:                    info.Model,
-			ResponseModel:            u.ResponseModel,
-			Stream:                   info.Stream,
-			InputTokens:              u.InputTokens,
-			OutputTokens:             u.OutputTokens,
-			CacheReadInputTokens:     u.CacheReadInputTokens,
-			CacheCreationInputTokens: u.CacheCreationInputTokens,
-			Status:                   status,
-			Error:                    errType,
-			Attempts:                 attempts,
-			Waits:                    waits,
-		})
-	}
 }
 
 // recordMetrics records the GenAI client metrics of a finished call; ttfc
