@@ -1,6 +1,7 @@
 package tollgatetest
 
 import (
+	"cmp"
 	"encoding/json"
 	"net/http"
 	"strconv"
@@ -234,13 +235,8 @@ func (x *exchange) anthropicStream(t *ticket, msg *anthropicMessageBody, n int, 
 		if x.fault.DropMidBody {
 			panic(http.ErrAbortHandler)
 		}
-		errType, msgText := "overloaded_error", "Overloaded"
-		if x.fault.ErrorType != "" {
-			errType = x.fault.ErrorType
-		}
-		if x.fault.Message != "" {
-			msgText = x.fault.Message
-		}
+		errType := cmp.Or(x.fault.ErrorType, "overloaded_error")
+		msgText := cmp.Or(x.fault.Message, "Overloaded")
 		st.sendLast("error", anthropicErrorBody{Type: "error",
 			Error: anthropicErrorObject{Type: errType, Message: msgText}}, t)
 		return

@@ -1,6 +1,7 @@
 package tollgatetest
 
 import (
+	"cmp"
 	"encoding/json"
 	"net/http"
 	"time"
@@ -225,13 +226,8 @@ func (x *exchange) openAIStream(t *ticket, id string, created int64, model strin
 		if x.fault.DropMidBody {
 			panic(http.ErrAbortHandler)
 		}
-		errType, msg := "server_error", "The server had an error while processing your request. Sorry about that!"
-		if x.fault.ErrorType != "" {
-			errType = x.fault.ErrorType
-		}
-		if x.fault.Message != "" {
-			msg = x.fault.Message
-		}
+		errType := cmp.Or(x.fault.ErrorType, "server_error")
+		msg := cmp.Or(x.fault.Message, "The server had an error while processing your request. Sorry about that!")
 		st.sendLast("", openAIErrorBody{Error: openAIErrorObject{Message: msg, Type: errType}}, t)
 		return
 	}
