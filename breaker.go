@@ -1,11 +1,16 @@
 package tollgate
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"math"
 	"net/http"
 	"runtime"
+	"strconv"
 	"sync"
 	"time"
 
@@ -56,12 +61,16 @@ import (
 // allows; the time is added to the call's Waits.Pause. It does not wait
 // hopelessly: when the deadline is further away than WithMaxPause (default
 // WithMaxWait) allows in total, or beyond the request's context deadline, it
-// returns an *OpenError at once, without sending. So does every attempt in
-// fail-fast mode (WithFailFast), including those that find the probe in
-// flight (their OpenError.Until is zero). An *OpenError matches ErrOpen,
-// which the Retry layer does not retry: the caller learns at once when the
-// breaker expects to let requests through and why. The caller whose own
-// attempt drew a 429 gets that response, as Retry returns it.
+// returns at once, without sending. When the server asked for the pause (a
+// 429 with retry-after), it returns the server's own 429 again — its status,
+// headers and error body, with retry-after brought down to what is left and
+// the ReplayedHeader set — so that an SDK sees the error it knows, never one
+// of tollgate's. For a pause no server asked for, it returns an *OpenError.
+// Every attempt in fail-fast mode (WithFailFast) gets an *OpenError too,
+// including those that find the probe in flight (their OpenError.Until is
+// zero). An *OpenError matches ErrOpen, which the Retry layer does not
+// retry: the caller learns at once when the breaker expects to let requests
+// through and why.
 //
 // State changes are reported to the WithBreakerStateChange callback and shown
 // in Snapshot. A nil s gets a State of its own with default options.
@@ -194,6 +203,12 @@ func (l *breakerLayer) RoundTrip(req *http.Request) (*http.Response, error) {
 	k := l.state.breakers.circuit(c.key)
 	ctx := req.Context()
 	ticket, probe, err := k.admit(ctx, c)
+	if rp, ok := err.(*replay); ok {
+		if req.Body != nil {
+			_ = req.Body.Close()
+		}
+		return rp.response(req), nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -291,6 +306,7 @@ type circuit struct {
 	reason    string          // why it opened
 	cause     error           // the server's error that opened it, for OpenError.Err
 	refuse    bool            // waiting cannot help (spend cap): fail fast even in wait mode
+	answer    *serverAnswer   // the 429 that asked for the pause, if one did
 	trips     int             // openings since the last close
 	tripping  *pause          // the pause the verdict being reported asks for
 	failure   string          // what the last failure was: an overload trip's reason
@@ -336,6 +352,9 @@ type pause struct {
 	reason string
 	cause  error
 	refuse bool
+	// answer is the server's 429 that asked for the pause, replayed to the
+	// callers that cannot wait it out; nil for pauses of other kinds.
+	answer *serverAnswer
 }
 
 // The verdicts, as the errors gobreaker's two-step done takes (nil: success).
@@ -373,7 +392,7 @@ func (c *circuit) onStateChange(_ string, _, to gobreaker.State) {
 		}
 		c.extend(*p)
 	case gobreaker.StateClosed:
-		c.trips, c.reason, c.cause, c.refuse = 0, "", nil, false
+		c.trips, c.reason, c.cause, c.refuse, c.answer = 0, "", nil, false, nil
 	}
 }
 
@@ -390,7 +409,7 @@ func (c *circuit) overloadPause() time.Duration {
 // extend moves the deadline to p.until if that is later.
 func (c *circuit) extend(p pause) {
 	if p.until.After(c.openUntil) {
-		c.openUntil, c.reason, c.cause, c.refuse = p.until, p.reason, p.cause, p.refuse
+		c.openUntil, c.reason, c.cause, c.refuse, c.answer = p.until, p.reason, p.cause, p.refuse, p.answer
 	}
 }
 
@@ -411,7 +430,12 @@ func (c *circuit) admit(ctx context.Context, call *call) (ticket func(error), pr
 		now := clock.Now()
 		if wait := c.openUntil.Sub(now); wait > 0 {
 			if st.failFast || c.refuse || wait > st.maxPause-now.Sub(start) || outlasts(ctx, wait) {
-				err := c.openError(c.openUntil)
+				var err error = c.openError(c.openUntil)
+				if c.answer != nil && !st.failFast && !c.refuse {
+					// The server asked for this wait: a caller that cannot
+					// wait it out gets the server's own answer, not ours.
+					err = &replay{answer: c.answer, until: c.openUntil, now: now}
+				}
 				c.unlock(ctx, now)
 				return nil, false, err
 			}
@@ -522,7 +546,8 @@ func (c *circuit) judge(ctx context.Context, ex *exchange, resp *http.Response, 
 		return verdict{err: errPause, pause: &pause{until: now.Add(c.b.settings.spendLimitPause),
 			reason: "spend limit reached", cause: r.apiErr, refuse: true}}
 	case tooMany && r.headers.HasRetryAfter:
-		return verdict{err: errPause, pause: &pause{until: now.Add(r.headers.RetryAfter), reason: "retry-after"}}
+		return verdict{err: errPause, pause: &pause{until: now.Add(r.headers.RetryAfter), reason: "retry-after",
+			answer: answerOf(ex, resp)}}
 	case wait > 0 && (tooMany || r.status < 400):
 		return verdict{err: errPause, pause: &pause{until: now.Add(wait), reason: short.String() + " refill"}}
 	case tooMany && r.headers.ShouldRetry == ShouldRetryFalse:
@@ -717,4 +742,63 @@ func (c *circuit) snapshot(now time.Time) BreakerSnapshot {
 		s.OpenUntil = c.openUntil
 	}
 	return s
+}
+
+// A serverAnswer is a 429 the server sent with a retry-after: its status,
+// headers and (bounded, as Observe read it ahead) error body.
+type serverAnswer struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+// answerOf keeps what resp said, or nil when the body is not known (no
+// Observe layer inside), since a 429 without its error body would not be
+// the server's answer.
+func answerOf(ex *exchange, resp *http.Response) *serverAnswer {
+	if ex == nil || resp == nil {
+		return nil
+	}
+	ex.mu.Lock()
+	body := ex.errorBody
+	ex.mu.Unlock()
+	if body == nil {
+		return nil
+	}
+	return &serverAnswer{status: resp.StatusCode, header: resp.Header.Clone(), body: body}
+}
+
+// replay is the breaker's refusal in wait mode of a pause the server asked
+// for: the server's 429 again, with its wait brought up to date.
+type replay struct {
+	answer *serverAnswer
+	until  time.Time
+	now    time.Time
+}
+
+func (r *replay) Error() string { return "tollgate: the server's 429, replayed" }
+
+// ReplayedHeader marks a response that the breaker answered with a copy of
+// the server's own 429 instead of sending the request: the server had asked
+// every caller to wait longer than this one could.
+const ReplayedHeader = "X-Tollgate-Replayed"
+
+func (r *replay) response(req *http.Request) *http.Response {
+	h := r.answer.header.Clone()
+	left := max(r.until.Sub(r.now), 0)
+	h.Set("Retry-After", strconv.FormatInt(int64(math.Ceil(left.Seconds())), 10))
+	h.Set("Retry-After-Ms", strconv.FormatInt(left.Milliseconds(), 10))
+	h.Set(ReplayedHeader, "true")
+	body := bytes.Clone(r.answer.body)
+	return &http.Response{
+		Status:        fmt.Sprintf("%d %s", r.answer.status, http.StatusText(r.answer.status)),
+		StatusCode:    r.answer.status,
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        h,
+		Body:          io.NopCloser(bytes.NewReader(body)),
+		ContentLength: int64(len(body)),
+		Request:       req,
+	}
 }

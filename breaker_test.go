@@ -368,6 +368,27 @@ func TestBreakerSpendLimitFailsFastEvenWhenWaiting(t *testing.T) {
 	}, events.get())
 }
 
+// brkReplayed sends one call and checks that the breaker answered it with
+// the server's 429 again, without sending it; it returns the answer's
+// retry-after.
+func brkReplayed(t *testing.T, ctx context.Context, client *http.Client, api *brkAPI) string {
+	t.Helper()
+	sent := api.count()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, brkURL, strings.NewReader(brkBody))
+	require.NoError(t, err)
+	req.Header.Set("anthropic-version", "2023-06-01")
+	resp, err := client.Do(req)
+	require.NoError(t, err, "the caller gets the server's answer, not an error of ours")
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.NoError(t, resp.Body.Close())
+	assert.Equal(t, 429, resp.StatusCode)
+	assert.Equal(t, "true", resp.Header.Get(ReplayedHeader))
+	assert.Equal(t, apiError("rate_limit_error"), string(body), "the server's own error body")
+	assert.Equal(t, sent, api.count(), "nothing was sent")
+	return resp.Header.Get("Retry-After")
+}
+
 func TestBreakerHopelessWaitsReturnAtOnce(t *testing.T) {
 	retryAfter := func(seconds string) *brkAPI {
 		return &brkAPI{script: func(n int, _ *http.Request) (*http.Response, error) {
@@ -377,9 +398,27 @@ func TestBreakerHopelessWaitsReturnAtOnce(t *testing.T) {
 			return respond(200, brkOK), nil
 		}}
 	}
-	t.Run("longer than the maximum pause", func(t *testing.T) {
+	t.Run("longer than the maximum pause: the server's 429 again", func(t *testing.T) {
 		api := retryAfter("30")
 		_, clk, client := brkSetup(api, false, WithMaxPause(20*time.Second))
+		_, _ = brkDo(context.Background(), client)
+		clk.Advance(2500 * time.Millisecond)
+		assert.Equal(t, "28", brkReplayed(t, context.Background(), client, api), "the wait that is left, rounded up")
+		assert.Empty(t, clk.Pending())
+		assert.Equal(t, 1, api.count())
+	})
+	t.Run("longer than the context deadline: the server's 429 again", func(t *testing.T) {
+		api := retryAfter("30")
+		_, clk, client := brkSetup(api, false)
+		_, _ = brkDo(context.Background(), client)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		assert.Equal(t, "30", brkReplayed(t, ctx, client, api))
+		assert.Empty(t, clk.Pending())
+	})
+	t.Run("fail-fast mode: an OpenError", func(t *testing.T) {
+		api := retryAfter("30")
+		_, clk, client := brkSetup(api, false, WithFailFast())
 		_, _ = brkDo(context.Background(), client)
 		_, err := brkDo(context.Background(), client)
 		oe := requireOpenError(t, err)
@@ -387,15 +426,18 @@ func TestBreakerHopelessWaitsReturnAtOnce(t *testing.T) {
 		assert.Empty(t, clk.Pending())
 		assert.Equal(t, 1, api.count())
 	})
-	t.Run("longer than the context deadline", func(t *testing.T) {
-		api := retryAfter("30")
-		_, clk, client := brkSetup(api, false)
-		_, _ = brkDo(context.Background(), client)
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_, err := brkDo(ctx, client)
-		requireOpenError(t, err)
-		assert.Empty(t, clk.Pending())
+	t.Run("a pause no server asked for: an OpenError", func(t *testing.T) {
+		api := &brkAPI{script: func(int, *http.Request) (*http.Response, error) {
+			return respond(529, apiError("overloaded_error")), nil
+		}}
+		_, _, client := brkSetup(api, false, WithMaxPause(100*time.Millisecond))
+		for range DefaultBreakerThreshold {
+			_, _ = brkDo(context.Background(), client)
+		}
+		_, err := brkDo(context.Background(), client)
+		oe := requireOpenError(t, err)
+		assert.Equal(t, "overloaded", oe.Reason)
+		assert.Equal(t, DefaultBreakerThreshold, api.count())
 	})
 	t.Run("the pause is extended past the cap while waiting", func(t *testing.T) {
 		api := &brkAPI{}
@@ -415,15 +457,14 @@ func TestBreakerHopelessWaitsReturnAtOnce(t *testing.T) {
 		go func() { _, _ = brkDo(context.Background(), client); close(first) }()
 		require.Eventually(t, func() bool { return api.count() == 1 }, 5*time.Second, time.Millisecond)
 		_, _ = brkDo(context.Background(), client) // opens for 10s
-		waiter := make(chan error)
-		go func() { _, err := brkDo(context.Background(), client); waiter <- err }()
+		waiter := make(chan string)
+		go func() { waiter <- brkReplayed(t, context.Background(), client, api) }()
 		require.True(t, clk.WaitForWaiters(1, 5*time.Second))
 		clk.Advance(9 * time.Second)
 		close(release) // retry-after 15s, 9s later: open until 24s, 24s after the waiter came
 		<-first
 		clk.Advance(time.Second)
-		oe := requireOpenError(t, <-waiter)
-		assert.Equal(t, testEpoch.Add(24*time.Second), oe.Until)
+		assert.Equal(t, "14", <-waiter, "open until 24 s, 10 s in")
 	})
 	t.Run("cancelled while waiting", func(t *testing.T) {
 		api := retryAfter("30")

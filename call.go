@@ -102,10 +102,13 @@ type exchange struct {
 	status       int // 0 when no response arrived
 	headers      RateLimitHeaders
 	apiErr       *APIError // the error document of a non-2xx response, when it had one
-	usage        Usage
-	err          error // transport error, or the error that ended the body
-	done         bool
-	onDone       []func(*exchange)
+	// errorBody is the start (up to maxErrorBody) of a non-2xx response's
+	// body, as Observe read it ahead.
+	errorBody []byte
+	usage     Usage
+	err       error // transport error, or the error that ended the body
+	done      bool
+	onDone    []func(*exchange)
 }
 
 // exchangeFor returns the attempt carried by req, or starts a new one when

@@ -284,15 +284,16 @@ func (o *observer) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	h := ParseRateLimitHeaders(resp.Header, o.state.cfg.clock.Now())
 	var apiErr *APIError
+	var head []byte
 	if resp.StatusCode >= 300 && resp.Body != nil {
-		head, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+		head, _ = io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 		if e, ok := parseAPIError(head); ok {
 			apiErr = &e
 		}
 		resp.Body = readCloser{io.MultiReader(bytes.NewReader(head), resp.Body), resp.Body}
 	}
 	ex.mu.Lock()
-	ex.status, ex.headers, ex.apiErr = resp.StatusCode, h, apiErr
+	ex.status, ex.headers, ex.apiErr, ex.errorBody = resp.StatusCode, h, apiErr, head
 	ex.mu.Unlock()
 	o.state.observe(c.key, resp.StatusCode, h)
 

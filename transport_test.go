@@ -191,3 +191,18 @@ func TestOpenAISDKGetsItsErrorWhenRetriesRunOut(t *testing.T) {
 	assert.Equal(t, http.StatusTooManyRequests, apiErr.StatusCode)
 	assert.Equal(t, 2, srv.Stats().Requests)
 }
+
+func TestAnthropicSDKLongRetryAfterGivesEveryCallerTheServers429(t *testing.T) {
+	srv := newFake(t, tier1)
+	srv.Inject(1, tollgatetest.Fault{Status: 429, RetryAfter: "3600"})
+	client := anthropicClient(srv, newTransport(t))
+
+	for i := range 3 {
+		_, err := client.Messages.New(context.Background(), messageParams)
+		var apiErr *anthropic.Error
+		require.True(t, errors.As(err, &apiErr), "call %d: want *anthropic.Error, got %T: %v", i, err, err)
+		assert.Equal(t, http.StatusTooManyRequests, apiErr.StatusCode, "call %d", i)
+		assert.Contains(t, apiErr.RawJSON(), "rate_limit_error", "call %d", i)
+	}
+	assert.Equal(t, 1, srv.Stats().Requests, "one hour is longer than any wait: only the first call reached the server")
+}
