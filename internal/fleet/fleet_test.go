@@ -184,9 +184,11 @@ func TestRunCounts429s(t *testing.T) {
 	assert.Equal(t, r.OK+r.RateLimited, r.Attempts)
 	assert.InDelta(t, 100*float64(r.RateLimited)/float64(r.OK), r.RateLimitedPer100OK, 1e-9)
 	assert.Equal(t, DimRequests, r.Binding.Dimension)
-	// 120 + 2/s·1 s admitted at most; all of it used.
+	// 120 + 2/s·1 s admitted at most; agents that never wait use nearly all
+	// of it (a loaded machine may leave the last refill unused).
 	assert.LessOrEqual(t, r.Used.Requests, 123)
-	assert.InDelta(t, 1.0, r.Binding.Share, 0.03)
+	assert.LessOrEqual(t, r.Binding.Share, 1.0)
+	assert.Greater(t, r.Binding.Share, 0.9)
 }
 
 func TestRunDrainsAttemptsInFlight(t *testing.T) {
