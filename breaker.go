@@ -542,7 +542,7 @@ func (c *circuit) judge(ctx context.Context, ex *exchange, resp *http.Response, 
 	}
 	wait, short := refillPause(r.headers, typical, sentAt, now)
 	switch tooMany := r.status == http.StatusTooManyRequests; {
-	case tooMany && r.apiErr != nil && r.apiErr.Code == spendLimitCode:
+	case tooMany && r.apiErr.isSpendCap():
 		return verdict{err: errPause, pause: &pause{until: now.Add(c.b.settings.spendLimitPause),
 			reason: "spend limit reached", cause: r.apiErr, refuse: true}}
 	case tooMany && r.headers.HasRetryAfter:

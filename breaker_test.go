@@ -350,7 +350,7 @@ func TestBreakerSpendLimitFailsFastEvenWhenWaiting(t *testing.T) {
 	assert.Equal(t, testEpoch.Add(DefaultSpendLimitPause), oe.Until)
 	var apiErr *APIError
 	require.ErrorAs(t, err, &apiErr, "the server's error is wrapped")
-	assert.Equal(t, spendLimitCode, apiErr.Code)
+	assert.Equal(t, "enforced_spend_limit_reached", apiErr.Code)
 	assert.Contains(t, err.Error(), "You have reached your specified API usage limits.")
 	assert.Empty(t, clk.Pending(), "waiting cannot help: no wait")
 	assert.Equal(t, 1, api.count())

@@ -459,7 +459,7 @@ func (ct *callTrace) recordLimits(ctx context.Context, status int, h RateLimitHe
 // rateLimitReason names what a 429 ran out of: the spend limit, the first
 // dimension reported exhausted, or the provider's error type.
 func rateLimitReason(h RateLimitHeaders, apiErr *APIError) string {
-	if apiErr != nil && apiErr.Code == spendLimitCode {
+	if apiErr.isSpendCap() {
 		return "spend_limit"
 	}
 	for d, r := range h.Limits {

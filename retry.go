@@ -180,7 +180,7 @@ func decideRetry(cfg *config, now time.Time, attempt int, r response) retryDecis
 	case ShouldRetryFalse:
 		retry, reason = false, "x-should-retry: false"
 	}
-	if status == http.StatusTooManyRequests && apiErr != nil && apiErr.Code == spendLimitCode {
+	if status == http.StatusTooManyRequests && apiErr.isSpendCap() {
 		return retryDecision{reason: "spend limit reached"}
 	}
 	if !retry {

@@ -194,21 +194,27 @@ func TestRetryShouldRetryOverridesStatus(t *testing.T) {
 }
 
 func TestRetrySpendLimitIsNotRetried(t *testing.T) {
-	const body = `{"type":"error","error":{"type":"rate_limit_error","message":"spend cap","details":{"error_code":"enforced_spend_limit_reached"}},"request_id":"req_1"}`
-	srv := newScripted(t, func(n int, w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("content-type", "application/json")
-		w.WriteHeader(429)
-		fmt.Fprint(w, body)
-	})
-	client, clk, _ := retryClient(t)
-	resp, err, waits := drive(clk, func() (*http.Response, error) {
-		return client.Do(post(t, context.Background(), srv.URL, `{}`))
-	})
-	require.NoError(t, err)
-	assert.Equal(t, 429, resp.StatusCode)
-	assert.Equal(t, body, readAll(t, resp), "the caller gets the error body whole")
-	assert.Equal(t, 1, int(srv.attempts.Load()))
-	assert.Empty(t, waits)
+	for name, body := range map[string]string{
+		"anthropic": `{"type":"error","error":{"type":"rate_limit_error","message":"spend cap","details":{"error_code":"enforced_spend_limit_reached"}},"request_id":"req_1"}`,
+		"openai":    `{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			srv := newScripted(t, func(n int, w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("content-type", "application/json")
+				w.WriteHeader(429)
+				fmt.Fprint(w, body)
+			})
+			client, clk, _ := retryClient(t)
+			resp, err, waits := drive(clk, func() (*http.Response, error) {
+				return client.Do(post(t, context.Background(), srv.URL, `{}`))
+			})
+			require.NoError(t, err)
+			assert.Equal(t, 429, resp.StatusCode)
+			assert.Equal(t, body, readAll(t, resp), "the caller gets the error body whole")
+			assert.Equal(t, 1, int(srv.attempts.Load()))
+			assert.Empty(t, waits)
+		})
+	}
 }
 
 func TestRetryWaitChoice(t *testing.T) {

@@ -206,3 +206,20 @@ func TestAnthropicSDKLongRetryAfterGivesEveryCallerTheServers429(t *testing.T) {
 	}
 	assert.Equal(t, 1, srv.Stats().Requests, "one hour is longer than any wait: only the first call reached the server")
 }
+
+func TestOpenAISDKSpendCapIsNotRetried(t *testing.T) {
+	srv := newFake(t, tollgatetest.Config{RequestsPerMinute: 500, TokensPerMinute: 200000})
+	srv.Inject(5, tollgatetest.Fault{SpendLimit: true})
+	client := openaiClient(srv, newTransport(t))
+
+	_, err := client.Chat.Completions.New(context.Background(), chatParams)
+	var apiErr *openai.Error
+	require.True(t, errors.As(err, &apiErr), "want *openai.Error, got %T: %v", err, err)
+	assert.Equal(t, http.StatusTooManyRequests, apiErr.StatusCode)
+	assert.Equal(t, "insufficient_quota", apiErr.Code)
+	assert.Equal(t, 1, srv.Stats().Requests, "an exhausted quota is not retried")
+
+	_, err = client.Chat.Completions.New(context.Background(), chatParams)
+	assert.ErrorIs(t, err, tollgate.ErrOpen, "the breaker fails the next call fast")
+	assert.Equal(t, 1, srv.Stats().Requests)
+}
