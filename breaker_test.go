@@ -368,25 +368,51 @@ func TestBreakerSpendLimitFailsFastEvenWhenWaiting(t *testing.T) {
 	}, events.get())
 }
 
-// brkReplayed sends one call and checks that the breaker answered it with
-// the server's 429 again, without sending it; it returns the answer's
-// retry-after.
+// callAnswer is what one call got: the response's status, headers and
+// body, or an error.
+type callAnswer struct {
+	status int
+	header http.Header
+	body   string
+	err    error
+}
+
+// brkCall sends one call and reads its answer whole; it is safe to run on
+// any goroutine.
+func brkCall(ctx context.Context, client *http.Client) callAnswer {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, brkURL, strings.NewReader(brkBody))
+	if err != nil {
+		return callAnswer{err: err}
+	}
+	req.Header.Set("anthropic-version", "2023-06-01")
+	resp, err := client.Do(req)
+	if err != nil {
+		return callAnswer{err: err}
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return callAnswer{status: resp.StatusCode, header: resp.Header, body: string(body), err: err}
+}
+
+// requireReplayed checks that the breaker answered a call with the
+// server's 429 again, with sent requests at the server; it returns the
+// answer's retry-after.
+func requireReplayed(t *testing.T, a callAnswer, api *brkAPI, sent int) string {
+	t.Helper()
+	require.NoError(t, a.err, "the caller gets the server's answer, not an error of ours")
+	assert.Equal(t, 429, a.status)
+	assert.Equal(t, "true", a.header.Get(ReplayedHeader))
+	assert.Equal(t, apiError("rate_limit_error"), a.body, "the server's own error body")
+	assert.Equal(t, sent, api.count(), "nothing was sent")
+	return a.header.Get("Retry-After")
+}
+
+// brkReplayed sends one call and checks it was answered with the server's
+// 429 again.
 func brkReplayed(t *testing.T, ctx context.Context, client *http.Client, api *brkAPI) string {
 	t.Helper()
 	sent := api.count()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, brkURL, strings.NewReader(brkBody))
-	require.NoError(t, err)
-	req.Header.Set("anthropic-version", "2023-06-01")
-	resp, err := client.Do(req)
-	require.NoError(t, err, "the caller gets the server's answer, not an error of ours")
-	body, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	require.NoError(t, resp.Body.Close())
-	assert.Equal(t, 429, resp.StatusCode)
-	assert.Equal(t, "true", resp.Header.Get(ReplayedHeader))
-	assert.Equal(t, apiError("rate_limit_error"), string(body), "the server's own error body")
-	assert.Equal(t, sent, api.count(), "nothing was sent")
-	return resp.Header.Get("Retry-After")
+	return requireReplayed(t, brkCall(ctx, client), api, sent)
 }
 
 func TestBreakerHopelessWaitsReturnAtOnce(t *testing.T) {
@@ -457,14 +483,14 @@ func TestBreakerHopelessWaitsReturnAtOnce(t *testing.T) {
 		go func() { _, _ = brkDo(context.Background(), client); close(first) }()
 		require.Eventually(t, func() bool { return api.count() == 1 }, 5*time.Second, time.Millisecond)
 		_, _ = brkDo(context.Background(), client) // opens for 10s
-		waiter := make(chan string)
-		go func() { waiter <- brkReplayed(t, context.Background(), client, api) }()
+		waiter := make(chan callAnswer)
+		go func() { waiter <- brkCall(context.Background(), client) }()
 		require.True(t, clk.WaitForWaiters(1, 5*time.Second))
 		clk.Advance(9 * time.Second)
 		close(release) // retry-after 15s, 9s later: open until 24s, 24s after the waiter came
 		<-first
 		clk.Advance(time.Second)
-		assert.Equal(t, "14", <-waiter, "open until 24 s, 10 s in")
+		assert.Equal(t, "14", requireReplayed(t, <-waiter, api, 2), "open until 24 s, 10 s in")
 	})
 	t.Run("cancelled while waiting", func(t *testing.T) {
 		api := retryAfter("30")
