@@ -643,13 +643,13 @@ func (t typicalCost) need(d Dimension) float64 {
 func refillPause(h RateLimitHeaders, typical typicalCost, sentAt, now time.Time) (time.Duration, Dimension) {
 	var longest time.Duration
 	var short Dimension
-	rounding := dialectOf(h.Provider).rounding
+	dialect := dialectOf(h.Provider)
+	rounding := dialect.rounding
 	elapsed := max(now.Sub(sentAt), 0)
 	for d := range numDimensions {
-		// Anthropic's tokens limit repeats the most restrictive of the
-		// input and output limits, which are judged on their own.
-		if d == Tokens && h.Provider == ProviderAnthropic &&
-			(h.Limits[InputTokens].Known() || h.Limits[OutputTokens].Known()) {
+		// The budget's dialect table says which readings are limits of their
+		// own (Anthropic's tokens-* repeats the tightest of input and output).
+		if !dialect.learn[d] {
 			continue
 		}
 		r := h.Limits[d]
