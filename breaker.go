@@ -241,6 +241,10 @@ type breakers struct {
 	// of the attempt that caused or noticed it: the Trace layer's hook
 	// (State.traceBreakerChange), set once by NewState.
 	trace func(ctx context.Context, k Key, from, to, reason string)
+	// publish, when set, puts a pause this process took into the store, so
+	// that every Transport sharing it pauses too (budget.publishPause, set
+	// once by NewState). It is called with no lock held.
+	publish func(k Key, d time.Duration, reason string)
 
 	mu       sync.Mutex
 	circuits map[Key]*circuit
@@ -322,6 +326,7 @@ type circuit struct {
 	shownUntil time.Time    // the deadline last reported
 	outbox     []noted      // events to deliver
 	delivering bool
+	publish    *pause // a pause of this process's to put into the store
 }
 
 // noted is an event and the context of the attempt that caused or noticed it.
@@ -406,11 +411,37 @@ func (c *circuit) overloadPause() time.Duration {
 	return min(d, ceiling)
 }
 
-// extend moves the deadline to p.until if that is later.
+// extend moves the deadline to p.until if that is later, and has it put
+// into the store.
 func (c *circuit) extend(p pause) {
 	if p.until.After(c.openUntil) {
 		c.openUntil, c.reason, c.cause, c.refuse, c.answer = p.until, p.reason, p.cause, p.refuse, p.answer
+		c.publish = &p
 	}
+}
+
+// sharedSlack is how much later than the deadline in force a pause found in
+// the store must end to move it: the store's clock and this process's
+// disagree by the time its answer took to arrive.
+const sharedSlack = 10 * time.Millisecond
+
+// shared notes a pause found in the store, taken by another Transport, that
+// lasts d from now, and returns the *OpenError for an attempt that cannot
+// wait it out (fail-fast mode, a pause beyond WithMaxPause or ctx's
+// deadline); nil when it can.
+func (c *circuit) shared(ctx context.Context, d time.Duration, reason string) error {
+	c.mu.Lock()
+	now := c.b.cfg.clock.Now()
+	until := now.Add(d)
+	if until.Sub(c.openUntil) > sharedSlack {
+		c.openUntil, c.reason, c.cause, c.refuse, c.answer = until, "shared: "+reason, nil, false, nil
+	}
+	var err error
+	if st := &c.b.settings; st.failFast || d > st.maxPause || outlasts(ctx, d) {
+		err = c.openError(until)
+	}
+	c.unlock(ctx, now)
+	return err
 }
 
 // admit waits until the breaker lets an attempt through and returns the
@@ -693,6 +724,10 @@ func (c *circuit) stateAt(now time.Time) BreakerState {
 // and delivers the events noted, in order and with no lock held. ctx is the
 // attempt's that caused or noticed the change.
 func (c *circuit) unlock(ctx context.Context, now time.Time) {
+	if p := c.publish; p != nil && c.b.publish != nil {
+		c.publish = nil
+		defer c.b.publish(c.key, p.until.Sub(now), p.reason)
+	}
 	if to := c.stateAt(now); to != c.shown || (to == BreakerOpen && !c.openUntil.Equal(c.shownUntil)) {
 		ev := BreakerEvent{Key: c.key, From: c.shown, To: to, At: now}
 		if to != BreakerClosed {

@@ -120,7 +120,7 @@ func (b *budgeter) RoundTrip(req *http.Request) (*http.Response, error) {
 		if !observed || status != resp.StatusCode {
 			status, h = resp.StatusCode, ParseRateLimitHeaders(resp.Header, s.cfg.clock.Now())
 		}
-		r.responded(status, h)
+		kb.responded(r, status, h)
 	}
 	if !observed {
 		// Nothing inside will report the end of the body.
@@ -293,15 +293,20 @@ type BudgetSnapshot struct {
 	// when they match none, TierUnknown before any is known. It is
 	// informational: pacing always uses Limits.
 	Tier string
+	// Fallback reports that the store given by WithStore failed, so that
+	// this Transport paces by its local fallback budget meanwhile.
+	Fallback bool
 }
 
 // DimensionBudget is the Budget layer's view of one dimension of a Key.
 type DimensionBudget struct {
 	Limit  int64 // per minute; zero when unknown
 	Source LimitSource
-	// Level is what the bucket holds now: the amount an attempt can take
-	// without waiting. It is below zero while settled usage exceeded what
-	// was reserved. Zero when the limit is unknown.
+	// Level is what the bucket holds now, as the store last reported it
+	// plus the refill since: the amount an attempt can take without
+	// waiting. It is below zero while the bucket is in debt: settled usage
+	// exceeded what was reserved, or a shared store granted attempts ahead
+	// of time. Zero when the limit is unknown.
 	Level float64
 	// Used is what settled attempts consumed in the last minute.
 	Used int64
@@ -311,13 +316,19 @@ type DimensionBudget struct {
 
 // budget holds the Budget layer's state for every Key.
 type budget struct {
-	cfg  *config
+	cfg   *config
+	guard *storeGuard
+	// onPause tells the Breaker layer of a pause found in the store, taken
+	// by another Transport, and returns the *OpenError to fail with when
+	// waiting it out is hopeless. Set once by NewState.
+	onPause func(ctx context.Context, k Key, d time.Duration, reason string) error
+
 	mu   sync.RWMutex
 	keys map[Key]*keyBudget
 }
 
-func newBudget(cfg *config) *budget {
-	return &budget{cfg: cfg, keys: make(map[Key]*keyBudget)}
+func newBudget(cfg *config, guard *storeGuard) *budget {
+	return &budget{cfg: cfg, guard: guard, keys: make(map[Key]*keyBudget)}
 }
 
 // forKey returns the state of k, creating it.
@@ -331,7 +342,7 @@ func (b *budget) forKey(k Key) *keyBudget {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if kb = b.keys[k]; kb == nil {
-		kb = newKeyBudget(b.cfg, k, b.cfg.clock.Now())
+		kb = newKeyBudget(b, k, b.cfg.clock.Now())
 		b.keys[k] = kb
 	}
 	return kb
@@ -355,26 +366,45 @@ func (b *budget) snapshot(k Key, now time.Time) BudgetSnapshot {
 	kb := b.keys[k]
 	b.mu.RUnlock()
 	if kb == nil {
-		kb = newKeyBudget(b.cfg, k, now)
+		kb = newKeyBudget(b, k, now)
 	}
 	kb.mu.Lock()
 	defer kb.mu.Unlock()
 	return kb.snapshotLocked(now)
 }
 
-// keyBudget is the Budget layer's state for one Key, under one mutex.
+// publishPause puts a pause the Breaker layer took into the store, so that
+// every Transport sharing it waits too.
+func (b *budget) publishPause(k Key, d time.Duration, reason string) {
+	g := b.guard
+	st, _ := g.pick()
+	pause := func(ctx context.Context, st Store) error { return st.Pause(ctx, k.StoreName(), d, reason) }
+	if err := g.call(context.Background(), st, pause); err != nil && g.local != nil {
+		_ = pause(context.Background(), g.local)
+	}
+}
+
+// keyBudget is the Budget layer's state for one Key, under one mutex. The
+// bucket levels are in the store; the queue, the concurrency and the
+// learning are this process's.
 type keyBudget struct {
-	key Key
-	cfg *config
+	key  Key
+	name string // the Key's name in the store
+	b    *budget
+	cfg  *config
 
 	mu      sync.Mutex
 	limits  [numDimensions]int64
 	sources [numDimensions]LimitSource
-	buckets [numDimensions]bucket
-	// held is what the attempts not yet settled are charged: a bucket that
-	// becomes known while they are in flight starts that much below full.
+	// mirror is the levels the store reported last, at mirrorAt on this
+	// process's clock: for Snapshot, and to tell when a response's
+	// remaining header is news to the store.
+	mirror   [numDimensions]float64
+	mirrorAt time.Time
+	// held is what the store holds of the attempts not yet settled; zero
+	// once all are.
 	held     [numDimensions]float64
-	queue    []*waiter // FIFO; the head is the only waiter with a timer
+	queue    []*waiter // FIFO; only the head asks the store
 	inFlight int
 	probing  bool // cold start: one attempt awaits its response headers
 	// unpaced: a successful response carried no limit headers, so this Key's
@@ -392,12 +422,12 @@ type keyBudget struct {
 	delivering bool               // a goroutine is delivering alerts
 }
 
-func newKeyBudget(cfg *config, k Key, now time.Time) *keyBudget {
-	kb := &keyBudget{key: k, cfg: cfg, bytesPerToken: DefaultBytesPerToken}
-	for d, l := range cfg.budget.limits.byDimension() {
+func newKeyBudget(b *budget, k Key, now time.Time) *keyBudget {
+	kb := &keyBudget{key: k, name: k.StoreName(), b: b, cfg: b.cfg, bytesPerToken: DefaultBytesPerToken, mirrorAt: now}
+	for d, l := range b.cfg.budget.limits.byDimension() {
 		if l > 0 {
 			kb.limits[d], kb.sources[d] = l, LimitFromOption
-			kb.buckets[d].setLimit(now, float64(l))
+			kb.mirror[d] = float64(l)
 		}
 	}
 	return kb
@@ -410,9 +440,20 @@ type reservation struct {
 	cost        [numDimensions]float64 // what the attempt asks for
 	initial     [numDimensions]float64 // what it was charged at admission
 	charged     [numDimensions]float64 // what it is charged now
-	sentAt      time.Time
+	sentAt      time.Time              // when it may be sent, on this process's clock
 	promptBytes int64
 	images      int64
+
+	// store is the store that admitted it, stored what that store holds of
+	// it per dimension, and storeSentAt when it may be sent on the store's
+	// clock.
+	store       Store
+	stored      [numDimensions]float64
+	storeSentAt time.Time
+	// floor holds what a response said remains, per dimension, until it is
+	// given to the store.
+	floor    [numDimensions]float64
+	hasFloor [numDimensions]bool
 
 	status   int  // the response status, once headers arrived
 	slot     bool // holds a place among the attempts in flight
@@ -421,17 +462,30 @@ type reservation struct {
 	settled  bool
 }
 
-// A waiter is an attempt queued for admission.
+// A waiter is an attempt queued for admission. Its fields are guarded by
+// keyBudget.mu.
 type waiter struct {
-	r       *reservation
-	granted bool          // admitted; set under keyBudget.mu
-	wake    chan struct{} // capacity 1: granted, became head, or the head's wait may be shorter
+	r   *reservation
+	ctx context.Context // the attempt's, for the store calls made on its behalf
+
+	granted bool
+	delay   time.Duration // granted ahead of time: wait this long before sending
+	// Not granted: ask the store again after retry when timed; an attempt
+	// blocked on a slot or the cold-start gate has no timer.
+	retry time.Duration
+	timed bool
+	// paused is the time left of a pause in force in the store, and why.
+	paused time.Duration
+	reason string
+
+	wake chan struct{} // capacity 1: granted, became head, or the head's wait may be shorter
 }
 
-// admit waits, in arrival order, until r's cost fits the Key's buckets and
-// its concurrency allows one more attempt, then charges r. It returns how
-// long it waited, and ctx's error when ctx ended the wait, in which case r
-// holds nothing.
+// admit waits, in arrival order, until the store grants r's cost and the
+// Key's concurrency allows one more attempt, then waits out the delay of a
+// grant ahead of time. It returns how long it waited, and ctx's error when
+// ctx ended the wait (or an *OpenError for a pause found in the store that
+// cannot be waited out), in which case r holds nothing.
 func (kb *keyBudget) admit(ctx context.Context, r *reservation, info *RequestInfo) (time.Duration, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
@@ -440,52 +494,127 @@ func (kb *keyBudget) admit(ctx context.Context, r *reservation, info *RequestInf
 	kb.mu.Lock()
 	start := clock.Now()
 	kb.estimateLocked(r, info)
-	if len(kb.queue) == 0 && kb.admissibleLocked(start, r) {
-		kb.grantLocked(start, r)
-		deliver := kb.evaluateLocked(start)
-		kb.mu.Unlock()
-		kb.deliverAlerts(deliver)
-		return 0, nil
+	w := &waiter{r: r, ctx: ctx, wake: make(chan struct{}, 1)}
+	if len(kb.queue) == 0 {
+		kb.tryLocked(w)
 	}
-	w := &waiter{r: r, wake: make(chan struct{}, 1)}
-	kb.queue = append(kb.queue, w)
-	now := start
-	for {
+	if !w.granted {
+		kb.queue = append(kb.queue, w)
+	}
+	for !w.granted {
 		var timer <-chan time.Time
-		if kb.queue[0] == w {
-			if d, ok := kb.waitLocked(now, r); ok {
-				timer = clock.After(d)
-			}
+		paused, reason := w.paused, w.reason
+		if kb.queue[0] == w && w.timed {
+			timer = clock.After(w.retry)
 		}
 		kb.mu.Unlock()
-		select {
-		case <-ctx.Done():
-			kb.mu.Lock()
-			now = clock.Now()
+		var err error
+		if paused > 0 {
+			err = kb.b.onPause(ctx, kb.key, paused, reason)
+		}
+		if err == nil {
+			select {
+			case <-ctx.Done():
+				err = ctx.Err()
+			case <-w.wake:
+			case <-timer:
+			}
+		}
+		kb.mu.Lock()
+		now := clock.Now()
+		if err != nil {
 			if w.granted {
-				kb.releaseLocked(now, r, true)
-				kb.doneLocked(r)
-				kb.serveLocked(now, true)
+				kb.cancelLocked(now, r)
 			} else if kb.removeLocked(w) == 0 {
 				kb.serveLocked(now, true)
 			}
 			kb.mu.Unlock()
-			return now.Sub(start), ctx.Err()
-		case <-w.wake:
-		case <-timer:
+			return now.Sub(start), err
 		}
-		kb.mu.Lock()
-		now = clock.Now()
 		if !w.granted {
 			kb.serveLocked(now, false)
 		}
-		if w.granted {
-			deliver := kb.evaluateLocked(now)
-			kb.mu.Unlock()
-			kb.deliverAlerts(deliver)
-			return now.Sub(start), nil
-		}
 	}
+	deliver := kb.evaluateLocked(clock.Now())
+	delay := w.delay
+	kb.mu.Unlock()
+	kb.deliverAlerts(deliver)
+	if err := sleep(ctx, clock, delay); err != nil {
+		kb.mu.Lock()
+		now := clock.Now()
+		kb.cancelLocked(now, r)
+		kb.mu.Unlock()
+		return now.Sub(start), err
+	}
+	return clock.Now().Sub(start), nil
+}
+
+// cancelLocked gives back everything a granted attempt that will not be sent
+// holds.
+func (kb *keyBudget) cancelLocked(now time.Time, r *reservation) {
+	kb.releaseLocked(now, r, true)
+	kb.doneLocked(r)
+	kb.serveLocked(now, true)
+}
+
+// grantAhead is the longest wait the store may grant r ahead of time: what
+// is left of ctx's deadline, which no grant should outlast.
+func grantAhead(ctx context.Context) time.Duration {
+	if deadline, ok := ctx.Deadline(); ok {
+		return max(time.Until(deadline), 0)
+	}
+	return math.MaxInt64
+}
+
+// tryLocked asks the store to admit w's attempt, unless it waits for a slot
+// or the cold-start gate, and records the answer in w. A store that fails
+// is replaced by the local fallback for this attempt at once.
+func (kb *keyBudget) tryLocked(w *waiter) {
+	w.timed, w.paused, w.reason = false, 0, ""
+	if kb.blockedLocked() {
+		return
+	}
+	g := kb.b.guard
+	a := Admission{Cost: w.r.cost, MaxWait: grantAhead(w.ctx)}
+	var res Admitted
+	admit := func(ctx context.Context, st Store) (err error) {
+		a.Limits = g.limits(st, kb.limits)
+		res, err = st.Admit(ctx, kb.name, a)
+		return err
+	}
+	st, _ := g.pick()
+	err := g.call(w.ctx, st, admit)
+	if err != nil && w.ctx.Err() == nil && g.local != nil {
+		st = g.local
+		err = admit(w.ctx, st)
+	}
+	if err != nil {
+		w.retry, w.timed = 0, true // the context ended: the head's loop sees it at once
+		return
+	}
+	now := kb.cfg.clock.Now()
+	kb.mirrorLocked(now, res.Levels)
+	switch {
+	case res.Paused > 0:
+		w.paused, w.reason, w.retry, w.timed = res.Paused, res.PauseReason, res.Paused, true
+	case !res.Granted:
+		w.retry, w.timed = res.Wait, true
+	default:
+		kb.grantLocked(now, w.r, st, a.Limits, res)
+		w.granted, w.delay = true, res.Wait
+	}
+}
+
+// mirrorLocked notes the levels the store reported.
+func (kb *keyBudget) mirrorLocked(now time.Time, l Levels) {
+	kb.mirror, kb.mirrorAt = l.Level, now
+}
+
+// levelLocked is the level of d as the store last reported it, refilled
+// since.
+func (kb *keyBudget) levelLocked(now time.Time, d Dimension) float64 {
+	b := bucket{limit: float64(kb.limits[d]), level: kb.mirror[d], last: kb.mirrorAt}
+	return b.levelAt(now)
 }
 
 // estimateLocked fills r's cost from the request and the learned ratio.
@@ -508,8 +637,8 @@ func (kb *keyBudget) limitsKnown() bool {
 	return kb.limits != [numDimensions]int64{}
 }
 
-// blockedLocked reports whether r must wait for something other than refill:
-// a concurrency slot or the cold-start gate.
+// blockedLocked reports whether an attempt must wait for something other
+// than the store: a concurrency slot or the cold-start gate.
 func (kb *keyBudget) blockedLocked() bool {
 	if n := kb.cfg.budget.maxConcurrency; n > 0 && kb.inFlight >= n {
 		return true
@@ -517,46 +646,21 @@ func (kb *keyBudget) blockedLocked() bool {
 	return !kb.limitsKnown() && !kb.unpaced && kb.probing
 }
 
-func (kb *keyBudget) admissibleLocked(now time.Time, r *reservation) bool {
-	if kb.blockedLocked() {
-		return false
-	}
-	for d := range kb.buckets {
-		if b := &kb.buckets[d]; b.known() && !b.fits(now, r.cost[d]) {
-			return false
-		}
-	}
-	return true
-}
-
-// waitLocked returns how long until r's cost fits, or false when r waits for
-// a slot or the cold-start gate, which no timer can end.
-func (kb *keyBudget) waitLocked(now time.Time, r *reservation) (time.Duration, bool) {
-	if kb.blockedLocked() {
-		return 0, false
-	}
-	var wait time.Duration
-	for d := range kb.buckets {
-		if b := &kb.buckets[d]; b.known() {
-			wait = max(wait, b.waitFor(now, r.cost[d]))
-		}
-	}
-	return wait, true
-}
-
-// grantLocked charges r's cost and gives it a place among the attempts in
-// flight.
-func (kb *keyBudget) grantLocked(now time.Time, r *reservation) {
-	for d := range kb.buckets {
-		n := r.cost[d]
-		if b := &kb.buckets[d]; b.known() {
-			n = min(n, b.limit)
-			b.take(now, n)
+// grantLocked records what the store charged r and gives it a place among
+// the attempts in flight.
+func (kb *keyBudget) grantLocked(now time.Time, r *reservation, st Store, limits [numDimensions]int64, res Admitted) {
+	for d, n := range r.cost {
+		if l := kb.limits[d]; l > 0 {
+			n = min(n, float64(l))
 		}
 		r.initial[d], r.charged[d] = n, n
-		kb.held[d] += n
+		if limits[d] > 0 {
+			r.stored[d] = min(r.cost[d], float64(limits[d]))
+			kb.held[d] += r.stored[d]
+		}
 	}
-	r.sentAt = now
+	r.store = st
+	r.sentAt, r.storeSentAt = now.Add(res.Wait), res.Levels.At.Add(res.Wait)
 	r.slot = true
 	kb.inFlight++
 	if !kb.limitsKnown() {
@@ -564,21 +668,20 @@ func (kb *keyBudget) grantLocked(now time.Time, r *reservation) {
 	}
 }
 
-// serveLocked admits queued attempts from the head while they fit. The head
-// left waiting is woken when it is new, or when improved says its wait may
-// have become shorter, so that it sets its timer anew.
+// serveLocked admits queued attempts from the head while the store grants
+// them. The head left waiting is woken when it is new, or when improved says
+// its wait may have become shorter, so that it sets its timer anew.
 func (kb *keyBudget) serveLocked(now time.Time, improved bool) {
 	served := false
 	for len(kb.queue) > 0 {
 		w := kb.queue[0]
-		if !kb.admissibleLocked(now, w.r) {
+		kb.tryLocked(w)
+		if !w.granted {
 			if served || improved {
 				wake(w)
 			}
 			return
 		}
-		kb.grantLocked(now, w.r)
-		w.granted = true
 		kb.removeLocked(w)
 		wake(w)
 		served = true
@@ -606,46 +709,74 @@ func (kb *keyBudget) removeLocked(w *waiter) int {
 	return -1
 }
 
-// refundLocked gives back what r is charged in the given dimensions.
-func (kb *keyBudget) refundLocked(now time.Time, r *reservation, dims ...Dimension) {
-	for _, d := range dims {
-		kb.adjustLocked(now, r, d, 0)
-	}
-}
-
-// adjustLocked changes what r is charged in d to n.
-func (kb *keyBudget) adjustLocked(now time.Time, r *reservation, d Dimension, n float64) {
-	delta := n - r.charged[d]
-	if delta == 0 {
+// syncLocked brings the store up to date with r: what r is charged in every
+// dimension whose limit is known, and, when floors is set, what r's response
+// said remains. When the store cannot be reached, nothing is lost for good:
+// its buckets refill on their own.
+func (kb *keyBudget) syncLocked(now time.Time, r *reservation, floors bool) {
+	st, g := r.store, kb.b.guard
+	if st == nil || !g.usable(st) {
 		return
 	}
-	if b := &kb.buckets[d]; b.known() {
-		if delta > 0 {
-			b.take(now, delta)
-		} else {
-			b.give(now, -delta)
+	s := Settlement{Limits: g.limits(st, kb.limits), SentAt: r.storeSentAt}
+	changed := false
+	for d, l := range s.Limits {
+		if l <= 0 {
+			continue
+		}
+		if delta := r.charged[d] - r.stored[d]; delta != 0 {
+			s.Charge[d], changed = delta, true
+		}
+		if floors && r.hasFloor[d] {
+			s.Floor[d], s.HasFloor[d], changed = r.floor[d], true, true
 		}
 	}
-	kb.held[d] += delta
-	r.charged[d] = n
+	if !changed {
+		return
+	}
+	var levels Levels
+	err := g.call(context.Background(), st, func(ctx context.Context, st Store) (err error) {
+		levels, err = st.Settle(ctx, kb.name, s)
+		return err
+	})
+	if err != nil {
+		return
+	}
+	for d, l := range s.Limits {
+		if l > 0 {
+			kb.held[d] += r.charged[d] - r.stored[d]
+			r.stored[d] = r.charged[d]
+			if floors {
+				r.hasFloor[d] = false
+			}
+		}
+	}
+	kb.mirrorLocked(now, levels)
+}
+
+// refundLocked gives back what r is charged in the given dimensions.
+func (kb *keyBudget) refundLocked(r *reservation, dims ...Dimension) {
+	for _, d := range dims {
+		r.charged[d] = 0
+	}
 }
 
 // doneLocked marks r settled: its charges are final.
 func (kb *keyBudget) doneLocked(r *reservation) {
-	if r.settled {
-		return
-	}
-	r.settled = true
-	for d, n := range r.charged {
-		kb.held[d] -= n
+	if !r.settled {
+		r.settled = true
+		for d, n := range r.stored {
+			kb.held[d] -= n
+		}
 	}
 }
 
 // refundAllLocked gives back everything r is charged, once.
 func (kb *keyBudget) refundAllLocked(now time.Time, r *reservation) {
 	if !r.refunded && !r.settled {
-		kb.refundLocked(now, r, Requests, Tokens, InputTokens, OutputTokens)
+		kb.refundLocked(r, Requests, Tokens, InputTokens, OutputTokens)
 		r.refunded = true
+		kb.syncLocked(now, r, false)
 	}
 }
 
@@ -670,16 +801,21 @@ func (kb *keyBudget) releaseProbeLocked(r *reservation) {
 
 // responded learns from an attempt's response headers as soon as they
 // arrive: it refunds a 429, learns limits, pulls levels down to what the
-// server says remains and opens the cold-start gate.
-func (r *reservation) responded(status int, h RateLimitHeaders) {
-	kb := r.kb
+// server says remains and opens the cold-start gate. It calls the store
+// only when that cannot wait for the attempt's settlement: to refund a
+// 429, to charge a limit just learned, or when the server says less remains
+// than the store held when this process last asked.
+func (kb *keyBudget) responded(r *reservation, status int, h RateLimitHeaders) {
 	kb.mu.Lock()
 	now := kb.cfg.clock.Now()
 	r.status = status
-	if status == http.StatusTooManyRequests {
+	learned := kb.learnLocked(now, r, h)
+	switch {
+	case status == http.StatusTooManyRequests:
 		kb.refundAllLocked(now, r)
+	case learned || kb.newsLocked(now, r):
+		kb.syncLocked(now, r, true)
 	}
-	kb.learnLocked(now, r, h)
 	if status >= 200 && status < 300 && !kb.limitsKnown() {
 		kb.unpaced = true
 	}
@@ -688,15 +824,18 @@ func (r *reservation) responded(status int, h RateLimitHeaders) {
 	kb.mu.Unlock()
 }
 
-// setLimitLocked sets the limit of d. A bucket that was unknown starts full
-// less what the attempts in flight hold.
-func (kb *keyBudget) setLimitLocked(now time.Time, d Dimension, limit int64) {
-	b := &kb.buckets[d]
-	wasKnown := b.known()
-	b.setLimit(now, float64(limit))
-	if !wasKnown {
-		b.take(now, min(kb.held[d], b.limit))
+// newsLocked reports whether r's response said less remains, in some
+// dimension, than the store's level as this process last saw it.
+func (kb *keyBudget) newsLocked(now time.Time, r *reservation) bool {
+	for d := range numDimensions {
+		if r.hasFloor[d] && kb.limits[d] > 0 {
+			refill := float64(kb.limits[d]) * max(now.Sub(r.sentAt), 0).Minutes()
+			if kb.levelLocked(now, d) > r.floor[d]+refill {
+				return true
+			}
+		}
 	}
+	return false
 }
 
 // budgetDialect is how one provider's headers and usage map onto buckets.
@@ -739,14 +878,16 @@ func dialectOf(p Provider) *budgetDialect {
 	return &otherDialect
 }
 
-// learnLocked takes the limits the headers report and pulls levels down to
-// what they say remains.
-func (kb *keyBudget) learnLocked(now time.Time, r *reservation, h RateLimitHeaders) {
+// learnLocked takes the limits the headers report and notes in r what they
+// say remains (see floorLocked). It reports whether a limit was learned or
+// changed.
+func (kb *keyBudget) learnLocked(now time.Time, r *reservation, h RateLimitHeaders) bool {
 	p := h.Provider
 	if p == "" {
 		p = kb.key.Provider
 	}
 	dialect := dialectOf(p)
+	learned := false
 	for d := range numDimensions {
 		reading := h.Limits[d]
 		if !dialect.learn[d] {
@@ -754,42 +895,42 @@ func (kb *keyBudget) learnLocked(now time.Time, r *reservation, h RateLimitHeade
 		}
 		if reading.HasLimit && reading.Limit > 0 &&
 			(kb.limits[d] != reading.Limit || kb.sources[d] != LimitFromHeaders) {
+			if kb.limits[d] <= 0 {
+				kb.mirror[d] = float64(reading.Limit) // a bucket the store has not seen starts full
+			}
+			learned = learned || kb.limits[d] != reading.Limit
 			kb.limits[d], kb.sources[d] = reading.Limit, LimitFromHeaders
-			kb.setLimitLocked(now, d, reading.Limit)
 		}
-		if reading.HasRemaining && kb.buckets[d].known() {
-			kb.pullDownLocked(now, r, d, float64(reading.Remaining), dialect.rounding[d])
+		if reading.HasRemaining && kb.limits[d] > 0 {
+			r.floor[d] = min(float64(kb.limits[d]), float64(reading.Remaining)+dialect.rounding[d])
+			r.hasFloor[d] = true
 		}
 	}
+	return learned
 }
 
-// pullDownLocked lowers the level of d to what the server's remaining
-// reading, in r's response, allows.
+// The floor of a dimension is what the server's remaining reading, in r's
+// response, allows the level to have been when r was sent; the store lowers
+// the level to it plus the refill since.
 //
 // The server took the reading when it admitted r, somewhere between r's
-// send and the arrival of its headers (now). Which of this process's other
-// attempts it had counted by then cannot be known: concurrent attempts reach
-// the server in any order. So the reading is turned into the most the level
-// can be, never less:
+// send and the arrival of its headers. Which of the other attempts sharing
+// the store it had counted by then cannot be known: concurrent attempts
+// reach the server in any order. So the reading is turned into the most the
+// level can be, never less:
 //
 //   - the refill since r was sent is added (the earliest the reading could
 //     have been taken);
-//   - nothing this process charged meanwhile is subtracted (the server may
-//     have counted all of it), so attempts in flight are never counted twice;
+//   - nothing charged meanwhile is subtracted (the server may have counted
+//     all of it), so attempts in flight are never counted twice;
 //   - a value rounded to a unit (Anthropic's token headers, documented as
 //     rounded to the nearest thousand, by some servers rounded down) may be up
 //     to a unit below the truth: the unit is added.
 //
-// What this bound leaves out is this process's own attempts in flight, which
-// its level already holds; the pull-down is for what others spent.
-// The level is only ever lowered: when the server knows of more room than
-// this process, the difference is its own estimate being cautious, which
-// settling corrects.
-func (kb *keyBudget) pullDownLocked(now time.Time, r *reservation, d Dimension, remaining, rounding float64) {
-	b := &kb.buckets[d]
-	refill := b.limit * max(now.Sub(r.sentAt), 0).Minutes()
-	b.pullDown(now, min(b.limit, remaining+rounding+refill))
-}
+// What this bound leaves out is the attempts in flight, which the level
+// already holds; the pull-down is for what others spent. The level is only
+// ever lowered: when the server knows of more room, the difference is the
+// estimates being cautious, which settling corrects.
 
 // settle is called when r's exchange is done: it frees r's slot and settles
 // its charges to the usage the response reported.
@@ -810,10 +951,11 @@ func (r *reservation) settle(ex *exchange) {
 	case status == http.StatusTooManyRequests:
 		kb.refundAllLocked(now, r)
 	case status == 0:
-		kb.refundLocked(now, r, Tokens, InputTokens, OutputTokens)
+		kb.refundLocked(r, Tokens, InputTokens, OutputTokens)
 	default:
-		kb.settleUsageLocked(now, r, status, u)
+		kb.settleUsageLocked(r, status, u)
 	}
+	kb.syncLocked(now, r, true)
 	kb.doneLocked(r)
 	for d := range numDimensions {
 		kb.window.add(now, d, r.charged[d])
@@ -826,7 +968,7 @@ func (r *reservation) settle(ex *exchange) {
 
 // settleUsageLocked sets r's token charges to the usage its response
 // reported, and learns the prompt bytes per token from it.
-func (kb *keyBudget) settleUsageLocked(now time.Time, r *reservation, status int, u Usage) {
+func (kb *keyBudget) settleUsageLocked(r *reservation, status int, u Usage) {
 	in, out := r.charged[InputTokens], r.charged[OutputTokens]
 	inKnown := u.Reported && u.TotalInputTokens() > 0
 	switch {
@@ -846,9 +988,7 @@ func (kb *keyBudget) settleUsageLocked(now time.Time, r *reservation, status int
 		}
 	}
 	tokens := r.charged[Tokens] - (r.charged[InputTokens] + r.charged[OutputTokens]) + in + out
-	kb.adjustLocked(now, r, InputTokens, in)
-	kb.adjustLocked(now, r, OutputTokens, out)
-	kb.adjustLocked(now, r, Tokens, max(tokens, 0))
+	r.charged[InputTokens], r.charged[OutputTokens], r.charged[Tokens] = in, out, max(tokens, 0)
 }
 
 // learnRatioLocked folds one measurement of prompt bytes per rate-limited
@@ -942,11 +1082,12 @@ func (kb *keyBudget) snapshotLocked(now time.Time) BudgetSnapshot {
 		Waiting:       len(kb.queue),
 		BytesPerToken: kb.bytesPerToken,
 		Tier:          tierOf(kb.key.Provider, limitsOf(kb.limits)),
+		Fallback:      kb.b.guard.isDown(),
 	}
 	for d := range snap.Dimensions {
 		db := DimensionBudget{Limit: kb.limits[d], Source: kb.sources[d], Used: used[d]}
 		if db.Limit > 0 {
-			db.Level = kb.buckets[d].levelAt(now)
+			db.Level = kb.levelLocked(now, Dimension(d))
 			db.Utilization = float64(used[d]) / float64(db.Limit)
 		}
 		snap.Dimensions[d] = db

@@ -842,7 +842,7 @@ func TestBudgetManyGoroutines(t *testing.T) {
 	defer kb.mu.Unlock()
 	for _, d := range []Dimension{Requests, InputTokens, OutputTokens} {
 		assert.LessOrEqual(t, snap.Dimensions[d].Level, float64(snap.Dimensions[d].Limit), d.String())
-		assert.InDelta(t, 0, kb.held[d], 1e-6, "nothing held once all are settled: %s", d)
+		assert.InDelta(t, 0, kb.held[d], 1e-6, "the store holds nothing once all are settled: %s", d)
 	}
 }
 
@@ -857,7 +857,7 @@ func BenchmarkBudgetAdmit(b *testing.B) {
 		if _, err := kb.admit(context.Background(), r, &info); err != nil {
 			b.Fatal(err)
 		}
-		r.responded(200, h)
+		kb.responded(r, 200, h)
 		r.settle(ex)
 	}
 	b.Run("uncontended", func(b *testing.B) {

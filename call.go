@@ -52,7 +52,7 @@ func (s *State) callFor(req *http.Request) (*http.Request, *call) {
 	c := &call{
 		state: s,
 		info:  info,
-		key:   s.keyOf(info.Provider, info.Model),
+		key:   s.keyOf(info.Provider, info.Model, accountOf(req.Header)),
 		start: s.cfg.clock.Now(),
 	}
 	return req.WithContext(context.WithValue(req.Context(), callKey, c)), c

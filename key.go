@@ -1,6 +1,10 @@
 package tollgate
 
 import (
+	"cmp"
+	"crypto/sha256"
+	"encoding/hex"
+	"net/http"
 	"regexp"
 	"strings"
 )
@@ -14,19 +18,45 @@ const (
 	ProviderOpenAI    Provider = "openai"
 )
 
-// Key identifies one pool of rate limits: the provider and the model family.
-// Anthropic pools limits per model family (all Sonnet 4.x share one pool), so
-// every model of a family shares one Key.
+// Key identifies one pool of rate limits: the account, the provider and the
+// model family. Anthropic pools limits per model family (all Sonnet 4.x
+// share one pool), so every model of a family shares one Key.
 type Key struct {
 	Provider Provider
 	Family   string // see ModelFamily; empty when the request names no model
+	// Account tells API keys apart without revealing them: the first 16 hex
+	// digits of the SHA-256 of the request's credential (x-api-key, api-key
+	// or Authorization), empty when it carries none.
+	Account string
 }
 
+// String returns provider/family; the account is left out.
 func (k Key) String() string {
 	if k.Family == "" {
 		return string(k.Provider)
 	}
 	return string(k.Provider) + "/" + k.Family
+}
+
+// StoreName is the name k's budget and pause have in a Store:
+// account:provider:family, with "-" for an empty account.
+func (k Key) StoreName() string {
+	return cmp.Or(k.Account, "-") + ":" + string(k.Provider) + ":" + k.Family
+}
+
+// credentialHeaders are the request headers that carry an API key, in the
+// order they are looked for.
+var credentialHeaders = []string{"X-Api-Key", "Api-Key", "Authorization"}
+
+// accountOf returns the Account of a request with headers h.
+func accountOf(h http.Header) string {
+	for _, name := range credentialHeaders {
+		if v := h.Get(name); v != "" {
+			sum := sha256.Sum256([]byte(v))
+			return hex.EncodeToString(sum[:8])
+		}
+	}
+	return ""
 }
 
 var (

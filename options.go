@@ -1,6 +1,7 @@
 package tollgate
 
 import (
+	"log/slog"
 	"math/rand/v2"
 	"time"
 )
@@ -28,6 +29,8 @@ type config struct {
 	jitter  func(n time.Duration) time.Duration
 	budget  budgetConfig    // the Budget layer's options (budget.go)
 	breaker breakerSettings // the Breaker layer's options (breaker.go)
+	store   storeConfig     // where budgets and pauses are kept (store.go)
+	logger  *slog.Logger
 	// telemetry is the Trace layer's options and instruments (otel.go); a
 	// pointer, shared by copies of the config, as it holds a sync.Once.
 	telemetry *telemetry
@@ -43,6 +46,7 @@ func newConfig(opts []Option) config {
 		modelFamily: ModelFamily,
 		jitter:      func(n time.Duration) time.Duration { return rand.N(n) },
 		telemetry:   new(telemetry),
+		logger:      slog.Default(),
 	}
 	for _, o := range opts {
 		if o != nil {
@@ -101,6 +105,17 @@ func WithModelFamily(family func(provider Provider, model string) string) Option
 	return func(c *config) {
 		if family != nil {
 			c.modelFamily = family
+		}
+	}
+}
+
+// WithLogger sets where tollgate logs what a caller cannot see in any one
+// call's result: today, that a Store failed and the Transport fell back to a
+// local budget, and that it recovered. The default is slog.Default().
+func WithLogger(l *slog.Logger) Option {
+	return func(c *config) {
+		if l != nil {
+			c.logger = l
 		}
 	}
 }

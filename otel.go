@@ -119,6 +119,7 @@ type instruments struct {
 	retries     metric.Int64Counter
 	rateLimited metric.Int64Counter
 	breaker     metric.Int64Gauge
+	fallback    metric.Int64Gauge
 }
 
 // telemetry returns s's telemetry, creating its tracer and instruments on
@@ -181,6 +182,9 @@ func (t *telemetry) init() {
 	t.inst.breaker, err = m.Int64Gauge("tollgate.breaker.state",
 		metric.WithDescription("Breaker state per (provider, model family): 0 closed, 1 half-open, 2 open."))
 	keep(err)
+	t.inst.fallback, err = m.Int64Gauge("tollgate.store.fallback",
+		metric.WithDescription("1 while the store given by WithStore fails and the budget paces locally at its fallback share, 0 while the store answers."))
+	keep(err)
 	if err := errors.Join(errs...); err != nil {
 		otel.Handle(fmt.Errorf("tollgate: creating instruments: %w", err))
 	}
@@ -206,6 +210,9 @@ func (in *instruments) orNoop() {
 	}
 	if in.breaker == nil {
 		in.breaker, _ = n.Int64Gauge("")
+	}
+	if in.fallback == nil {
+		in.fallback, _ = n.Int64Gauge("")
 	}
 }
 
@@ -812,4 +819,17 @@ func serverAttrs(u *url.URL) []attribute.KeyValue {
 		}
 	}
 	return []attribute.KeyValue{semconv.ServerAddress(u.Hostname()), semconv.ServerPort(port)}
+}
+
+// storeChanged logs and records that the store given by WithStore failed
+// (down) or answers again.
+func (s *State) storeChanged(down bool, err error) {
+	if down {
+		s.cfg.logger.Warn("tollgate: the shared store failed; pacing by a local budget at a share of each limit until it answers",
+			"share", s.budget.guard.share, "retry", s.budget.guard.retry, "error", err)
+		s.telemetry().inst.fallback.Record(context.Background(), 1)
+		return
+	}
+	s.cfg.logger.Info("tollgate: the shared store answers again; pacing by it")
+	s.telemetry().inst.fallback.Record(context.Background(), 0)
 }

@@ -195,7 +195,7 @@ func TestDimensionString(t *testing.T) {
 
 func TestStateMergesReadingsPerKey(t *testing.T) {
 	s := NewState(WithClock(nil))
-	k := Key{ProviderAnthropic, "claude-sonnet-4"}
+	k := Key{Provider: ProviderAnthropic, Family: "claude-sonnet-4"}
 	s.observe(k, 200, ParseRateLimitHeaders(headers(
 		"anthropic-ratelimit-requests-limit", "50",
 		"anthropic-ratelimit-requests-remaining", "40",
@@ -211,7 +211,7 @@ func TestStateMergesReadingsPerKey(t *testing.T) {
 	assert.Equal(t, int64(100), ks.Headers.Reading(OutputTokens).Remaining)
 	assert.Equal(t, 2*time.Second, ks.Headers.RetryAfter)
 	assert.Equal(t, Counters{Attempts: 2, RateLimited: 1}, ks.Counters)
-	_, ok = snap.Key(Key{ProviderOpenAI, "gpt-4o"})
+	_, ok = snap.Key(Key{Provider: ProviderOpenAI, Family: "gpt-4o"})
 	assert.False(t, ok)
 }
 

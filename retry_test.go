@@ -449,7 +449,7 @@ func (f *failingBase) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 func TestRetryFinalErrorsAreReturnedUnwrapped(t *testing.T) {
-	openErr := &OpenError{Key: Key{ProviderAnthropic, "claude-sonnet-4"}, Reason: "test"}
+	openErr := &OpenError{Key: Key{Provider: ProviderAnthropic, Family: "claude-sonnet-4"}, Reason: "test"}
 	for _, tt := range []struct {
 		name     string
 		err      error

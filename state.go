@@ -2,6 +2,7 @@ package tollgate
 
 import (
 	"cmp"
+	"context"
 	"net/http"
 	"slices"
 	"sync"
@@ -31,11 +32,13 @@ type State struct {
 // models cannot grow it without end.
 const maxCachedFamilies = 1024
 
-// keyOf returns the Key of a model's pool of limits.
-func (s *State) keyOf(p Provider, model string) Key {
+// keyOf returns the Key of a model's pool of limits for an account.
+func (s *State) keyOf(p Provider, model, account string) Key {
 	in := Key{Provider: p, Family: model}
 	if k, ok := s.families.Load(in); ok {
-		return k.(Key)
+		k := k.(Key)
+		k.Account = account
+		return k
 	}
 	k := Key{Provider: p, Family: s.cfg.modelFamily(p, model)}
 	if s.familiesSize.Load() < maxCachedFamilies {
@@ -43,6 +46,7 @@ func (s *State) keyOf(p Provider, model string) Key {
 			s.familiesSize.Add(1)
 		}
 	}
+	k.Account = account
 	return k
 }
 
@@ -64,9 +68,13 @@ type Counters struct {
 // exported layers by hand; New does this for you.
 func NewState(opts ...Option) *State {
 	s := &State{cfg: newConfig(opts), keys: make(map[Key]*keyState)}
-	s.budget = newBudget(&s.cfg)
+	s.budget = newBudget(&s.cfg, newStoreGuard(&s.cfg, s.storeChanged))
 	s.breakers = newBreakers(&s.cfg)
 	s.breakers.trace = s.traceBreakerChange
+	s.breakers.publish = s.budget.publishPause
+	s.budget.onPause = func(ctx context.Context, k Key, d time.Duration, reason string) error {
+		return s.breakers.circuit(k).shared(ctx, d, reason)
+	}
 	return s
 }
 
@@ -142,10 +150,12 @@ type KeySnapshot struct {
 	Breaker BreakerSnapshot
 }
 
-// Key returns the snapshot of k, and whether the State knew k.
+// Key returns the snapshot of k, and whether the State knew k. A k with an
+// empty Account matches the first Key of its provider and family, whatever
+// its account.
 func (s Snapshot) Key(k Key) (KeySnapshot, bool) {
 	for _, ks := range s.Keys {
-		if ks.Key == k {
+		if ks.Key == k || (k.Account == "" && ks.Key.Provider == k.Provider && ks.Key.Family == k.Family) {
 			return ks, true
 		}
 	}
@@ -165,7 +175,8 @@ func (s *State) Snapshot() Snapshot {
 		snap.Keys[i].Breaker = s.breakers.snapshot(snap.Keys[i].Key, snap.Taken)
 	}
 	slices.SortFunc(snap.Keys, func(a, b KeySnapshot) int {
-		return cmp.Or(cmp.Compare(a.Key.Provider, b.Key.Provider), cmp.Compare(a.Key.Family, b.Key.Family))
+		return cmp.Or(cmp.Compare(a.Key.Provider, b.Key.Provider), cmp.Compare(a.Key.Family, b.Key.Family),
+			cmp.Compare(a.Key.Account, b.Key.Account))
 	})
 	return snap
 }
