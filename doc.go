@@ -26,6 +26,16 @@
 // loop because every attempt costs a request and input tokens; headers are
 // observed innermost so the State is current before any outer layer decides.
 //
+// # One budget for many processes
+//
+// The budget's bucket levels and the breaker's pauses live in a Store: by
+// default one in memory per Transport. Give every process of a fleet the
+// same shared store (package redisstore keeps it in Redis) with WithStore,
+// and the fleet paces as one client against its account's limits; a pause
+// one process takes holds every process before its next admission. When
+// the store fails, each process falls back to its own share of the limits
+// (WithStoreFallback) until the store answers again.
+//
 // # Contracts
 //
 // Every layer keeps net/http's RoundTripper rules: the caller's request is

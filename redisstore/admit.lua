@@ -1,0 +1,36 @@
+
+-- Admit. ARGV[2..5]: limits; ARGV[6..9]: costs; ARGV[10]: the longest wait
+-- that may be granted ahead. Returns granted ('1' or '0'), wait, paused,
+-- pause reason, now, and the four levels.
+local lim, cost = {}, {}
+for d = 1, 4 do
+  lim[d] = tonumber(ARGV[1 + d])
+  setLimit(d, lim[d])
+end
+if pausedUntil > now then
+  save()
+  return {'0', '0', fmt(pausedUntil - now), pauseReason, fmt(now), levels()}
+end
+local wait = 0
+for d = 1, 4 do
+  local L = lim[d]
+  if L > 0 then
+    cost[d] = math.min(tonumber(ARGV[5 + d]), L)
+    local missing = cost[d] - level[d]
+    if missing > FIT then
+      wait = math.max(wait, math.ceil(missing / L * MINUTE))
+    end
+  end
+end
+-- Granting ahead charges now what fits later: the caller waits out wait,
+-- and the next caller queues behind this one's debt.
+local granted = wait <= tonumber(ARGV[10])
+if granted then
+  for d = 1, 4 do
+    if lim[d] > 0 then
+      level[d] = level[d] - cost[d]
+    end
+  end
+end
+save()
+return {granted and '1' or '0', fmt(wait), '0', '', fmt(now), levels()}
