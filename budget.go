@@ -285,7 +285,7 @@ type BudgetSnapshot struct {
 	// one at a time.
 	ColdStart bool
 	InFlight  int // attempts admitted whose exchange is not done
-	Waiting   int // attempts queued for admission
+	Waiting   int // attempts queued for admission, or granted ahead of time by a shared store and waiting for their time
 	// BytesPerToken is the learned number of prompt bytes per rate-limited
 	// input token.
 	BytesPerToken float64
@@ -498,7 +498,7 @@ func (kb *keyBudget) admit(ctx context.Context, r *reservation, info *RequestInf
 	if len(kb.queue) == 0 {
 		kb.tryLocked(w)
 	}
-	if !w.granted {
+	if !w.granted || w.delay > 0 {
 		kb.queue = append(kb.queue, w)
 	}
 	for !w.granted {
@@ -523,11 +523,7 @@ func (kb *keyBudget) admit(ctx context.Context, r *reservation, info *RequestInf
 		kb.mu.Lock()
 		now := clock.Now()
 		if err != nil {
-			if w.granted {
-				kb.cancelLocked(now, r)
-			} else if kb.removeLocked(w) == 0 {
-				kb.serveLocked(now, true)
-			}
+			kb.leaveLocked(now, w)
 			kb.mu.Unlock()
 			return now.Sub(start), err
 		}
@@ -539,14 +535,35 @@ func (kb *keyBudget) admit(ctx context.Context, r *reservation, info *RequestInf
 	delay := w.delay
 	kb.mu.Unlock()
 	kb.deliverAlerts(deliver)
-	if err := sleep(ctx, clock, delay); err != nil {
-		kb.mu.Lock()
-		now := clock.Now()
-		kb.cancelLocked(now, r)
-		kb.mu.Unlock()
-		return now.Sub(start), err
+	if delay <= 0 {
+		return clock.Now().Sub(start), nil
 	}
-	return clock.Now().Sub(start), nil
+	// Granted ahead of time: w holds the head of the queue until it may be
+	// sent, so that this process has one grant ahead at a time and the
+	// store's queue stays short enough for give-backs to count.
+	err := sleep(ctx, clock, delay)
+	kb.mu.Lock()
+	now := clock.Now()
+	if err != nil {
+		kb.leaveLocked(now, w)
+	} else {
+		kb.removeLocked(w)
+		kb.serveLocked(now, true)
+	}
+	kb.mu.Unlock()
+	return now.Sub(start), err
+}
+
+// leaveLocked takes w out of the queue for good, as its context ended:
+// everything it was granted is given back, and the next in line goes.
+func (kb *keyBudget) leaveLocked(now time.Time, w *waiter) {
+	head := kb.removeLocked(w) == 0
+	switch {
+	case w.granted:
+		kb.cancelLocked(now, w.r)
+	case head:
+		kb.serveLocked(now, true)
+	}
 }
 
 // cancelLocked gives back everything a granted attempt that will not be sent
@@ -670,11 +687,15 @@ func (kb *keyBudget) grantLocked(now time.Time, r *reservation, st Store, limits
 
 // serveLocked admits queued attempts from the head while the store grants
 // them. The head left waiting is woken when it is new, or when improved says
-// its wait may have become shorter, so that it sets its timer anew.
+// its wait may have become shorter, so that it sets its timer anew. A head
+// granted ahead of time holds its place until it may be sent.
 func (kb *keyBudget) serveLocked(now time.Time, improved bool) {
 	served := false
 	for len(kb.queue) > 0 {
 		w := kb.queue[0]
+		if w.granted {
+			return // holding: granted ahead of time
+		}
 		kb.tryLocked(w)
 		if !w.granted {
 			if served || improved {
@@ -682,8 +703,11 @@ func (kb *keyBudget) serveLocked(now time.Time, improved bool) {
 			}
 			return
 		}
-		kb.removeLocked(w)
 		wake(w)
+		if w.delay > 0 {
+			return
+		}
+		kb.removeLocked(w)
 		served = true
 	}
 }

@@ -291,10 +291,20 @@ func TestStoreThatHangsIsCutOffByTheTimeout(t *testing.T) {
 type aheadStore struct {
 	Store
 	mu      sync.Mutex
+	admits  int
 	charges [][numDimensions]float64
 }
 
+func (s *aheadStore) admitCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.admits
+}
+
 func (s *aheadStore) Admit(ctx context.Context, name string, a Admission) (Admitted, error) {
+	s.mu.Lock()
+	s.admits++
+	s.mu.Unlock()
 	res, err := s.Store.Admit(ctx, name, a)
 	if res.Granted {
 		res.Wait = 5 * time.Second
@@ -341,6 +351,28 @@ func TestStoreGrantAheadWaitsAndRefundsOnCancel(t *testing.T) {
 	kb.mu.Lock()
 	defer kb.mu.Unlock()
 	assert.Equal(t, [numDimensions]float64{}, kb.held)
+}
+
+func TestStoreGrantAheadHoldsTheHead(t *testing.T) {
+	clk := fakeclock.New(testEpoch)
+	store := &aheadStore{Store: NewMemoryStore(clk)}
+	rig := newStoreRig(t, clk, WithStore(store), WithLimits(Limits{RequestsPerMinute: 100}))
+
+	first := rig.start(budgetReq(context.Background(), "1", "", 1))
+	require.True(t, clk.WaitForWaiters(1, 5*time.Second))
+	second := rig.start(budgetReq(context.Background(), "2", "", 1))
+	waitFor(t, "the second queued", func() bool { return rig.budget().Waiting == 2 })
+	assert.Equal(t, 1, store.admitCount(), "one grant ahead at a time: the second waits its turn here")
+
+	clk.Advance(5 * time.Second)
+	settle(receive(t, first))
+	waitFor(t, "the second granted", func() bool { return store.admitCount() == 2 })
+	require.True(t, clk.WaitForWaiters(1, 5*time.Second))
+	assert.Equal(t, 1, rig.sentCount())
+	clk.Advance(5 * time.Second)
+	settle(receive(t, second))
+	assert.Equal(t, 2, rig.sentCount())
+	assert.Zero(t, rig.budget().Waiting)
 }
 
 func TestMemoryStoreContract(t *testing.T) {

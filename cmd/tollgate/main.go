@@ -3,10 +3,14 @@
 //
 //	tollgate demo  [flags]   the bare SDK and tollgate side by side, live (about a minute)
 //	tollgate bench [flags]   every client side by side, a table of what each got (2 minutes)
+//	tollgate bench-shared [flags]
+//	                         one fleet split across processes, sharing its budget through
+//	                         Redis or not, side by side (2 minutes)
 //
-// Everything runs in this process against fake APIs listening on 127.0.0.1;
-// nothing leaves the machine unless demo is given --upstream. Run a
-// subcommand with -h for its flags.
+// Everything runs against fake APIs listening on 127.0.0.1, in this process
+// (bench-shared re-executes this program for its processes, and starts a
+// redis-server unless given one); nothing leaves the machine unless demo is
+// given --upstream. Run a subcommand with -h for its flags.
 package main
 
 import (
@@ -17,9 +21,13 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/tollgate-go/tollgate/internal/procfleet"
 )
 
 func main() {
+	// A process of bench-shared's runs as a worker and exits here.
+	procfleet.MaybeRunWorker()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
@@ -41,6 +49,9 @@ commands:
           against an embedded fake API with tier-1-like limits (about a minute)
   bench   run the fleet through every client (sdk, queue4, retryablehttp, failsafe,
           tollgate) side by side and print what each got out of the same limits
+  bench-shared
+          split one fleet across processes (4 × 8 agents) that share their budget
+          through Redis, next to the same fleet with a budget per process
 
 Run 'tollgate <command> -h' for the flags of a command.
 `
@@ -57,6 +68,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = demo(ctx, args[1:], stdout, stderr)
 	case "bench":
 		err = bench(ctx, args[1:], stdout, stderr)
+	case "bench-shared":
+		err = benchShared(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return exitOK

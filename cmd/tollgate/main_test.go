@@ -14,9 +14,16 @@ import (
 
 	"github.com/tollgate-go/tollgate/internal/fleet"
 	"github.com/tollgate-go/tollgate/internal/fleet/peers"
+	"github.com/tollgate-go/tollgate/internal/procfleet"
+	"github.com/tollgate-go/tollgate/internal/redistest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// TestMain runs the test binary as a bench-shared worker when the test of
+// bench-shared re-executes it.
+func TestMain(m *testing.M) {
+	procfleet.MaybeRunWorker()
+	goleak.VerifyTestMain(m)
+}
 
 // fast are flags for a short run whose limits are far above what it uses.
 var fast = []string{"--duration", "1s", "--agents", "3", "--rpm", "600000", "--itpm", "100000000",
@@ -50,6 +57,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"bench", "--max-tokens", "9000"}, "exceeds --otpm 8000"},
 		{[]string{"demo", "--itpm", "1000"}, "below the largest prompt"},
 		{[]string{"demo", "--agents", "-3"}, "--agents must be at least 1"},
+		{[]string{"bench-shared", "--processes", "0"}, "--processes must be between 1 and 64"},
+		{[]string{"bench-shared", "--agents", "0"}, "--agents must be at least 1"},
 		{[]string{"demo", "--upstream", "ftp://example.com"}, "--upstream must be an http(s) URL"},
 		{[]string{"demo", "--upstream", "https://example.invalid"}, "needs ANTHROPIC_API_KEY"},
 	} {
@@ -64,7 +73,7 @@ func TestHelp(t *testing.T) {
 	code, stdout, _ := runCLI(context.Background(), "help")
 	assert.Equal(t, exitOK, code)
 	assert.Contains(t, stdout, "bench")
-	for _, cmd := range []string{"bench", "demo"} {
+	for _, cmd := range []string{"bench", "demo", "bench-shared"} {
 		code, stdout, stderr := runCLI(context.Background(), cmd, "-h")
 		assert.Equal(t, exitOK, code)
 		assert.Empty(t, stdout)
@@ -119,6 +128,47 @@ func TestBenchJSON(t *testing.T) {
 		assert.Contains(t, res, k)
 	}
 	assert.Contains(t, stderr, "tollgate bench:", "progress goes to stderr with --json")
+}
+
+// bench-shared runs two fleets of processes (this test binary, re-executed)
+// side by side, one sharing its budget through Redis.
+func TestBenchSharedJSON(t *testing.T) {
+	addr := redistest.Shared(t)
+	args := append(append([]string{"bench-shared", "--json"}, fast...), "--processes", "2", "--agents", "2", "--duration", "2s", "--redis", addr)
+	code, stdout, stderr := runCLI(context.Background(), args...)
+	require.Equal(t, exitOK, code, stderr)
+	var s sharedSummary
+	dec := json.NewDecoder(strings.NewReader(stdout))
+	dec.DisallowUnknownFields()
+	require.NoError(t, dec.Decode(&s), stdout)
+	assert.Equal(t, "bench-shared", s.Command)
+	assert.Equal(t, 2, s.Config.Processes)
+	assert.Equal(t, 2, s.Config.Agents)
+	assert.Equal(t, addr, s.Config.Redis)
+	require.Len(t, s.Results, 2)
+	for i, mode := range []procfleet.Mode{procfleet.ModeRedis, procfleet.ModeMemory} {
+		r := s.Results[i]
+		assert.Equal(t, mode, r.Mode)
+		assert.Len(t, r.Workers, 2)
+		assert.Positive(t, r.OKCalls, mode)
+		assert.Zero(t, r.FailedCalls, mode)
+		assert.Equal(t, "server", r.Source)
+		assert.InDelta(t, 2.0, r.ElapsedSeconds, 0.3)
+	}
+	redis := s.Results[0].Redis
+	require.NotNil(t, redis)
+	assert.Positive(t, redis.ScriptRuns)
+	assert.Positive(t, redis.Store.Admits)
+	assert.Nil(t, s.Results[1].Redis)
+	assert.Contains(t, stderr, "tollgate bench-shared:", "progress goes to stderr with --json")
+
+	// The table.
+	args = append(append([]string{"bench-shared"}, fast...), "--processes", "1", "--agents", "2", "--duration", "1s", "--redis", addr)
+	code, stdout, stderr = runCLI(context.Background(), args...)
+	require.Equal(t, exitOK, code, stderr)
+	assert.Contains(t, stdout, "Redis round trips per request")
+	assert.Contains(t, stdout, "redis: shared through Redis")
+	assert.Contains(t, stdout, "store calls:")
 }
 
 func TestDemoTable(t *testing.T) {
