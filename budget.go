@@ -401,6 +401,9 @@ type keyBudget struct {
 	// remaining header is news to the store.
 	mirror   [numDimensions]float64
 	mirrorAt time.Time
+	// pending holds settlements for pendingStore not sent yet (syncLocked).
+	pending      []Settlement
+	pendingStore Store
 	// held is what the store holds of the attempts not yet settled; zero
 	// once all are.
 	held     [numDimensions]float64
@@ -600,7 +603,19 @@ func (kb *keyBudget) tryLocked(w *waiter) {
 		return err
 	}
 	st, _ := g.pick()
+	if len(kb.pending) > 0 {
+		if kb.pendingStore != st {
+			kb.flushLocked(kb.cfg.clock.Now())
+		} else {
+			a.Settle = kb.pending
+		}
+	}
 	err := g.call(w.ctx, st, admit)
+	if a.Settle != nil {
+		// Carried, or lost with a failing store, whose buckets refill.
+		clear(kb.pending)
+		kb.pending, a.Settle = kb.pending[:0], nil
+	}
 	if err != nil && w.ctx.Err() == nil && g.local != nil {
 		st = g.local
 		err = admit(w.ctx, st)
@@ -694,21 +709,24 @@ func (kb *keyBudget) serveLocked(now time.Time, improved bool) {
 	for len(kb.queue) > 0 {
 		w := kb.queue[0]
 		if w.granted {
-			return // holding: granted ahead of time
+			break // holding: granted ahead of time
 		}
 		kb.tryLocked(w)
 		if !w.granted {
 			if served || improved {
 				wake(w)
 			}
-			return
+			break
 		}
 		wake(w)
 		if w.delay > 0 {
-			return
+			break
 		}
 		kb.removeLocked(w)
 		served = true
+	}
+	if len(kb.pending) > 0 && !kb.admissionComing() {
+		kb.flushLocked(now)
 	}
 }
 
@@ -735,9 +753,12 @@ func (kb *keyBudget) removeLocked(w *waiter) int {
 
 // syncLocked brings the store up to date with r: what r is charged in every
 // dimension whose limit is known, and, when floors is set, what r's response
-// said remains. When the store cannot be reached, nothing is lost for good:
-// its buckets refill on their own.
-func (kb *keyBudget) syncLocked(now time.Time, r *reservation, floors bool) {
+// said remains. The settlement waits in pending for the next admission this
+// process asks of the same store, which carries it in the same round trip;
+// serveLocked, which follows every call of syncLocked, sends it on its own
+// when no admission is coming soon. When the store cannot be reached,
+// nothing is lost for good: its buckets refill on their own.
+func (kb *keyBudget) syncLocked(r *reservation, floors bool) {
 	st, g := r.store, kb.b.guard
 	if st == nil || !g.usable(st) {
 		return
@@ -750,32 +771,51 @@ func (kb *keyBudget) syncLocked(now time.Time, r *reservation, floors bool) {
 		}
 		if delta := r.charged[d] - r.stored[d]; delta != 0 {
 			s.Charge[d], changed = delta, true
+			kb.held[d] += delta
+			r.stored[d] = r.charged[d]
 		}
 		if floors && r.hasFloor[d] {
 			s.Floor[d], s.HasFloor[d], changed = r.floor[d], true, true
+			r.hasFloor[d] = false
 		}
 	}
 	if !changed {
 		return
 	}
-	var levels Levels
-	err := g.call(context.Background(), st, func(ctx context.Context, st Store) (err error) {
-		levels, err = st.Settle(ctx, kb.name, s)
-		return err
-	})
-	if err != nil {
-		return
+	if kb.pendingStore != st {
+		kb.flushLocked(kb.cfg.clock.Now())
+		kb.pendingStore = st
 	}
-	for d, l := range s.Limits {
-		if l > 0 {
-			kb.held[d] += r.charged[d] - r.stored[d]
-			r.stored[d] = r.charged[d]
-			if floors {
-				r.hasFloor[d] = false
-			}
+	kb.pending = append(kb.pending, s)
+}
+
+// admissionComing reports whether an admission this process asks of the
+// store will follow without anything else happening: a head granted ahead
+// of time holds its place with others behind it, the next of whom asks the
+// moment it may be sent.
+func (kb *keyBudget) admissionComing() bool {
+	return len(kb.queue) > 1 && kb.queue[0].granted
+}
+
+// flushLocked sends the pending settlements on their own.
+func (kb *keyBudget) flushLocked(now time.Time) {
+	st, g := kb.pendingStore, kb.b.guard
+	pending := kb.pending
+	kb.pending = kb.pending[:0]
+	for _, s := range pending {
+		if !g.usable(st) {
+			break
+		}
+		var levels Levels
+		err := g.call(context.Background(), st, func(ctx context.Context, st Store) (err error) {
+			levels, err = st.Settle(ctx, kb.name, s)
+			return err
+		})
+		if err == nil {
+			kb.mirrorLocked(now, levels)
 		}
 	}
-	kb.mirrorLocked(now, levels)
+	clear(pending)
 }
 
 // refundLocked gives back what r is charged in the given dimensions.
@@ -800,7 +840,7 @@ func (kb *keyBudget) refundAllLocked(now time.Time, r *reservation) {
 	if !r.refunded && !r.settled {
 		kb.refundLocked(r, Requests, Tokens, InputTokens, OutputTokens)
 		r.refunded = true
-		kb.syncLocked(now, r, false)
+		kb.syncLocked(r, false)
 	}
 }
 
@@ -838,7 +878,7 @@ func (kb *keyBudget) responded(r *reservation, status int, h RateLimitHeaders) {
 	case status == http.StatusTooManyRequests:
 		kb.refundAllLocked(now, r)
 	case learned || kb.newsLocked(now, r):
-		kb.syncLocked(now, r, true)
+		kb.syncLocked(r, true)
 	}
 	if status >= 200 && status < 300 && !kb.limitsKnown() {
 		kb.unpaced = true
@@ -979,7 +1019,7 @@ func (r *reservation) settle(ex *exchange) {
 	default:
 		kb.settleUsageLocked(r, status, u)
 	}
-	kb.syncLocked(now, r, true)
+	kb.syncLocked(r, true)
 	kb.doneLocked(r)
 	for d := range numDimensions {
 		kb.window.add(now, d, r.charged[d])

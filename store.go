@@ -59,6 +59,9 @@ type Admission struct {
 	// MaxWait is the longest wait a store that grants ahead of time may
 	// grant; zero grants only what fits now.
 	MaxWait time.Duration
+	// Settle holds settlements of earlier attempts, applied first, in order,
+	// as Settle would, whatever the answer: one round trip for both.
+	Settle []Settlement
 }
 
 // Admitted is Admit's answer.
@@ -155,6 +158,9 @@ func (m *memoryStore) Admit(ctx context.Context, name string, a Admission) (Admi
 	defer m.mu.Unlock()
 	now := m.clock.Now()
 	e := m.entry(name, a.Limits, now)
+	for _, s := range a.Settle {
+		e.settle(s, now)
+	}
 	if left := e.pausedUntil.Sub(now); left > 0 {
 		return Admitted{Paused: left, PauseReason: e.pauseReason, Levels: e.levels(now)}, nil
 	}
@@ -180,10 +186,19 @@ func (m *memoryStore) Settle(ctx context.Context, name string, s Settlement) (Le
 	defer m.mu.Unlock()
 	now := m.clock.Now()
 	e := m.entry(name, s.Limits, now)
+	e.settle(s, now)
+	return e.levels(now), nil
+}
+
+// settle applies s to e; the store's mu must be held.
+func (e *memoryEntry) settle(s Settlement, now time.Time) {
 	for d, l := range s.Limits {
 		b := &e.buckets[d]
 		if l <= 0 {
 			continue
+		}
+		if b.limit != float64(l) {
+			b.setLimit(now, float64(l))
 		}
 		switch n := s.Charge[d]; {
 		case n > 0:
@@ -196,7 +211,6 @@ func (m *memoryStore) Settle(ctx context.Context, name string, s Settlement) (Le
 			b.pullDown(now, min(b.limit, s.Floor[d]+refill))
 		}
 	}
-	return e.levels(now), nil
 }
 
 func (m *memoryStore) Pause(ctx context.Context, name string, d time.Duration, reason string) error {

@@ -292,6 +292,7 @@ type aheadStore struct {
 	Store
 	mu      sync.Mutex
 	admits  int
+	carried []int // settlements carried by each admission
 	charges [][numDimensions]float64
 }
 
@@ -304,6 +305,10 @@ func (s *aheadStore) admitCount() int {
 func (s *aheadStore) Admit(ctx context.Context, name string, a Admission) (Admitted, error) {
 	s.mu.Lock()
 	s.admits++
+	s.carried = append(s.carried, len(a.Settle))
+	for _, st := range a.Settle {
+		s.charges = append(s.charges, st.Charge)
+	}
 	s.mu.Unlock()
 	res, err := s.Store.Admit(ctx, name, a)
 	if res.Granted {
@@ -373,6 +378,43 @@ func TestStoreGrantAheadHoldsTheHead(t *testing.T) {
 	settle(receive(t, second))
 	assert.Equal(t, 2, rig.sentCount())
 	assert.Zero(t, rig.budget().Waiting)
+}
+
+func TestStoreSettlementRidesWithTheNextAdmission(t *testing.T) {
+	clk := fakeclock.New(testEpoch)
+	store := &aheadStore{Store: NewMemoryStore(clk)}
+	rig := newStoreRig(t, clk, WithStore(store), WithLimits(Limits{RequestsPerMinute: 100, OutputTokensPerMinute: 10_000}))
+
+	r0 := rig.start(budgetReq(context.Background(), "0", "", 100))
+	require.True(t, clk.WaitForWaiters(1, 5*time.Second))
+	r1 := rig.start(budgetReq(context.Background(), "1", "", 100))
+	waitFor(t, "1 queued", func() bool { return rig.budget().Waiting == 2 })
+	r2 := rig.start(budgetReq(context.Background(), "2", "", 100))
+	waitFor(t, "2 queued", func() bool { return rig.budget().Waiting == 3 })
+
+	clk.Advance(5 * time.Second) // 0 goes, 1 is granted ahead and holds the head
+	first := receive(t, r0)
+	waitFor(t, "1 granted", func() bool { return store.admitCount() == 2 })
+	settle(first) // 0's usage: 10 output tokens of the 100 reserved
+	store.mu.Lock()
+	assert.Empty(t, store.charges, "no call of its own: 2's admission is coming")
+	store.mu.Unlock()
+
+	clk.Advance(5 * time.Second) // 1 goes, 2 asks, carrying 0's settlement
+	settle(receive(t, r1))
+	waitFor(t, "2 granted", func() bool { return store.admitCount() == 3 })
+	store.mu.Lock()
+	assert.Equal(t, []int{0, 0, 1}, store.carried)
+	require.NotEmpty(t, store.charges)
+	assert.Equal(t, -90.0, store.charges[0][OutputTokens], "0's unused output given back")
+	store.mu.Unlock()
+	clk.Advance(5 * time.Second)
+	settle(receive(t, r2))
+	waitFor(t, "all settled", func() bool { return rig.budget().InFlight == 0 })
+	kb := rig.s.budget.forKey(sonnet)
+	kb.mu.Lock()
+	defer kb.mu.Unlock()
+	assert.Empty(t, kb.pending, "nothing left behind once no admission is coming")
 }
 
 func TestMemoryStoreContract(t *testing.T) {

@@ -1,7 +1,11 @@
 
 -- Admit. ARGV[2..5]: limits; ARGV[6..9]: costs; ARGV[10]: the longest wait
--- that may be granted ahead. Returns granted ('1' or '0'), wait, paused,
--- pause reason, now, and the four levels.
+-- that may be granted ahead; ARGV[11]: how many settlements follow, 13
+-- arguments each, applied first. Returns granted ('1' or '0'), wait,
+-- paused, pause reason, now, and the four levels.
+for k = 0, (tonumber(ARGV[11]) or 0) - 1 do
+  settle(12 + 13 * k)
+end
 local lim, cost = {}, {}
 for d = 1, 4 do
   lim[d] = tonumber(ARGV[1 + d])

@@ -81,6 +81,30 @@ local function save()
   redis.call('PEXPIRE', key, fmt(ms))
 end
 
+-- settle applies the settlement whose 13 arguments start at ARGV[i]: four
+-- limits, four charges, four floors ('' where there is none), and when the
+-- attempt was sent.
+local function settle(i)
+  local sentAt = tonumber(ARGV[i + 12])
+  for d = 1, 4 do
+    local L = tonumber(ARGV[i - 1 + d])
+    if L > 0 then
+      setLimit(d, L)
+      local n = tonumber(ARGV[i + 3 + d])
+      if n > 0 then
+        level[d] = level[d] - n
+      elseif n < 0 then
+        level[d] = math.min(L, level[d] - n)
+      end
+      local floor = tonumber(ARGV[i + 7 + d])
+      if floor then
+        local refill = L * math.max(now - sentAt, 0) / MINUTE
+        level[d] = math.min(level[d], L, floor + refill)
+      end
+    end
+  end
+end
+
 -- levels returns the level of every bucket, '0' where none is known.
 local function levels()
   return fmt(level[1]), fmt(level[2]), fmt(level[3]), fmt(level[4])

@@ -120,7 +120,8 @@ var (
 // key returns the Redis key of name.
 func (s *Store) key(name string) string { return s.prefix + ":{" + name + "}" }
 
-// Admit implements tollgate.Store in one script run. It grants the attempt
+// Admit implements tollgate.Store in one script run. It first applies
+// a.Settle, in order, as Settle does. It grants the attempt
 // when every bucket whose limit is above zero holds its cost (capped at the
 // limit), charging all of them; it also grants it, charging all of them at
 // once, when the longest wait until the cost fits is at most a.MaxWait, and
@@ -129,7 +130,7 @@ func (s *Store) key(name string) string { return s.prefix + ":{" + name + "}" }
 // left in Paused. Levels.At is the Redis server's time. Every cost must be
 // finite and not negative; a.MaxWait below zero counts as zero.
 func (s *Store) Admit(ctx context.Context, name string, a tollgate.Admission) (tollgate.Admitted, error) {
-	args := make([]any, 0, 10)
+	args := make([]any, 0, 11+13*len(a.Settle))
 	args = append(args, s.marginArg())
 	args = appendLimits(args, a.Limits)
 	for d, c := range a.Cost {
@@ -138,7 +139,13 @@ func (s *Store) Admit(ctx context.Context, name string, a tollgate.Admission) (t
 		}
 		args = append(args, formatFloat(c))
 	}
-	args = append(args, max(a.MaxWait, 0).Microseconds())
+	args = append(args, max(a.MaxWait, 0).Microseconds(), len(a.Settle))
+	for _, st := range a.Settle {
+		var err error
+		if args, err = appendSettlement(args, st); err != nil {
+			return tollgate.Admitted{}, fmt.Errorf("redisstore: admit: %w", err)
+		}
+	}
 	reply, err := s.run(ctx, admitScript, name, args)
 	if err != nil {
 		return tollgate.Admitted{}, fmt.Errorf("redisstore: admit: %w", err)
@@ -166,26 +173,10 @@ func (s *Store) Admit(ctx context.Context, name string, a tollgate.Admission) (t
 // Admit's Levels.At) when it is above that. Charges must be finite; a Floor
 // that is NaN is ignored, an infinite one is an error.
 func (s *Store) Settle(ctx context.Context, name string, st tollgate.Settlement) (tollgate.Levels, error) {
-	args := make([]any, 0, 14)
-	args = append(args, s.marginArg())
-	args = appendLimits(args, st.Limits)
-	for d, c := range st.Charge {
-		if math.IsNaN(c) || math.IsInf(c, 0) {
-			return tollgate.Levels{}, fmt.Errorf("redisstore: settle: invalid charge %v of %v", c, tollgate.Dimension(d))
-		}
-		args = append(args, formatFloat(c))
+	args, err := appendSettlement(append(make([]any, 0, 14), s.marginArg()), st)
+	if err != nil {
+		return tollgate.Levels{}, fmt.Errorf("redisstore: settle: %w", err)
 	}
-	for d, f := range st.Floor {
-		switch {
-		case !st.HasFloor[d] || math.IsNaN(f):
-			args = append(args, "")
-		case math.IsInf(f, 0):
-			return tollgate.Levels{}, fmt.Errorf("redisstore: settle: invalid floor %v of %v", f, tollgate.Dimension(d))
-		default:
-			args = append(args, formatFloat(f))
-		}
-	}
-	args = append(args, st.SentAt.UnixMicro())
 	reply, err := s.run(ctx, settleScript, name, args)
 	if err != nil {
 		return tollgate.Levels{}, fmt.Errorf("redisstore: settle: %w", err)
@@ -216,6 +207,29 @@ func (s *Store) Pause(ctx context.Context, name string, d time.Duration, reason 
 		return fmt.Errorf("redisstore: pause: unexpected reply %T", reply)
 	}
 	return nil
+}
+
+// appendSettlement appends the 13 script arguments of st: limits, charges,
+// floors (” where there is none) and when the attempt was sent.
+func appendSettlement(args []any, st tollgate.Settlement) ([]any, error) {
+	args = appendLimits(args, st.Limits)
+	for d, c := range st.Charge {
+		if math.IsNaN(c) || math.IsInf(c, 0) {
+			return nil, fmt.Errorf("invalid charge %v of %v", c, tollgate.Dimension(d))
+		}
+		args = append(args, formatFloat(c))
+	}
+	for d, f := range st.Floor {
+		switch {
+		case !st.HasFloor[d] || math.IsNaN(f):
+			args = append(args, "")
+		case math.IsInf(f, 0):
+			return nil, fmt.Errorf("invalid floor %v of %v", f, tollgate.Dimension(d))
+		default:
+			args = append(args, formatFloat(f))
+		}
+	}
+	return append(args, st.SentAt.UnixMicro()), nil
 }
 
 // marginArg is the expiry margin in whole milliseconds, rounded up.

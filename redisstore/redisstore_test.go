@@ -128,7 +128,7 @@ func TestAdmitAllOrNothing(t *testing.T) {
 	assert.False(t, a.Granted)
 	elapsed := a.Levels.At.Sub(at)
 	assert.InDelta(t, 30*time.Second-elapsed, a.Wait, float64(time.Microsecond), "5 of 10 tokens per minute")
-	assert.InDelta(t, 99+refill(100, elapsed), a.Levels.Level[tollgate.Requests], 1e-9, "requests charged although tokens refused")
+	assert.InDelta(t, 99+refill(100, elapsed), a.Levels.Level[tollgate.Requests], 1e-9, "requests not charged: tokens refused them")
 	assert.InDelta(t, refill(10, elapsed), a.Levels.Level[tollgate.Tokens], 1e-9)
 
 	// A cost above the limit waits for a full bucket and takes all of it.
@@ -136,6 +136,40 @@ func TestAdmitAllOrNothing(t *testing.T) {
 	require.NoError(t, err)
 	assert.False(t, a.Granted)
 	assert.InDelta(t, time.Minute-a.Levels.At.Sub(at), a.Wait, float64(time.Microsecond))
+}
+
+func TestAdmitCarriesSettlements(t *testing.T) {
+	s, _, _ := newStore(t)
+	ctx := context.Background()
+	l := limits(100, 10)
+	a, err := s.Admit(ctx, name, tollgate.Admission{Limits: l, Cost: cost(1, 10)})
+	require.NoError(t, err)
+	require.True(t, a.Granted)
+
+	// Settlements go first: the give-back of 6 tokens makes room for 5,
+	// and the second one's floor holds requests down, in one round trip.
+	a, err = s.Admit(ctx, name, tollgate.Admission{Limits: l, Cost: cost(1, 5), Settle: []tollgate.Settlement{
+		{Limits: l, Charge: cost(0, -6), SentAt: a.Levels.At},
+		{Limits: l, Floor: cost(20, 0), HasFloor: [4]bool{tollgate.Requests: true}, SentAt: a.Levels.At},
+	}})
+	require.NoError(t, err)
+	assert.True(t, a.Granted)
+	assert.Zero(t, a.Wait)
+	assert.InDelta(t, 1, a.Levels.Level[tollgate.Tokens], 0.01)
+	assert.InDelta(t, 19, a.Levels.Level[tollgate.Requests], 0.01)
+
+	// They apply even when the admission is refused.
+	require.NoError(t, s.Pause(ctx, name, time.Minute, "retry-after"))
+	a, err = s.Admit(ctx, name, tollgate.Admission{Limits: l, Cost: cost(1, 1), Settle: []tollgate.Settlement{
+		{Limits: l, Charge: cost(-19, -1)},
+	}})
+	require.NoError(t, err)
+	assert.False(t, a.Granted)
+	assert.Positive(t, a.Paused)
+	assert.InDelta(t, 38, a.Levels.Level[tollgate.Requests], 0.01)
+
+	_, err = s.Admit(ctx, name, tollgate.Admission{Limits: l, Settle: []tollgate.Settlement{{Limits: l, Charge: cost(math.NaN(), 0)}}})
+	assert.ErrorContains(t, err, "invalid charge")
 }
 
 func TestGrantAhead(t *testing.T) {

@@ -348,7 +348,13 @@ func (c *commandCounter) add(name string, err error) {
 	if c.byName == nil {
 		c.byName = map[string]int64{}
 	}
-	c.byName[strings.ToLower(name)]++
+	// A command that got no reply (its context ended, the connection
+	// failed) may never have reached the server: it counts as an error
+	// only, so that the counts are of commands the server answered.
+	var reply redis.Error
+	if err == nil || errors.As(err, &reply) {
+		c.byName[strings.ToLower(name)]++
+	}
 	if err != nil && !errors.Is(err, redis.Nil) && !strings.HasPrefix(err.Error(), "NOSCRIPT") {
 		c.errors++
 	}
