@@ -12,7 +12,9 @@ import (
 // its Key (provider, model family), so that the client stays inside the
 // account's limits instead of learning them from 429s.
 //
-// Each Key has one continuously refilled bucket per known limit (see Limits):
+// Each Key has one continuously refilled bucket per known limit (see Limits),
+// kept in the State's Store (WithStore; by default in memory, this
+// Transport's alone):
 // requests, input tokens and output tokens per minute, and tokens per minute
 // (input and output combined) where the provider reports that instead, as
 // OpenAI does. An attempt costs one request, its estimated input tokens and,
@@ -44,18 +46,28 @@ import (
 // tokens but not cache reads; OpenAI counts every prompt token.
 //
 // Limits come from WithLimits or from the *-limit response headers; headers
-// win. As soon as an attempt's response headers arrive, each bucket whose
-// level is above what the server's *-remaining header allows is pulled down
-// to it, since other processes may share the Key. The reading is read as
+// win. When an attempt's response headers arrive, each bucket whose level is
+// above what the server's *-remaining header allows is pulled down to it,
+// since other processes may share the Key: at once when the server says
+// less remains than the store held when this process last asked it, else
+// with the attempt's settlement. The reading is read as
 // the most the level can be — the refill since the attempt was sent added,
 // a value rounded to the thousand (Anthropic's token headers) read as the top
 // of its rounding interval, nothing this process sent meanwhile subtracted —
 // so a level is never pulled further down than the server's count requires
-// (see pullDownLocked). Until any limit is known for a Key, its attempts are
+// (see the floor, below learnLocked). Until any limit is known for a Key, its attempts are
 // admitted one at a time: the next one waits for the previous one's response
 // headers. A Key whose successful responses carry no limit headers at all (a
 // gateway that strips them) ends its cold start with that response and is
 // not paced; give such endpoints WithLimits.
+//
+// The store is asked once per attempt to admit it, and once more to settle
+// it; a settlement rides with the next admission this process asks of the
+// store when one is coming (a shared store's grant ahead of time holds the
+// head of the queue with others behind it), so that a busy fleet pays about
+// one round trip per attempt. A shared store may grant an attempt ahead of
+// time (Store.Admit): the attempt then waits out its delay at the head of
+// this process's queue before it is sent.
 //
 // WithMaxConcurrency caps the attempts in flight per Key; an attempt is in
 // flight from admission until its exchange is done.
