@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"net/http"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -277,6 +279,13 @@ func (b *breakers) circuit(k Key) *circuit {
 		b.circuits[k] = c
 	}
 	return c
+}
+
+// known returns the Keys that have a breaker.
+func (b *breakers) known() []Key {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Collect(maps.Keys(b.circuits))
 }
 
 func (b *breakers) snapshot(k Key, now time.Time) BreakerSnapshot {

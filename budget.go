@@ -2,8 +2,10 @@ package tollgate
 
 import (
 	"context"
+	"maps"
 	"math"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 )
@@ -358,6 +360,13 @@ func (b *budget) forKey(k Key) *keyBudget {
 		b.keys[k] = kb
 	}
 	return kb
+}
+
+// known returns the Keys the budget has state for.
+func (b *budget) known() []Key {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return slices.Collect(maps.Keys(b.keys))
 }
 
 // tier names the tier k's limits match; TierUnknown for a Key not seen.

@@ -170,6 +170,13 @@ func (s *State) Snapshot() Snapshot {
 	for k, ks := range s.keys {
 		snap.Keys = append(snap.Keys, KeySnapshot{Key: k, Headers: ks.headers, Counters: ks.counters})
 	}
+	// A Key no response has come for yet may be waiting, or paused by
+	// another Transport sharing the store.
+	for _, k := range append(s.budget.known(), s.breakers.known()...) {
+		if _, seen := s.keys[k]; !seen && !slices.ContainsFunc(snap.Keys, func(ks KeySnapshot) bool { return ks.Key == k }) {
+			snap.Keys = append(snap.Keys, KeySnapshot{Key: k})
+		}
+	}
 	for i := range snap.Keys {
 		snap.Keys[i].Budget = s.budget.snapshot(snap.Keys[i].Key, snap.Taken)
 		snap.Keys[i].Breaker = s.breakers.snapshot(snap.Keys[i].Key, snap.Taken)

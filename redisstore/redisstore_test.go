@@ -145,18 +145,20 @@ func TestAdmitCarriesSettlements(t *testing.T) {
 	a, err := s.Admit(ctx, name, tollgate.Admission{Limits: l, Cost: cost(1, 10)})
 	require.NoError(t, err)
 	require.True(t, a.Granted)
+	at := a.Levels.At
 
 	// Settlements go first: the give-back of 6 tokens makes room for 5,
 	// and the second one's floor holds requests down, in one round trip.
 	a, err = s.Admit(ctx, name, tollgate.Admission{Limits: l, Cost: cost(1, 5), Settle: []tollgate.Settlement{
-		{Limits: l, Charge: cost(0, -6), SentAt: a.Levels.At},
-		{Limits: l, Floor: cost(20, 0), HasFloor: [4]bool{tollgate.Requests: true}, SentAt: a.Levels.At},
+		{Limits: l, Charge: cost(0, -6), SentAt: at},
+		{Limits: l, Floor: cost(20, 0), HasFloor: [4]bool{tollgate.Requests: true}, SentAt: at},
 	}})
 	require.NoError(t, err)
 	assert.True(t, a.Granted)
 	assert.Zero(t, a.Wait)
-	assert.InDelta(t, 1, a.Levels.Level[tollgate.Tokens], 0.01)
-	assert.InDelta(t, 19, a.Levels.Level[tollgate.Requests], 0.01)
+	elapsed := a.Levels.At.Sub(at)
+	assert.InDelta(t, 1+refill(10, elapsed), a.Levels.Level[tollgate.Tokens], 1e-9)
+	assert.InDelta(t, 19+refill(100, elapsed), a.Levels.Level[tollgate.Requests], 1e-9)
 
 	// They apply even when the admission is refused.
 	require.NoError(t, s.Pause(ctx, name, time.Minute, "retry-after"))
@@ -166,7 +168,7 @@ func TestAdmitCarriesSettlements(t *testing.T) {
 	require.NoError(t, err)
 	assert.False(t, a.Granted)
 	assert.Positive(t, a.Paused)
-	assert.InDelta(t, 38, a.Levels.Level[tollgate.Requests], 0.01)
+	assert.InDelta(t, 38+refill(100, a.Levels.At.Sub(at)), a.Levels.Level[tollgate.Requests], 1e-9)
 
 	_, err = s.Admit(ctx, name, tollgate.Admission{Limits: l, Settle: []tollgate.Settlement{{Limits: l, Charge: cost(math.NaN(), 0)}}})
 	assert.ErrorContains(t, err, "invalid charge")

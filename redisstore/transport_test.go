@@ -179,3 +179,53 @@ func TestTransportsShareOneBudget(t *testing.T) {
 	require.NoError(t, err)
 	assert.InDelta(t, 0, level, 0.1, "b's attempt, granted ahead and cancelled, was given back")
 }
+
+// TestTransportsSharePauses has one Transport draw a 429 with retry-after
+// and another, on the same Redis, find the pause at its next admission.
+func TestTransportsSharePauses(t *testing.T) {
+	addr := redistest.Shared(t)
+	prefix := redistest.Prefix(t)
+	newTransport := func() *tollgate.Transport {
+		return tollgate.New(nil,
+			tollgate.WithStore(redisstore.New(client(t, addr), redisstore.WithPrefix(prefix))),
+			tollgate.WithLimits(tollgate.Limits{RequestsPerMinute: 1000}),
+			tollgate.WithMaxAttempts(1))
+	}
+	a, b := newTransport(), newTransport()
+	var served atomic.Int64
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		served.Add(1)
+		w.Header().Set("content-type", "application/json")
+		w.Header().Set("retry-after", "30")
+		w.WriteHeader(http.StatusTooManyRequests)
+		_, _ = io.WriteString(w, `{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}`)
+	}))
+	t.Cleanup(upstream.Close)
+	send := func(rt *tollgate.Transport, ctx context.Context) (*http.Response, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, upstream.URL+"/v1/messages",
+			strings.NewReader(`{"model":"claude-sonnet-4-5","max_tokens":8,"messages":[{"role":"user","content":"Hi"}]}`))
+		require.NoError(t, err)
+		req.Header.Set("X-Api-Key", "sk-test")
+		return (&http.Client{Transport: rt}).Do(req)
+	}
+
+	resp, err := send(a, context.Background())
+	require.NoError(t, err)
+	_ = resp.Body.Close()
+	require.Equal(t, http.StatusTooManyRequests, resp.StatusCode)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err = send(b, ctx)
+	var open *tollgate.OpenError
+	require.ErrorAs(t, err, &open, "b cannot wait out a's 30 s pause within its 2 s")
+	assert.Equal(t, "shared: retry-after", open.Reason)
+	assert.InDelta(t, 30, time.Until(open.Until).Seconds(), 1)
+	assert.Less(t, time.Since(start), time.Second, "told at once, not after waiting")
+	assert.Equal(t, int64(1), served.Load(), "b sent nothing")
+	ks, ok := b.Snapshot().Key(tollgate.Key{Provider: tollgate.ProviderAnthropic, Family: "claude-sonnet-4"})
+	require.True(t, ok)
+	assert.Equal(t, tollgate.BreakerOpen, ks.Breaker.State, "b's own breaker now holds its next calls")
+}
