@@ -129,10 +129,12 @@ func TestTransportFallsBackAndRecovers(t *testing.T) {
 // once, then the Transport paces locally.
 func TestTransportOnSilentRedis(t *testing.T) {
 	rdb := client(t, blackHole(t))
+	store := &countingStore{Store: redisstore.New(rdb)}
 	rt := tollgate.New(nil,
-		tollgate.WithStore(redisstore.New(rdb)),
+		tollgate.WithStore(store),
 		tollgate.WithLimits(tollgate.Limits{RequestsPerMinute: 600}),
 		tollgate.WithStoreTimeout(50*time.Millisecond),
+		tollgate.WithStoreFallback(0.25, time.Hour),
 		tollgate.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
 	httpc := &http.Client{Transport: rt}
 	upstream, served := api(t)
@@ -141,7 +143,8 @@ func TestTransportOnSilentRedis(t *testing.T) {
 	for range 10 {
 		call(t, httpc, upstream.URL)
 	}
-	assert.Less(t, time.Since(start), 500*time.Millisecond, "one timeout, not one per call")
+	assert.Less(t, time.Since(start), 5*time.Second, "bounded by the store timeout")
+	assert.Equal(t, int64(1), store.calls.Load(), "one call timed out; the silent Redis is not asked again within the retry interval")
 	assert.True(t, budgetOf(rt).Fallback)
 	assert.Equal(t, int64(10), served.Load())
 }
@@ -228,4 +231,25 @@ func TestTransportsSharePauses(t *testing.T) {
 	ks, ok := b.Snapshot().Key(tollgate.Key{Provider: tollgate.ProviderAnthropic, Family: "claude-sonnet-4"})
 	require.True(t, ok)
 	assert.Equal(t, tollgate.BreakerOpen, ks.Breaker.State, "b's own breaker now holds its next calls")
+}
+
+// countingStore counts the calls made to a Store.
+type countingStore struct {
+	tollgate.Store
+	calls atomic.Int64
+}
+
+func (c *countingStore) Admit(ctx context.Context, name string, a tollgate.Admission) (tollgate.Admitted, error) {
+	c.calls.Add(1)
+	return c.Store.Admit(ctx, name, a)
+}
+
+func (c *countingStore) Settle(ctx context.Context, name string, s tollgate.Settlement) (tollgate.Levels, error) {
+	c.calls.Add(1)
+	return c.Store.Settle(ctx, name, s)
+}
+
+func (c *countingStore) Pause(ctx context.Context, name string, d time.Duration, reason string) error {
+	c.calls.Add(1)
+	return c.Store.Pause(ctx, name, d, reason)
 }
