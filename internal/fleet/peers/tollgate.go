@@ -45,7 +45,8 @@ func Tollgate(told bool, opts ...tollgate.Option) fleet.Client {
 // Status sums up a snapshot for a progress line: per pool (Key), the
 // breaker's state and how many attempts wait for the budget, e.g.
 // "breaker closed, 12 waiting" (the key is named when there are several),
-// or "no response yet".
+// or "no response yet" before any call (the first calls then show "cold
+// start" until a response tells the limits).
 func Status(s tollgate.Snapshot) string {
 	if len(s.Keys) == 0 {
 		return "no response yet"
