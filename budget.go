@@ -494,13 +494,6 @@ type waiter struct {
 
 	granted bool
 	delay   time.Duration // granted ahead of time: wait this long before sending
-	// A grant ahead of time may be sent at sendAt: grantedAt plus the time
-	// the longest of its debts takes to refill. debt holds, per dimension,
-	// how far below zero the store's level was after its charge; limits
-	// are the limits the store was given.
-	grantedAt, sendAt time.Time
-	debt              [numDimensions]float64
-	limits            [numDimensions]int64
 	// Not granted: ask the store again after retry when timed; an attempt
 	// blocked on a slot or the cold-start gate has no timer.
 	retry time.Duration
@@ -571,23 +564,10 @@ func (kb *keyBudget) admit(ctx context.Context, r *reservation, info *RequestInf
 	}
 	// Granted ahead of time: w holds the head of the queue until it may be
 	// sent, so that this process has one grant ahead at a time and the
-	// store's queue stays short enough for give-backs to count. This
-	// process's own give-backs meanwhile bring sendAt closer (syncLocked).
-	var err error
+	// store's queue stays short enough for give-backs to count.
+	err := sleep(ctx, clock, delay)
 	kb.mu.Lock()
 	now := clock.Now()
-	for err == nil && now.Before(w.sendAt) {
-		timer := clock.After(w.sendAt.Sub(now))
-		kb.mu.Unlock()
-		select {
-		case <-ctx.Done():
-			err = ctx.Err()
-		case <-w.wake:
-		case <-timer:
-		}
-		kb.mu.Lock()
-		now = clock.Now()
-	}
 	if err != nil {
 		kb.leaveLocked(now, w)
 	} else {
@@ -675,45 +655,6 @@ func (kb *keyBudget) tryLocked(w *waiter) {
 	default:
 		kb.grantLocked(now, w.r, st, a.Limits, res)
 		w.granted, w.delay = true, res.Wait
-		w.grantedAt, w.sendAt, w.limits = now, now.Add(res.Wait), a.Limits
-		for d, l := range a.Limits {
-			if l > 0 {
-				w.debt[d] = max(-res.Levels.Level[d], 0)
-			}
-		}
-	}
-}
-
-// transferLocked hands what s gives back to this process's grant ahead of
-// time, if one holds the head of the queue for the same store: each token
-// given back pays off that much of the grant's debt, so that it is sent
-// sooner, instead of going back to the store, where it would count twice.
-// It is safe because the server counted those tokens no more than this
-// process's settlement says: sending the grant early spends exactly what
-// the store will never get back.
-func (kb *keyBudget) transferLocked(st Store, r *reservation, s *Settlement) {
-	if len(kb.queue) == 0 || !kb.queue[0].granted || kb.queue[0].r.store != st {
-		return
-	}
-	w := kb.queue[0]
-	var wait time.Duration
-	moved := false
-	for d, l := range w.limits {
-		if l <= 0 {
-			continue
-		}
-		if t := min(-s.Charge[d], w.debt[d]); t > 0 {
-			w.debt[d] -= t
-			s.Charge[d] += t
-			r.stored[d] += t
-			kb.held[d] += t
-			moved = true
-		}
-		wait = max(wait, time.Duration(math.Ceil(w.debt[d]/float64(l)*float64(time.Minute))))
-	}
-	if moved && w.grantedAt.Add(wait).Before(w.sendAt) {
-		w.sendAt = w.grantedAt.Add(wait)
-		wake(w)
 	}
 }
 
@@ -859,8 +800,7 @@ func (kb *keyBudget) syncLocked(r *reservation, floors bool) {
 			r.hasFloor[d] = false
 		}
 	}
-	kb.transferLocked(st, r, &s)
-	if changed = changed && (s.Charge != [numDimensions]float64{} || s.HasFloor != [numDimensions]bool{}); !changed {
+	if !changed {
 		return
 	}
 	if kb.pendingStore != st {

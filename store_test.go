@@ -6,7 +6,6 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
-	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -467,66 +466,4 @@ func TestMemoryStoreContract(t *testing.T) {
 	res, err = st.Admit(ctx, "other", Admission{Limits: limits, Cost: [numDimensions]float64{Requests: 1}})
 	require.NoError(t, err)
 	assert.True(t, res.Granted, "names are independent")
-}
-
-// debtStore grants ahead of time as redisstore does: an attempt whose cost
-// does not fit yet is charged at once, into debt, and told how long to wait.
-type debtStore struct {
-	Store
-	mu      sync.Mutex
-	settled [][numDimensions]float64 // the charges of every settlement it got
-}
-
-func (s *debtStore) Admit(ctx context.Context, name string, a Admission) (Admitted, error) {
-	s.mu.Lock()
-	for _, st := range a.Settle {
-		s.settled = append(s.settled, st.Charge)
-	}
-	s.mu.Unlock()
-	res, err := s.Store.Admit(ctx, name, a)
-	if err != nil || res.Granted || res.Paused > 0 || res.Wait > a.MaxWait {
-		return res, err
-	}
-	var charge [numDimensions]float64
-	for d, l := range a.Limits {
-		charge[d] = min(a.Cost[d], float64(l))
-	}
-	lv, err := s.Store.Settle(ctx, name, Settlement{Limits: a.Limits, Charge: charge})
-	return Admitted{Granted: true, Wait: res.Wait, Levels: lv}, err
-}
-
-func (s *debtStore) Settle(ctx context.Context, name string, st Settlement) (Levels, error) {
-	s.mu.Lock()
-	s.settled = append(s.settled, st.Charge)
-	s.mu.Unlock()
-	return s.Store.Settle(ctx, name, st)
-}
-
-func TestStoreGiveBacksShortenTheGrantAhead(t *testing.T) {
-	clk := fakeclock.New(testEpoch)
-	store := &debtStore{Store: NewMemoryStore(clk)}
-	rig := newStoreRig(t, clk, WithStore(store), WithLimits(Limits{RequestsPerMinute: 1000, OutputTokensPerMinute: 1000}))
-	rig.reply = func(*http.Request) (*http.Response, error) { return anthropicReply(200, nil, 0, 100), nil }
-
-	r0 := receive(t, rig.start(budgetReq(context.Background(), "0", "", 1000))) // the whole bucket
-	require.NoError(t, r0.err)
-	r1 := rig.start(budgetReq(context.Background(), "1", "", 1000))
-	require.True(t, clk.WaitForWaiters(1, 5*time.Second))
-	assert.Equal(t, []time.Duration{time.Minute}, clk.Pending(), "granted ahead: 1000 tokens of debt at 1000 a minute")
-
-	// 0 used 100 of its 1000: the 900 it gives back pay off 1's debt here,
-	// rather than going back to the store.
-	settle(r0)
-	waitFor(t, "1's wait shortened", func() bool { return slices.Contains(clk.Pending(), 6*time.Second) })
-	clk.Advance(6*time.Second - time.Nanosecond)
-	assert.Equal(t, 1, rig.sentCount(), "not sent before the debt left is paid off")
-	clk.Advance(time.Nanosecond)
-	r := receive(t, r1)
-	require.NoError(t, r.err)
-	settle(r)
-	assert.Equal(t, 2, rig.sentCount())
-	store.mu.Lock()
-	defer store.mu.Unlock()
-	require.Len(t, store.settled, 1, "0's give-back went to 1, none of it to the store: %v", store.settled)
-	assert.Equal(t, -900.0, store.settled[0][OutputTokens], "1's own give-back, with no grant ahead to take it")
 }
