@@ -593,7 +593,7 @@ func (kb *keyBudget) leaveLocked(now time.Time, w *waiter) {
 // cancelLocked gives back everything a granted attempt that will not be sent
 // holds.
 func (kb *keyBudget) cancelLocked(now time.Time, r *reservation) {
-	kb.releaseLocked(now, r, true)
+	kb.releaseLocked(r, true)
 	kb.doneLocked(r)
 	kb.serveLocked(now, true)
 }
@@ -857,7 +857,7 @@ func (kb *keyBudget) doneLocked(r *reservation) {
 }
 
 // refundAllLocked gives back everything r is charged, once.
-func (kb *keyBudget) refundAllLocked(now time.Time, r *reservation) {
+func (kb *keyBudget) refundAllLocked(r *reservation) {
 	if !r.refunded && !r.settled {
 		kb.refundLocked(r, Requests, Tokens, InputTokens, OutputTokens)
 		r.refunded = true
@@ -867,9 +867,9 @@ func (kb *keyBudget) refundAllLocked(now time.Time, r *reservation) {
 
 // releaseLocked gives up r's slot and cold-start gate and, when all is set,
 // everything it is charged.
-func (kb *keyBudget) releaseLocked(now time.Time, r *reservation, all bool) {
+func (kb *keyBudget) releaseLocked(r *reservation, all bool) {
 	if all {
-		kb.refundAllLocked(now, r)
+		kb.refundAllLocked(r)
 	}
 	if r.slot {
 		r.slot = false
@@ -894,10 +894,10 @@ func (kb *keyBudget) responded(r *reservation, status int, h RateLimitHeaders) {
 	kb.mu.Lock()
 	now := kb.cfg.clock.Now()
 	r.status = status
-	learned := kb.learnLocked(now, r, h)
+	learned := kb.learnLocked(r, h)
 	switch {
 	case status == http.StatusTooManyRequests:
-		kb.refundAllLocked(now, r)
+		kb.refundAllLocked(r)
 	case learned || kb.newsLocked(now, r):
 		kb.syncLocked(r, true)
 	}
@@ -964,9 +964,9 @@ func dialectOf(p Provider) *budgetDialect {
 }
 
 // learnLocked takes the limits the headers report and notes in r what they
-// say remains (see floorLocked). It reports whether a limit was learned or
+// say remains (its floor, below). It reports whether a limit was learned or
 // changed.
-func (kb *keyBudget) learnLocked(now time.Time, r *reservation, h RateLimitHeaders) bool {
+func (kb *keyBudget) learnLocked(r *reservation, h RateLimitHeaders) bool {
 	p := h.Provider
 	if p == "" {
 		p = kb.key.Provider
@@ -1030,11 +1030,11 @@ func (r *reservation) settle(ex *exchange) {
 	if status == 0 {
 		status = r.status
 	}
-	kb.releaseLocked(now, r, false)
+	kb.releaseLocked(r, false)
 	switch {
 	case r.refunded:
 	case status == http.StatusTooManyRequests:
-		kb.refundAllLocked(now, r)
+		kb.refundAllLocked(r)
 	case status == 0:
 		kb.refundLocked(r, Tokens, InputTokens, OutputTokens)
 	default:
