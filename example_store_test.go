@@ -23,11 +23,13 @@ func ExampleWithStore() {
 	}))
 	defer srv.Close()
 
+	base := &http.Transport{}
+	defer base.CloseIdleConnections()
 	store := tollgate.NewMemoryStore(nil)
 	limits := tollgate.WithLimits(tollgate.Limits{RequestsPerMinute: 2})
 	agents := []*http.Client{
-		{Transport: tollgate.New(nil, tollgate.WithStore(store), limits)},
-		{Transport: tollgate.New(nil, tollgate.WithStore(store), limits)},
+		{Transport: tollgate.New(base, tollgate.WithStore(store), limits)},
+		{Transport: tollgate.New(base, tollgate.WithStore(store), limits)},
 	}
 	call := func(c *http.Client, timeout time.Duration) error {
 		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/v1/messages",
