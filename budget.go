@@ -525,11 +525,16 @@ func (kb *keyBudget) admit(ctx context.Context, r *reservation, info *RequestInf
 	if !w.granted || w.delay > 0 {
 		kb.queue = append(kb.queue, w)
 	}
+	// The head's timer is kept while a new answer does not bring its
+	// deadline closer, so that a wake-up changes nothing it need not.
+	var timer <-chan time.Time
+	var timerAt time.Time
 	for !w.granted {
-		var timer <-chan time.Time
 		paused, reason := w.paused, w.reason
-		if kb.queue[0] == w && w.timed {
-			timer = clock.After(w.retry)
+		if kb.queue[0] != w || !w.timed {
+			timer = nil
+		} else if at := clock.Now().Add(w.retry); timer == nil || at.Before(timerAt) {
+			timer, timerAt = clock.After(w.retry), at
 		}
 		kb.mu.Unlock()
 		var err error
@@ -542,6 +547,7 @@ func (kb *keyBudget) admit(ctx context.Context, r *reservation, info *RequestInf
 				err = ctx.Err()
 			case <-w.wake:
 			case <-timer:
+				timer = nil
 			}
 		}
 		kb.mu.Lock()
