@@ -462,7 +462,6 @@ func newKeyBudget(b *budget, k Key, now time.Time) *keyBudget {
 type reservation struct {
 	kb          *keyBudget
 	cost        [numDimensions]float64 // what the attempt asks for
-	initial     [numDimensions]float64 // what it was charged at admission
 	charged     [numDimensions]float64 // what it is charged now
 	sentAt      time.Time              // when it may be sent, on this process's clock
 	promptBytes int64
@@ -712,7 +711,7 @@ func (kb *keyBudget) grantLocked(now time.Time, r *reservation, st Store, limits
 		if l := kb.limits[d]; l > 0 {
 			n = min(n, float64(l))
 		}
-		r.initial[d], r.charged[d] = n, n
+		r.charged[d] = n
 		if limits[d] > 0 {
 			r.stored[d] = min(r.cost[d], float64(limits[d]))
 			kb.held[d] += r.stored[d]

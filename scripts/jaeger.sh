@@ -40,7 +40,8 @@ print_env() {
   echo "export TOLLGATE_JAEGER_QUERY=$query"
 }
 
-running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+# running, stop
+source "$(dirname "${BASH_SOURCE[0]}")/lib/pidfile.sh"
 healthy() { curl -fs -o /dev/null --max-time 2 "$health" && curl -fs -o /dev/null --max-time 2 "$query/api/v3/services"; }
 
 build() {
@@ -83,23 +84,6 @@ start() {
   done
   log "ready (pid $(cat "$pidfile")): OTLP http://127.0.0.1:$TOLLGATE_JAEGER_OTLP_HTTP_PORT, query/UI $query"
   print_env
-}
-
-stop() {
-  if ! running; then
-    rm -f "$pidfile"
-    return
-  fi
-  local pid
-  pid=$(cat "$pidfile")
-  kill "$pid"
-  for _ in $(seq 50); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
-  rm -f "$pidfile"
-  log "stopped (pid $pid)"
 }
 
 case "${1:-start}" in

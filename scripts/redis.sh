@@ -27,7 +27,8 @@ port() { cat "$portfile" 2>/dev/null || echo "$want_port"; }
 
 print_env() { echo "export TOLLGATE_REDIS_ADDR=127.0.0.1:$(port)"; }
 
-running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+# running, stop
+source "$(dirname "${BASH_SOURCE[0]}")/lib/pidfile.sh"
 
 # answers PORT: a Redis answers PING on 127.0.0.1:PORT.
 answers() (
@@ -75,23 +76,6 @@ start() {
   done
   log "ready (pid $(cat "$pidfile")) on 127.0.0.1:$p"
   print_env
-}
-
-stop() {
-  if ! running; then
-    rm -f "$pidfile"
-    return
-  fi
-  local pid
-  pid=$(cat "$pidfile")
-  kill "$pid"
-  for _ in $(seq 50); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
-  rm -f "$pidfile"
-  log "stopped (pid $pid)"
 }
 
 case "${1:-start}" in

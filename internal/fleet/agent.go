@@ -177,9 +177,10 @@ under never day same another know while last might us great old year off come si
 right used take three rate limit token bucket request response header retry budget breaker stream
 model agent queue pace wait minute second window burst refill capacity admit reserve settle usage`)
 
-// replyLengths returns a tollgatetest OutputTokensFunc drawing lengths
-// uniformly from [lo, hi] with a generator of its own, seeded with seed.
-func replyLengths(seed uint64, lo, hi int) func(string, int) int {
+// ReplyLengths returns a tollgatetest OutputTokensFunc drawing lengths
+// uniformly from [lo, hi] with a generator of its own, seeded with seed:
+// the reply lengths of a run's fake API.
+func ReplyLengths(seed uint64, lo, hi int) func(string, int) int {
 	var mu sync.Mutex
 	rng := rand.New(rand.NewPCG(seed, 0x7265706c79))
 	return func(string, int) int {

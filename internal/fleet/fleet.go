@@ -381,7 +381,7 @@ func newRun(cfg Config, c Client) (*run, error) {
 	if url == "" {
 		sc := cfg.Server
 		if sc.OutputTokensFunc == nil {
-			sc.OutputTokensFunc = replyLengths(cfg.Seed, cfg.MinOutputTokens, cfg.MaxOutputTokens)
+			sc.OutputTokensFunc = ReplyLengths(cfg.Seed, cfg.MinOutputTokens, cfg.MaxOutputTokens)
 		}
 		r.srv = tollgatetest.NewServer(sc)
 		url = r.srv.URL

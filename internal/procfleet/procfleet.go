@@ -48,7 +48,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"slices"
@@ -192,7 +191,7 @@ func Run(ctx context.Context, cfg Config, fleets ...Fleet) ([]Result, error) {
 	for i, f := range fleets {
 		sc := cfg.Fleet.Server
 		if sc.OutputTokensFunc == nil {
-			sc.OutputTokensFunc = replyLengths(cfg.Fleet.Seed, cfg.Fleet.MinOutputTokens, cfg.Fleet.MaxOutputTokens)
+			sc.OutputTokensFunc = fleet.ReplyLengths(cfg.Fleet.Seed, cfg.Fleet.MinOutputTokens, cfg.Fleet.MaxOutputTokens)
 		}
 		srv := tollgatetest.NewServer(sc)
 		defer srv.Close()
@@ -371,18 +370,6 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	f.APIKey = cmp.Or(f.Server.APIKey, fleet.DefaultAPIKey)
 	return c, nil
-}
-
-// replyLengths draws reply lengths uniformly from [lo, hi], seeded, as
-// package fleet's servers do.
-func replyLengths(seed uint64, lo, hi int) func(string, int) int {
-	var mu sync.Mutex
-	rng := rand.New(rand.NewPCG(seed, 0x7265706c79))
-	return func(string, int) int {
-		mu.Lock()
-		defer mu.Unlock()
-		return lo + rng.IntN(hi-lo+1)
-	}
 }
 
 // processSeed is the prompt seed of process i: distinct per process, the
