@@ -1,6 +1,7 @@
-package tollgate
+package tollgate_test
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -8,12 +9,22 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/failsafe-go/failsafe-go/failsafehttp"
+	"github.com/hashicorp/go-retryablehttp"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+
+	"github.com/tollgate-go/tollgate"
 )
 
-// The chain's overhead against the bare transport, on loopback. Run both
-// sides in one go so the ratio is measured on the same machine state:
+// The chain's overhead on loopback against an instant server, next to the
+// bare transport and to the stacks a user would otherwise assemble, each
+// recording its spans and metrics through the same SDK providers. Run all
+// sides in one go so the ratios are measured on the same machine state:
 //
-//	go test -run '^$' -bench 'Overhead' -benchmem -count 5 . | tee /tmp/b && benchstat /tmp/b
+//	go test -run '^$' -bench 'Overhead' -benchmem -count 6 . | tee /tmp/b && benchstat -col /side /tmp/b
 
 const benchJSON = `{"id":"msg_01","type":"message","role":"assistant","model":"claude-sonnet-4-5-20250929",` +
 	`"content":[{"type":"text","text":"Hello there, how can I help?"}],"stop_reason":"end_turn","stop_sequence":null,` +
@@ -35,7 +46,7 @@ var benchSSE = func() string {
 func benchServer(b *testing.B) *httptest.Server {
 	reset := time.Now().Add(time.Second).UTC().Format(time.RFC3339)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
+		_, _ = io.Copy(io.Discard, r.Body)
 		h := w.Header()
 		for _, d := range []string{"requests", "input-tokens", "output-tokens", "tokens"} {
 			h.Set("anthropic-ratelimit-"+d+"-limit", "100000000")
@@ -45,29 +56,73 @@ func benchServer(b *testing.B) *httptest.Server {
 		h.Set("request-id", "req_bench")
 		if strings.Contains(r.URL.RawQuery, "stream") {
 			h.Set("content-type", "text/event-stream")
-			io.WriteString(w, benchSSE)
+			_, _ = io.WriteString(w, benchSSE)
 			return
 		}
 		h.Set("content-type", "application/json")
-		io.WriteString(w, benchJSON)
+		_, _ = io.WriteString(w, benchJSON)
 	}))
 	b.Cleanup(srv.Close)
 	return srv
+}
+
+// recordingProviders returns SDK providers that record every span and
+// metric and keep nothing: what is measured is the instrumentation's cost,
+// not an exporter's.
+func recordingProviders(b *testing.B) (*sdktrace.TracerProvider, *sdkmetric.MeterProvider) {
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()), sdktrace.WithSpanProcessor(discard{}))
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+	b.Cleanup(func() {
+		_ = tp.Shutdown(context.Background())
+		_ = mp.Shutdown(context.Background())
+	})
+	return tp, mp
+}
+
+// discard is a span processor that drops every span it is handed.
+type discard struct{}
+
+func (discard) OnStart(context.Context, sdktrace.ReadWriteSpan) {}
+func (discard) OnEnd(sdktrace.ReadOnlySpan)                     {}
+func (discard) Shutdown(context.Context) error                  { return nil }
+func (discard) ForceFlush(context.Context) error                { return nil }
+
+// overheadSides are the transports compared, each around base.
+var overheadSides = []struct {
+	name string
+	wrap func(base http.RoundTripper, tp *sdktrace.TracerProvider, mp *sdkmetric.MeterProvider) http.RoundTripper
+}{
+	{"bare", func(base http.RoundTripper, _ *sdktrace.TracerProvider, _ *sdkmetric.MeterProvider) http.RoundTripper {
+		return base
+	}},
+	{"retryablehttp+otelhttp", func(base http.RoundTripper, tp *sdktrace.TracerProvider, mp *sdkmetric.MeterProvider) http.RoundTripper {
+		rc := retryablehttp.NewClient()
+		rc.Logger = nil
+		rc.RetryMax = 4
+		rc.HTTPClient = &http.Client{Transport: base}
+		return otelhttp.NewTransport(&retryablehttp.RoundTripper{Client: rc},
+			otelhttp.WithTracerProvider(tp), otelhttp.WithMeterProvider(mp))
+	}},
+	{"failsafe+otelhttp", func(base http.RoundTripper, tp *sdktrace.TracerProvider, mp *sdkmetric.MeterProvider) http.RoundTripper {
+		retry := failsafehttp.NewRetryPolicyBuilder().WithMaxRetries(4).WithBackoff(500*time.Millisecond, 8*time.Second).Build()
+		return otelhttp.NewTransport(failsafehttp.NewRoundTripper(base, retry),
+			otelhttp.WithTracerProvider(tp), otelhttp.WithMeterProvider(mp))
+	}},
+	{"tollgate", func(base http.RoundTripper, tp *sdktrace.TracerProvider, mp *sdkmetric.MeterProvider) http.RoundTripper {
+		return tollgate.New(base, tollgate.WithTracerProvider(tp), tollgate.WithMeterProvider(mp))
+	}},
 }
 
 func BenchmarkOverhead(b *testing.B) {
 	srv := benchServer(b)
 	const body = `{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"Say hello in a friendly way, please."}]}`
 	for _, kind := range []string{"json", "sse"} {
-		for _, side := range []string{"bare", "tollgate"} {
-			b.Run(kind+"/"+side, func(b *testing.B) {
+		for _, side := range overheadSides {
+			b.Run("kind="+kind+"/side="+side.name, func(b *testing.B) {
 				base := &http.Transport{MaxIdleConnsPerHost: 4}
 				b.Cleanup(base.CloseIdleConnections)
-				var rt http.RoundTripper = base
-				if side == "tollgate" {
-					rt = New(base)
-				}
-				client := &http.Client{Transport: rt}
+				tp, mp := recordingProviders(b)
+				client := &http.Client{Transport: side.wrap(base, tp, mp)}
 				url := srv.URL + "/v1/messages"
 				if kind == "sse" {
 					url += "?stream"
@@ -81,8 +136,8 @@ func BenchmarkOverhead(b *testing.B) {
 					if err != nil {
 						b.Fatal(err)
 					}
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
+					_, _ = io.Copy(io.Discard, resp.Body)
+					_ = resp.Body.Close()
 				}
 			})
 		}

@@ -64,13 +64,6 @@ func (b *bucket) setLimit(now time.Time, limit float64) {
 	b.level = min(b.level, limit)
 }
 
-// fits reports whether n tokens are available at now. A request for more
-// than the capacity fits once the bucket is full; the caller takes at most
-// the capacity.
-func (b *bucket) fits(now time.Time, n float64) bool {
-	return b.levelAt(now) >= min(n, b.limit)-fitTolerance
-}
-
 // waitFor returns how long from now until n tokens (at most the capacity)
 // are available; zero when they are now.
 func (b *bucket) waitFor(now time.Time, n float64) time.Duration {

@@ -5,27 +5,55 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/tollgate-go/tollgate/internal/reqscan"
+	"github.com/tollgate-go/tollgate/internal/usage"
 )
 
+// This file holds the two records every layer reads: the call (one logical
+// request, all its attempts) and the exchange (one attempt). It is the only
+// file that takes their locks; the layers use the methods below.
+
 // A call is one logical request through the chain, all attempts included.
-// It is created once, by the outermost tollgate layer, carried in the request
-// context, and read by every layer: the request is parsed once, here, and
-// each attempt's response is parsed once, by Observe.
+// It is created once, by the outermost tollgate layer, and carried in the
+// request context: the request is read once, here, and each attempt's
+// response is read once, by Observe.
 type call struct {
 	state *State
-	info  RequestInfo
-	key   Key
+	pool  *pool // the pool of limits the call draws on
+	info  requestInfo
 	start time.Time
+	// observer is the Trace layer's record of the call; nil when the call
+	// is not traced. It is set before the first attempt and not changed.
+	observer callObserver
 
 	mu        sync.Mutex
 	attempts  int
 	last      *exchange
 	waits     Waits
 	retryWait time.Duration // decided when a response is judged, served before the next attempt
+}
 
-	// trace is the Trace layer's record of the call (otel.go), nil when the
-	// call is not traced. It is set before the first attempt and not changed.
-	trace *callTrace
+// requestInfo is what tollgate reads from a request before sending it.
+type requestInfo struct {
+	provider  Provider
+	operation string // the GenAI operation: "chat", "count_tokens", "embeddings"; "" for others
+	reqscan.Info
+}
+
+// A callObserver learns what happens to a call as it happens: the Trace
+// layer's record. Its methods must return quickly and never block.
+type callObserver interface {
+	// attemptStarted is told of each attempt before it runs, and returns
+	// the context the attempt runs in.
+	attemptStarted(ctx context.Context, ex *exchange) context.Context
+	// waited is told of every wait, by cause ("budget", "pause", "backoff").
+	waited(cause string, d time.Duration, attempt int)
+	// retryDecided is told what the Retry layer decided after an attempt.
+	retryDecided(d retryDecision, attempt, status int)
+	// breakerChanged is told of a breaker change an attempt of the call
+	// caused or noticed, with that attempt's context.
+	breakerChanged(ctx context.Context, ev BreakerEvent)
 }
 
 // Waits is how long a call spent waiting, by cause.
@@ -48,11 +76,12 @@ func (s *State) callFor(req *http.Request) (*http.Request, *call) {
 	if c, ok := req.Context().Value(callKey).(*call); ok && c.state == s {
 		return req, c
 	}
-	info := readRequestInfo(req)
+	provider, op := classify(req)
+	info := requestInfo{provider: provider, operation: op, Info: reqscan.Read(req)}
 	c := &call{
 		state: s,
 		info:  info,
-		key:   s.keyOf(info.Provider, info.Model, accountOf(req.Header)),
+		pool:  s.poolOf(s.keyOf(provider, info.Model, accountOf(req.Header))),
 		start: s.cfg.clock.Now(),
 	}
 	return req.WithContext(context.WithValue(req.Context(), callKey, c)), c
@@ -63,21 +92,37 @@ func callFrom(ctx context.Context) *call {
 	return c
 }
 
-// addWait records time spent waiting.
-func (c *call) addWait(add func(*Waits)) {
+// key returns the Key of the call's pool.
+func (c *call) key() Key { return c.pool.key }
+
+// addWait records d spent waiting for cause: "budget", "pause" or
+// "backoff".
+func (c *call) addWait(cause string, d time.Duration) {
+	if d <= 0 {
+		return
+	}
 	c.mu.Lock()
-	before := c.waits
-	add(&c.waits)
-	after := c.waits
+	switch cause {
+	case "budget":
+		c.waits.Budget += d
+	case "pause":
+		c.waits.Pause += d
+	case "backoff":
+		c.waits.Backoff += d
+	}
+	attempt := c.attempts
 	c.mu.Unlock()
-	c.trace.waited(before, after)
+	if c.observer != nil {
+		c.observer.waited(cause, d, attempt)
+	}
 }
 
-// attemptCount returns how many attempts have started.
-func (c *call) attemptCount() int {
+// progress returns how many attempts have started and how long the call
+// has waited.
+func (c *call) progress() (attempts int, waits Waits) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.attempts
+	return c.attempts, c.waits
 }
 
 // lastExchange returns the most recent attempt, or nil before the first.
@@ -87,33 +132,49 @@ func (c *call) lastExchange() *exchange {
 	return c.last
 }
 
+// setRetryWait records the wait the Retry layer decided on; takeRetryWait
+// returns it once.
+func (c *call) setRetryWait(d time.Duration) {
+	c.mu.Lock()
+	c.retryWait = d
+	c.mu.Unlock()
+}
+
+func (c *call) takeRetryWait() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	d := c.retryWait
+	c.retryWait = 0
+	return d
+}
+
 // An exchange is one attempt: a request sent and what came back. Observe
 // fills it; the layers outside Observe register for its completion, which is
-// when the response body reached EOF or was closed, or the attempt failed.
+// when the response body reached EOF or was closed, or the attempt failed
+// or was refused before it was sent.
 type exchange struct {
 	call    *call
 	attempt int // 1 for the first attempt
 
-	mu     sync.Mutex
-	sent   bool
-	sentAt time.Time // when Observe handed the request to the base transport
-	// firstChunkAt is when the first bytes of the body reached the caller.
-	firstChunkAt time.Time
-	status       int // 0 when no response arrived
-	headers      RateLimitHeaders
-	apiErr       *APIError // the error document of a non-2xx response, when it had one
-	// errorBody is the start (up to maxErrorBody) of a non-2xx response's
-	// body, as Observe read it ahead.
-	errorBody []byte
-	usage     Usage
-	err       error // transport error, or the error that ended the body
-	done      bool
-	onDone    []func(*exchange)
+	mu          sync.Mutex
+	sent        bool
+	sentAt      time.Time // when Observe handed the request to the base transport
+	firstByteAt time.Time // when the first bytes of the body reached the caller
+	status      int       // 0 when no response arrived
+	headers     RateLimitHeaders
+	apiErr      *APIError // the error document of a non-2xx response, when it had one
+	errorBody   []byte    // the start (up to maxErrorBody) of a non-2xx response's body
+	usage       usage.Usage
+	err         error // transport error, refusal, or the error that ended the body
+	output      bool  // the body showed output, or ended
+	done        bool
+	onOutput    []func(*exchange)
+	onDone      []func(*exchange)
 }
 
 // exchangeFor returns the attempt carried by req, or starts a new one when
-// req carries none that is still unsent.
-func (s *State) exchangeFor(req *http.Request, c *call) (*http.Request, *exchange) {
+// req carries none of c's that is still unsent.
+func (c *call) exchangeFor(req *http.Request) (*http.Request, *exchange) {
 	if ex, ok := req.Context().Value(exchangeKey).(*exchange); ok && ex.call == c && !ex.isSent() {
 		return req, ex
 	}
@@ -128,7 +189,10 @@ func (c *call) newExchange(req *http.Request) (*http.Request, *exchange) {
 	c.last = ex
 	c.mu.Unlock()
 	ctx := context.WithValue(req.Context(), exchangeKey, ex)
-	return req.WithContext(c.trace.attemptContext(ctx, ex)), ex
+	if c.observer != nil {
+		ctx = c.observer.attemptStarted(ctx, ex)
+	}
+	return req.WithContext(ctx), ex
 }
 
 // markSent records that the attempt is leaving for the server now.
@@ -151,6 +215,49 @@ func (ex *exchange) isSent() bool {
 	return ex.sent
 }
 
+// response is what an attempt's response said, as Observe read it.
+type response struct {
+	status  int
+	headers RateLimitHeaders
+	apiErr  *APIError
+}
+
+// responded records the response's status, headers and error document.
+func (ex *exchange) responded(r response, errorBody []byte) {
+	ex.mu.Lock()
+	ex.status, ex.headers, ex.apiErr, ex.errorBody = r.status, r.headers, r.apiErr, errorBody
+	ex.mu.Unlock()
+}
+
+// result returns what is known of the attempt's response so far.
+func (ex *exchange) result() response {
+	ex.mu.Lock()
+	defer ex.mu.Unlock()
+	return response{ex.status, ex.headers, ex.apiErr}
+}
+
+// errorDocument returns the start of an error response's body.
+func (ex *exchange) errorDocument() []byte {
+	ex.mu.Lock()
+	defer ex.mu.Unlock()
+	return ex.errorBody
+}
+
+// outcome returns the usage and the error the exchange ended with.
+func (ex *exchange) outcome() (usage.Usage, error) {
+	ex.mu.Lock()
+	defer ex.mu.Unlock()
+	return ex.usage, ex.err
+}
+
+// firstByte returns when the first bytes of the body reached the caller;
+// zero when none did.
+func (ex *exchange) firstByte() time.Time {
+	ex.mu.Lock()
+	defer ex.mu.Unlock()
+	return ex.firstByteAt
+}
+
 // whenDone runs f once the exchange is complete: now, if it already is.
 func (ex *exchange) whenDone(f func(*exchange)) {
 	ex.mu.Lock()
@@ -163,8 +270,54 @@ func (ex *exchange) whenDone(f func(*exchange)) {
 	f(ex)
 }
 
+// whenOutput runs f once the response shows output (see Output) or the
+// exchange is complete, whichever comes first: now, if either has.
+func (ex *exchange) whenOutput(f func(*exchange)) {
+	ex.mu.Lock()
+	if !ex.output && !ex.done {
+		ex.onOutput = append(ex.onOutput, f)
+		ex.mu.Unlock()
+		return
+	}
+	ex.mu.Unlock()
+	f(ex)
+}
+
+// FirstByte implements usage.Sink.
+func (ex *exchange) FirstByte() {
+	now := ex.call.state.cfg.clock.Now()
+	ex.mu.Lock()
+	ex.firstByteAt = now
+	ex.mu.Unlock()
+}
+
+// Output implements usage.Sink: the stream is under way. A body that is no
+// stream is under way once its headers are in; Observe says so then.
+func (ex *exchange) Output() {
+	ex.mu.Lock()
+	if ex.output || ex.done {
+		ex.mu.Unlock()
+		return
+	}
+	ex.output = true
+	hooks := ex.onOutput
+	ex.onOutput = nil
+	ex.mu.Unlock()
+	for _, f := range hooks {
+		f(ex)
+	}
+}
+
+// Done implements usage.Sink: the body ended, at EOF (err nil), on a read
+// error, or on Close.
+func (ex *exchange) Done(u usage.Usage, err error) { ex.finish(u, err) }
+
+// fail completes an attempt that got no response, or was refused before it
+// was sent.
+func (ex *exchange) fail(err error) { ex.finish(usage.Usage{}, err) }
+
 // finish completes the exchange; only the first call has any effect.
-func (ex *exchange) finish(u Usage, err error) {
+func (ex *exchange) finish(u usage.Usage, err error) {
 	ex.mu.Lock()
 	if ex.done {
 		ex.mu.Unlock()
@@ -175,17 +328,10 @@ func (ex *exchange) finish(u Usage, err error) {
 	if ex.err == nil {
 		ex.err = err
 	}
-	hooks := ex.onDone
-	ex.onDone = nil
+	hooks := append(ex.onOutput, ex.onDone...)
+	ex.onOutput, ex.onDone = nil, nil
 	ex.mu.Unlock()
 	for _, f := range hooks {
 		f(ex)
 	}
-}
-
-// result returns what is known of the attempt so far.
-func (ex *exchange) result() (status int, h RateLimitHeaders, apiErr *APIError) {
-	ex.mu.Lock()
-	defer ex.mu.Unlock()
-	return ex.status, ex.headers, ex.apiErr
 }

@@ -64,16 +64,3 @@ func (e *APIError) Error() string {
 	return fmt.Sprintf("%s: %s", e.Type, e.Message)
 }
 
-// spendCapCodes are the error codes with which a provider's 429 says that
-// the account's money, not its rate, has run out: Anthropic's monthly spend
-// cap and OpenAI's exhausted quota. Waiting minutes cannot help.
-var spendCapCodes = map[string]bool{
-	"enforced_spend_limit_reached": true, // Anthropic: error.details.error_code
-	"insufficient_quota":           true, // OpenAI: error.code
-}
-
-// isSpendCap reports whether a 429's error document says the spend cap is
-// reached.
-func (e *APIError) isSpendCap() bool {
-	return e != nil && spendCapCodes[e.Code]
-}

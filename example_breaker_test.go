@@ -26,13 +26,13 @@ func ExampleWithFailFast() {
 	}))
 	defer srv.Close()
 
+	changes := make(chan tollgate.BreakerEvent, 8)
 	rt := tollgate.New(nil,
 		tollgate.WithFailFast(),
 		tollgate.WithMaxWait(10*time.Second), // shorter than the retry-after: no retry
-		tollgate.WithBreakerStateChange(func(ev tollgate.BreakerEvent) {
-			fmt.Printf("breaker %s: %s → %s for %s (%s)\n",
-				ev.Key, ev.From, ev.To, ev.Until.Sub(ev.At).Round(time.Second), ev.Reason)
-		}))
+		// Called on a goroutine of tollgate's, in order; it must not block
+		// for long.
+		tollgate.WithBreakerStateChange(func(ev tollgate.BreakerEvent) { changes <- ev }))
 	client := &http.Client{Transport: rt}
 	send := func() (*http.Response, error) {
 		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/v1/messages",
@@ -59,10 +59,13 @@ func ExampleWithFailFast() {
 	fmt.Println("requests the server saw:", requests.Load())
 	b := rt.Snapshot().Keys[0].Breaker
 	fmt.Println("snapshot:", b.State, b.Reason)
+	ev := <-changes
+	fmt.Printf("breaker %s: %s → %s for %s (%s)\n",
+		ev.Key, ev.From, ev.To, ev.Until.Sub(ev.At).Round(time.Second), ev.Reason)
 	// Output:
-	// breaker anthropic/claude-sonnet-4: closed → open for 30s (retry-after)
 	// first call: 429
 	// second call: open for another 30s (retry-after), errors.Is(err, ErrOpen): true
 	// requests the server saw: 1
 	// snapshot: open retry-after
+	// breaker anthropic/claude-sonnet-4: closed → open for 30s (retry-after)
 }

@@ -73,8 +73,8 @@ type fixedClock struct{}
 
 func (fixedClock) Now() time.Time { return time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC) }
 
-func (fixedClock) After(d time.Duration) <-chan time.Time {
+func (fixedClock) NewTimer(d time.Duration) (<-chan time.Time, func() bool) {
 	ch := make(chan time.Time, 1)
 	ch <- fixedClock{}.Now().Add(d)
-	return ch
+	return ch, func() bool { return false }
 }

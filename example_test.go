@@ -83,16 +83,34 @@ func ExampleChain() {
 	// status: 529 attempts: 2
 }
 
-// ParseRateLimitHeaders reads either provider's dialect.
-func ExampleParseRateLimitHeaders() {
-	h := http.Header{}
-	h.Set("x-ratelimit-limit-tokens", "30000")
-	h.Set("x-ratelimit-remaining-tokens", "29000")
-	h.Set("x-ratelimit-reset-tokens", "6m0s")
-	h.Set("retry-after", "1.5")
-	got := tollgate.ParseRateLimitHeaders(h, testNow)
-	tok := got.Reading(tollgate.Tokens)
-	fmt.Println(got.Provider, tok.Limit, tok.Remaining, tok.Reset.Sub(testNow), got.RetryAfter)
+// Snapshot shows what the Transport learned from the headers of either
+// provider's dialect, per pool of limits.
+func ExampleTransport_Snapshot() {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("x-ratelimit-limit-tokens", "30000")
+		w.Header().Set("x-ratelimit-remaining-tokens", "29000")
+		w.Header().Set("x-ratelimit-reset-tokens", "6m0s")
+		w.Header().Set("content-type", "application/json")
+		io.WriteString(w, `{"id":"chatcmpl-1","model":"gpt-4o","choices":[{"index":0,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":2}}`)
+	}))
+	defer srv.Close()
+
+	rt := tollgate.New(nil)
+	req, _ := http.NewRequest(http.MethodPost, srv.URL+"/v1/chat/completions",
+		strings.NewReader(`{"model":"gpt-4o","messages":[{"role":"user","content":"Hi"}]}`))
+	resp, err := (&http.Client{Transport: rt}).Do(req)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+
+	ks := rt.Snapshot().Keys[0]
+	tok := ks.Headers.Reading(tollgate.Tokens)
+	fmt.Println(ks.Key, ks.Headers.Provider, tok.Limit, tok.Remaining)
+	fmt.Println("tokens per minute paced by:", ks.Budget.Limits.TokensPerMinute, ks.Budget.Dimensions[tollgate.Tokens].Source)
 	// Output:
-	// openai 30000 29000 6m0s 1.5s
+	// openai/gpt-4o openai 30000 29000
+	// tokens per minute paced by: 30000 headers
 }

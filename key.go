@@ -9,15 +9,6 @@ import (
 	"strings"
 )
 
-// Provider names the API dialect of a call.
-type Provider string
-
-// The providers tollgate knows the headers and bodies of.
-const (
-	ProviderAnthropic Provider = "anthropic"
-	ProviderOpenAI    Provider = "openai"
-)
-
 // Key identifies one pool of rate limits: the account, the provider and the
 // model family. Anthropic pools limits per model family (all Sonnet 4.x
 // share one pool), so every model of a family shares one Key.

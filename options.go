@@ -27,13 +27,11 @@ type config struct {
 	modelFamily func(Provider, string) string
 	// jitter returns a uniformly random duration in [0, n); tests replace it.
 	jitter  func(n time.Duration) time.Duration
-	budget  budgetConfig    // the Budget layer's options (budget.go)
-	breaker breakerSettings // the Breaker layer's options (breaker.go)
-	store   storeConfig     // where budgets and pauses are kept (store.go)
-	logger  *slog.Logger
-	// telemetry is the Trace layer's options and instruments (otel.go); a
-	// pointer, shared by copies of the config, as it holds a sync.Once.
-	telemetry *telemetry
+	budget    budgetConfig    // the Budget layer's options (budget.go)
+	breaker   breakerSettings // the Breaker layer's options (breaker.go)
+	store     storeConfig     // where budgets and pauses are kept (storesync.go)
+	telemetry telemetryConfig // the Trace layer's options (metrics.go)
+	logger    *slog.Logger
 }
 
 func newConfig(opts []Option) config {
@@ -45,7 +43,6 @@ func newConfig(opts []Option) config {
 		backoffMax:  DefaultBackoffMax,
 		modelFamily: ModelFamily,
 		jitter:      func(n time.Duration) time.Duration { return rand.N(n) },
-		telemetry:   new(telemetry),
 		logger:      slog.Default(),
 	}
 	for _, o := range opts {
@@ -53,6 +50,7 @@ func newConfig(opts []Option) config {
 			o(&c)
 		}
 	}
+	c.breaker.fillDefaults(c.maxWait)
 	return c
 }
 
@@ -111,7 +109,8 @@ func WithModelFamily(family func(provider Provider, model string) string) Option
 
 // WithLogger sets where tollgate logs what a caller cannot see in any one
 // call's result: today, that a Store failed and the Transport fell back to a
-// local budget, and that it recovered. The default is slog.Default().
+// local budget, and that it recovered. It is called with no lock held. The
+// default is slog.Default().
 func WithLogger(l *slog.Logger) Option {
 	return func(c *config) {
 		if l != nil {

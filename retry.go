@@ -39,11 +39,12 @@ import (
 // (up to 4 KiB) and closed; the base transport's idle connections are never
 // closed.
 //
-// A nil s gets a State of its own with default options.
+// A nil s gets a State of its own with default options. The Observe layer
+// is put under the layer when next has none of s's inside it.
 func Retry(s *State) Middleware {
 	s = orNewState(s)
 	return func(next http.RoundTripper) http.RoundTripper {
-		r := &retrier{state: s, next: orDefault(next)}
+		r := &retrier{state: s, next: s.observed(next)}
 		r.client = &retryablehttp.Client{
 			HTTPClient: &http.Client{
 				// attempts lacks CloseIdleConnections, so retryablehttp's calls to
@@ -52,9 +53,13 @@ func Retry(s *State) Middleware {
 				// Redirects are the caller's client's business.
 				CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 			},
-			Logger:       nil,
-			RetryMax:     s.cfg.maxAttempts - 1,
-			CheckRetry:   r.checkRetry,
+			Logger:     nil,
+			RetryMax:   s.cfg.maxAttempts - 1,
+			CheckRetry: r.checkRetry,
+			// The loop's own sleep is on the wall clock and unrecorded; the
+			// wait checkRetry decides is served in PrepareRetry instead, on
+			// tollgate's clock (which tests replace), ended by the context
+			// and added to the call's Waits.
 			Backoff:      func(time.Duration, time.Duration, int, *http.Response) time.Duration { return 0 },
 			PrepareRetry: r.prepareRetry,
 			ErrorHandler: r.giveUp,
@@ -68,6 +73,8 @@ type retrier struct {
 	next   http.RoundTripper
 	client *retryablehttp.Client
 }
+
+func (r *retrier) observes(s *State) bool { return observes(r.next, s) }
 
 // attempts is the transport under retryablehttp's loop: each RoundTrip is a
 // new attempt of the call.
@@ -86,8 +93,9 @@ func (r *retrier) RoundTrip(req *http.Request) (*http.Response, error) {
 		return attempts{r}.RoundTrip(req)
 	}
 	// retryablehttp replaces Body between attempts; it must do so on a copy.
-	// FromRequest would buffer the body whole, so hand it none and rewind
-	// with GetBody in prepareRetry instead.
+	// FromRequest would read the body whole into memory to make it
+	// replayable, where the SDKs' requests are replayable already: hand it
+	// none, and rewind with GetBody in prepareRetry instead.
 	outbound := *req
 	outbound.Body = nil
 	rreq, err := retryablehttp.FromRequest(&outbound)
@@ -111,22 +119,23 @@ func (r *retrier) checkRetry(ctx context.Context, resp *http.Response, err error
 	}
 	c := callFrom(ctx)
 	now := r.state.cfg.clock.Now()
+	attempt, _ := c.progress()
 	var d retryDecision
+	var status int
 	if resp == nil {
-		d = decideRetryError(&r.state.cfg, c.attemptCount(), unwrapURLError(err))
+		d = decideRetryError(&r.state.cfg, attempt, unwrapURLError(err))
 	} else {
-		d = decideRetry(&r.state.cfg, now, c.attemptCount(), observed(c.lastExchange(), resp, now))
+		res := c.lastExchange().result()
+		status = res.status
+		d = decideRetry(&r.state.cfg, now, attempt, res)
 	}
-	if d.retry {
-		// Deadlines are wall-clock times whatever clock tollgate runs on.
-		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < d.wait {
-			d = retryDecision{reason: "wait outlasts the context deadline"}
-		}
+	if d.retry && outlasts(ctx, d.wait) {
+		d = retryDecision{reason: "wait outlasts the context deadline"}
 	}
-	c.mu.Lock()
-	c.retryWait = d.wait
-	c.mu.Unlock()
-	c.trace.retryDecided(d)
+	c.setRetryWait(d.wait)
+	if c.observer != nil {
+		c.observer.retryDecided(d, attempt, status)
+	}
 	return d.retry, nil
 }
 
@@ -143,24 +152,6 @@ func decideRetryError(cfg *config, attempt int, err error) retryDecision {
 		return retryDecision{reason: "error is not retryable"}
 	}
 	return retryDecision{retry: true, wait: backoff(cfg, attempt), reason: "connection error"}
-}
-
-// response is what decideRetry needs to know of a response.
-type response struct {
-	status  int
-	headers RateLimitHeaders
-	apiErr  *APIError
-}
-
-// observed returns what Observe recorded of the attempt that produced resp,
-// or, when no Observe layer runs inside Retry, what resp itself says.
-func observed(ex *exchange, resp *http.Response, now time.Time) response {
-	if ex != nil {
-		if status, h, apiErr := ex.result(); status == resp.StatusCode {
-			return response{status, h, apiErr}
-		}
-	}
-	return response{status: resp.StatusCode, headers: ParseRateLimitHeaders(resp.Header, now)}
 }
 
 // decideRetry judges the given attempt (1-based), which got response r.
@@ -180,7 +171,7 @@ func decideRetry(cfg *config, now time.Time, attempt int, r response) retryDecis
 	case ShouldRetryFalse:
 		retry, reason = false, "x-should-retry: false"
 	}
-	if status == http.StatusTooManyRequests && apiErr.isSpendCap() {
+	if status == http.StatusTooManyRequests && isSpendCap(apiErr) {
 		return retryDecision{reason: "spend limit reached"}
 	}
 	if !retry {
@@ -246,13 +237,10 @@ func retryableError(err error) bool {
 // prepareRetry serves the wait decided by checkRetry, then rewinds the body.
 func (r *retrier) prepareRetry(req *http.Request) error {
 	c := callFrom(req.Context())
-	c.mu.Lock()
-	wait := c.retryWait
-	c.retryWait = 0
-	c.mu.Unlock()
+	wait := c.takeRetryWait()
 	start := r.state.cfg.clock.Now()
 	err := sleep(req.Context(), r.state.cfg.clock, wait)
-	c.addWait(func(w *Waits) { w.Backoff += r.state.cfg.clock.Now().Sub(start) })
+	c.addWait("backoff", r.state.cfg.clock.Now().Sub(start))
 	if err != nil {
 		return err
 	}

@@ -2,35 +2,51 @@ package tollgate
 
 import (
 	"cmp"
-	"context"
-	"net/http"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
-// State is what the layers of one Transport share: the configuration and,
-// per Key, the latest rate-limit readings and counters. Layers read and write
-// it through small methods; users read it with Snapshot. It is safe for
-// concurrent use.
+// State is what the layers of one Transport share: the configuration and
+// one record per Key (a pool of limits) holding what the server said, the
+// counters, the budget, the breaker and the pause. Users read it with
+// Snapshot. It is safe for concurrent use.
 type State struct {
-	cfg      config
-	budget   *budget   // the Budget layer's buckets and queues, per Key
-	breakers *breakers // the Breaker layer's circuit breakers and pauses, per Key
+	cfg    config
+	guard  *storeGuard // where bucket levels and pauses live
+	notify notifier    // runs the user's callbacks, in order, on a goroutine of its own
 
-	mu   sync.Mutex
-	keys map[Key]*keyState
+	pools      sync.Map // Key → *pool
+	poolsCount atomic.Int32
 
 	// families caches the model family of each (provider, model) seen: a
 	// fleet uses a handful of models, and naming one's family is a regexp.
 	families     sync.Map // Key{provider, model} → Key{provider, family}
 	familiesSize atomic.Int32
+
+	telOnce sync.Once
+	tel     *telemetry // the Trace layer's instruments, made on first use
 }
 
 // maxCachedFamilies bounds the cache, so that requests naming ever new
 // models cannot grow it without end.
 const maxCachedFamilies = 1024
+
+// NewState returns a State with the given options, for composing the
+// exported layers by hand; New does this for you.
+func NewState(opts ...Option) *State {
+	s := &State{cfg: newConfig(opts)}
+	s.guard = newStoreGuard(s)
+	return s
+}
+
+func orNewState(s *State) *State {
+	if s == nil {
+		return NewState()
+	}
+	return s
+}
 
 // keyOf returns the Key of a model's pool of limits for an account.
 func (s *State) keyOf(p Provider, model, account string) Key {
@@ -50,91 +66,30 @@ func (s *State) keyOf(p Provider, model, account string) Key {
 	return k
 }
 
-type keyState struct {
-	headers  RateLimitHeaders // the newest known value of every field, merged across responses
-	counters Counters
+// poolOf returns the pool of k, creating it.
+func (s *State) poolOf(k Key) *pool {
+	if p, ok := s.pools.Load(k); ok {
+		return p.(*pool)
+	}
+	p, loaded := s.pools.LoadOrStore(k, newPool(s, k))
+	if !loaded {
+		s.poolsCount.Add(1)
+	}
+	return p.(*pool)
 }
 
-// Counters counts what the server answered for one Key.
-type Counters struct {
-	Attempts        int64 // attempts that got a response or a transport error
-	RateLimited     int64 // 429 responses
-	Overloaded      int64 // 529 responses
-	ServerErrors    int64 // other 5xx responses
-	TransportErrors int64 // attempts that got no response
-}
-
-// NewState returns a State with the given options, for composing the
-// exported layers by hand; New does this for you.
-func NewState(opts ...Option) *State {
-	s := &State{cfg: newConfig(opts), keys: make(map[Key]*keyState)}
-	s.budget = newBudget(&s.cfg, newStoreGuard(&s.cfg, s.storeChanged))
-	s.breakers = newBreakers(&s.cfg)
-	s.breakers.trace = s.traceBreakerChange
-	s.breakers.publish = s.budget.publishPause
-	s.budget.onPause = func(ctx context.Context, k Key, d time.Duration, reason string) error {
-		return s.breakers.circuit(k).shared(ctx, d, reason)
-	}
-	return s
-}
-
-func orNewState(s *State) *State {
-	if s == nil {
-		return NewState()
-	}
-	return s
-}
-
-// key returns the entry for k, creating it; s.mu must be held.
-func (s *State) key(k Key) *keyState {
-	ks := s.keys[k]
-	if ks == nil {
-		ks = &keyState{}
-		s.keys[k] = ks
-	}
-	return ks
-}
-
-// observe records one response's headers and status for k.
-func (s *State) observe(k Key, status int, h RateLimitHeaders) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	ks := s.key(k)
-	merged := &ks.headers
-	for d := range merged.Limits {
-		merged.Limits[d] = merged.Limits[d].merge(h.Limits[d])
-	}
-	if h.Provider != "" {
-		merged.Provider = h.Provider
-	}
-	merged.Observed = h.Observed
-	merged.RetryAfter, merged.HasRetryAfter = h.RetryAfter, h.HasRetryAfter
-	merged.ShouldRetry = h.ShouldRetry
-	merged.RequestID = h.RequestID
-
-	ks.counters.Attempts++
-	switch {
-	case status == http.StatusTooManyRequests:
-		ks.counters.RateLimited++
-	case status == 529:
-		ks.counters.Overloaded++
-	case status >= 500:
-		ks.counters.ServerErrors++
-	}
-}
-
-func (s *State) recordTransportError(k Key) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	c := &s.key(k).counters
-	c.Attempts++
-	c.TransportErrors++
+// eachPool calls f for every pool.
+func (s *State) eachPool(f func(*pool)) {
+	s.pools.Range(func(_, p any) bool {
+		f(p.(*pool))
+		return true
+	})
 }
 
 // Snapshot is a copy of a State at one moment.
 type Snapshot struct {
 	Taken time.Time
-	Keys  []KeySnapshot // sorted by provider, then family
+	Keys  []KeySnapshot // sorted by provider, then family, then account
 }
 
 // KeySnapshot is what is known about one pool of limits.
@@ -162,28 +117,62 @@ func (s Snapshot) Key(k Key) (KeySnapshot, bool) {
 	return KeySnapshot{}, false
 }
 
-// Snapshot returns a copy of what s knows now.
+// Snapshot returns a copy of what s knows now. It takes each pool's lock in
+// turn, for as long as copying it takes; it never waits for the network.
 func (s *State) Snapshot() Snapshot {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	snap := Snapshot{Taken: s.cfg.clock.Now(), Keys: make([]KeySnapshot, 0, len(s.keys))}
-	for k, ks := range s.keys {
-		snap.Keys = append(snap.Keys, KeySnapshot{Key: k, Headers: ks.headers, Counters: ks.counters})
-	}
-	// A Key no response has come for yet may be waiting, or paused by
-	// another Transport sharing the store.
-	for _, k := range append(s.budget.known(), s.breakers.known()...) {
-		if _, seen := s.keys[k]; !seen && !slices.ContainsFunc(snap.Keys, func(ks KeySnapshot) bool { return ks.Key == k }) {
-			snap.Keys = append(snap.Keys, KeySnapshot{Key: k})
-		}
-	}
-	for i := range snap.Keys {
-		snap.Keys[i].Budget = s.budget.snapshot(snap.Keys[i].Key, snap.Taken)
-		snap.Keys[i].Breaker = s.breakers.snapshot(snap.Keys[i].Key, snap.Taken)
-	}
+	now := s.cfg.clock.Now()
+	snap := Snapshot{Taken: now, Keys: make([]KeySnapshot, 0, s.poolsCount.Load())}
+	s.eachPool(func(p *pool) { snap.Keys = append(snap.Keys, p.snapshot(now)) })
 	slices.SortFunc(snap.Keys, func(a, b KeySnapshot) int {
 		return cmp.Or(cmp.Compare(a.Key.Provider, b.Key.Provider), cmp.Compare(a.Key.Family, b.Key.Family),
 			cmp.Compare(a.Key.Account, b.Key.Account))
 	})
 	return snap
+}
+
+// A notifier runs the user's callbacks (breaker changes, utilization
+// alerts) one at a time, in the order they were posted, on a goroutine of
+// its own that lives while there is work: a callback that blocks delays
+// later callbacks, never a request or a body read.
+type notifier struct {
+	mu      sync.Mutex
+	queue   []func()
+	running bool
+	dropped int // callbacks dropped because the queue was full
+}
+
+// maxNotifications bounds the callbacks waiting to run; past it new ones
+// are dropped (a callback that never returns must not grow memory without
+// end).
+const maxNotifications = 4096
+
+func (n *notifier) post(f func()) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if len(n.queue) >= maxNotifications {
+		n.dropped++
+		return
+	}
+	n.queue = append(n.queue, f)
+	if !n.running {
+		n.running = true
+		go n.run()
+	}
+}
+
+func (n *notifier) run() {
+	for {
+		n.mu.Lock()
+		if len(n.queue) == 0 {
+			n.running = false
+			n.queue = nil
+			n.mu.Unlock()
+			return
+		}
+		f := n.queue[0]
+		n.queue[0] = nil
+		n.queue = n.queue[1:]
+		n.mu.Unlock()
+		f()
+	}
 }

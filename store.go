@@ -1,7 +1,6 @@
 package tollgate
 
 import (
-	"cmp"
 	"context"
 	"math"
 	"sync"
@@ -16,8 +15,10 @@ import (
 //
 // A Store does not know what limits are: every call brings the limits its
 // caller knows, indexed by Dimension, and a bucket is kept for each
-// dimension whose limit is above zero. A bucket the store has not seen
-// starts full. A bucket holds at most its limit and refills continuously at
+// dimension whose limit is above zero. Only Admit creates a bucket: it
+// starts at what the caller last knew of it (Admission.Start) or, when the
+// caller knows nothing, full; Settle leaves a bucket the store does not
+// have (lost, say, when a Redis restarted empty) to the next Admit. A bucket holds at most its limit and refills continuously at
 // its limit per minute; its level may go below zero, a debt that refill pays
 // off. Each name is an independent set of buckets (the core names one per
 // API key, provider and model family: Key.StoreName). Times are the store's
@@ -53,9 +54,15 @@ type Store interface {
 type Admission struct {
 	// Limits per minute, indexed by Dimension; a dimension of zero is
 	// neither checked nor charged.
-	Limits [numDimensions]int64
+	Limits [NumDimensions]int64
 	// Cost per Dimension.
-	Cost [numDimensions]float64
+	Cost [NumDimensions]float64
+	// Start, where HasStart is set, is the level a bucket the store does
+	// not have starts at instead of full: what the caller last knew of it,
+	// so that a store that lost its buckets does not hand out a full minute
+	// while the server's own bucket is drained.
+	Start    [NumDimensions]float64
+	HasStart [NumDimensions]bool
 	// MaxWait is the longest wait a store that grants ahead of time may
 	// grant; zero grants only what fits now.
 	MaxWait time.Duration
@@ -82,22 +89,23 @@ type Admitted struct {
 
 // Levels are the levels of one name's buckets at one moment.
 type Levels struct {
-	At    time.Time              // the store's clock
-	Level [numDimensions]float64 // per Dimension; meaningless where the limit is zero
+	At time.Time // the store's clock
+	// Level per Dimension; NaN where the store keeps no bucket.
+	Level [NumDimensions]float64
 }
 
 // Settlement is what Settle changes.
 type Settlement struct {
 	// Limits per minute, indexed by Dimension, as in Admission.
-	Limits [numDimensions]int64
+	Limits [NumDimensions]int64
 	// Charge is added to what the attempt is charged, per Dimension:
 	// positive takes more, negative gives back.
-	Charge [numDimensions]float64
+	Charge [NumDimensions]float64
 	// Floor, where HasFloor is set, is the most the level could have been
 	// at SentAt according to a response; the store lowers the level to
 	// Floor plus the refill since SentAt, when it is above that.
-	Floor    [numDimensions]float64
-	HasFloor [numDimensions]bool
+	Floor    [NumDimensions]float64
+	HasFloor [NumDimensions]bool
 	// SentAt is when the attempt whose response reported Floor was sent,
 	// on the store's clock (its Admitted.Levels.At plus its Wait).
 	SentAt time.Time
@@ -121,31 +129,42 @@ type memoryStore struct {
 }
 
 type memoryEntry struct {
-	buckets     [numDimensions]bucket
+	buckets     [NumDimensions]bucket
 	pausedUntil time.Time
 	pauseReason string
 }
 
-// entry returns the entry of name with a bucket for every known limit; mu
-// must be held.
-func (m *memoryStore) entry(name string, limits [numDimensions]int64, now time.Time) *memoryEntry {
+// entry returns the entry of name, creating it; mu must be held.
+func (m *memoryStore) entry(name string) *memoryEntry {
 	e := m.names[name]
 	if e == nil {
 		e = &memoryEntry{}
 		m.names[name] = e
 	}
-	for d, l := range limits {
-		if l > 0 && e.buckets[d].limit != float64(l) {
-			e.buckets[d].setLimit(now, float64(l))
+	return e
+}
+
+// admitLimits gives e a bucket for every known limit, a new one starting at
+// a.Start where given; mu must be held.
+func (e *memoryEntry) admitLimits(a Admission, now time.Time) {
+	for d, l := range a.Limits {
+		if b := &e.buckets[d]; l > 0 && b.limit != float64(l) {
+			fresh := !b.known()
+			b.setLimit(now, float64(l))
+			if fresh && a.HasStart[d] && !math.IsNaN(a.Start[d]) {
+				b.level = min(b.level, a.Start[d])
+			}
 		}
 	}
-	return e
 }
 
 func (e *memoryEntry) levels(now time.Time) Levels {
 	l := Levels{At: now}
 	for d := range e.buckets {
-		l.Level[d] = e.buckets[d].levelAt(now)
+		l.Level[d] = math.NaN()
+		if e.buckets[d].known() {
+			l.Level[d] = e.buckets[d].levelAt(now)
+		}
 	}
 	return l
 }
@@ -157,10 +176,11 @@ func (m *memoryStore) Admit(ctx context.Context, name string, a Admission) (Admi
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := m.clock.Now()
-	e := m.entry(name, a.Limits, now)
+	e := m.entry(name)
 	for _, s := range a.Settle {
 		e.settle(s, now)
 	}
+	e.admitLimits(a, now)
 	if left := e.pausedUntil.Sub(now); left > 0 {
 		return Admitted{Paused: left, PauseReason: e.pauseReason, Levels: e.levels(now)}, nil
 	}
@@ -182,10 +202,13 @@ func (m *memoryStore) Admit(ctx context.Context, name string, a Admission) (Admi
 }
 
 func (m *memoryStore) Settle(ctx context.Context, name string, s Settlement) (Levels, error) {
+	if err := ctx.Err(); err != nil {
+		return Levels{}, err
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := m.clock.Now()
-	e := m.entry(name, s.Limits, now)
+	e := m.entry(name)
 	e.settle(s, now)
 	return e.levels(now), nil
 }
@@ -194,7 +217,7 @@ func (m *memoryStore) Settle(ctx context.Context, name string, s Settlement) (Le
 func (e *memoryEntry) settle(s Settlement, now time.Time) {
 	for d, l := range s.Limits {
 		b := &e.buckets[d]
-		if l <= 0 {
+		if l <= 0 || !b.known() {
 			continue
 		}
 		if b.limit != float64(l) {
@@ -217,173 +240,10 @@ func (m *memoryStore) Pause(ctx context.Context, name string, d time.Duration, r
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := m.clock.Now()
-	e := m.entry(name, [numDimensions]int64{}, now)
+	e := m.entry(name)
 	if until := now.Add(d); until.After(e.pausedUntil) {
 		e.pausedUntil, e.pauseReason = until, reason
 	}
 	return nil
 }
 
-// Defaults of the failure policy of a Store given with WithStore.
-const (
-	DefaultStoreTimeout       = 100 * time.Millisecond
-	DefaultStoreFallbackShare = 0.25
-	DefaultStoreRetry         = time.Second
-)
-
-// storeConfig is the part of config about the Store.
-type storeConfig struct {
-	store   Store // nil: a memory store of the State's own
-	timeout time.Duration
-	share   float64
-	retry   time.Duration
-}
-
-// WithStore keeps the budget's bucket levels and the breaker's pauses in
-// store instead of in this Transport alone, so that every Transport using
-// the same store, in this process or in others, shares one budget per Key
-// (see Store and package redisstore).
-//
-// Every call to store is bounded by WithStoreTimeout. When one fails or
-// times out, the Transport falls back at once, for the attempt at hand too,
-// to a budget of its own in memory that paces at the share of each limit
-// given by WithStoreFallback; it logs the change once (WithLogger), records
-// it in the tollgate.store.fallback gauge, and after WithStoreFallback's
-// retry interval tries the store again with the next admission, returning to
-// it when it answers. Attempts admitted by the store that finish meanwhile
-// are not reported to it: its buckets refill on their own.
-func WithStore(store Store) Option {
-	return func(c *config) { c.store.store = store }
-}
-
-// WithStoreTimeout bounds each call to the store given by WithStore
-// (default 100 ms); zero or less keeps the default.
-func WithStoreTimeout(d time.Duration) Option {
-	return func(c *config) {
-		if d > 0 {
-			c.store.timeout = d
-		}
-	}
-}
-
-// WithStoreFallback sets the failure policy of the store given by WithStore:
-// while it fails, this Transport paces at share (0 < share ≤ 1; default
-// 0.25) of every limit, its part of a fleet's when the fleet's processes all
-// fall back at once, and tries the store again every retry (default 1 s).
-// Out-of-range values keep the defaults.
-func WithStoreFallback(share float64, retry time.Duration) Option {
-	return func(c *config) {
-		if share > 0 && share <= 1 {
-			c.store.share = share
-		}
-		if retry > 0 {
-			c.store.retry = retry
-		}
-	}
-}
-
-// storeGuard applies the failure policy: it routes calls to the shared store
-// while it answers, and to a local fallback while it does not.
-type storeGuard struct {
-	shared   Store
-	local    Store // the fallback; nil when shared is the State's own memory store
-	timeout  time.Duration
-	share    float64
-	retry    time.Duration
-	clock    Clock
-	onChange func(down bool, err error) // logs and records the change
-
-	mu      sync.Mutex
-	down    bool
-	retryAt time.Time
-}
-
-func newStoreGuard(cfg *config, onChange func(bool, error)) *storeGuard {
-	sc := cfg.store
-	if sc.store == nil {
-		return &storeGuard{shared: NewMemoryStore(cfg.clock), clock: cfg.clock}
-	}
-	return &storeGuard{
-		shared: sc.store, local: NewMemoryStore(cfg.clock), clock: cfg.clock, onChange: onChange,
-		timeout: cmp.Or(sc.timeout, DefaultStoreTimeout),
-		share:   cmp.Or(sc.share, DefaultStoreFallbackShare),
-		retry:   cmp.Or(sc.retry, DefaultStoreRetry),
-	}
-}
-
-// pick returns the store to use now: the shared one unless it failed within
-// the retry interval.
-func (g *storeGuard) pick() (st Store, shared bool) {
-	if g.local == nil {
-		return g.shared, true
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if !g.down {
-		return g.shared, true
-	}
-	if now := g.clock.Now(); !now.Before(g.retryAt) {
-		g.retryAt = now.Add(g.retry) // this call tries the shared store again
-		return g.shared, true
-	}
-	return g.local, false
-}
-
-// usable reports whether st may be called now: a shared store that is down
-// is left alone.
-func (g *storeGuard) usable(st Store) bool {
-	if g.local == nil || st != g.shared {
-		return true
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return !g.down
-}
-
-// call runs f against st within the timeout and notes whether the shared
-// store answered. An error that ctx caused is returned and notes nothing.
-func (g *storeGuard) call(ctx context.Context, st Store, f func(context.Context, Store) error) error {
-	if g.local == nil || st != g.shared {
-		return f(ctx, st)
-	}
-	tctx, cancel := context.WithTimeout(ctx, g.timeout)
-	err := f(tctx, st)
-	cancel()
-	if err != nil && ctx.Err() != nil {
-		return ctx.Err()
-	}
-	g.mu.Lock()
-	changed := g.down != (err != nil)
-	g.down = err != nil
-	if err != nil {
-		g.retryAt = g.clock.Now().Add(g.retry)
-	}
-	g.mu.Unlock()
-	if changed && g.onChange != nil {
-		g.onChange(err != nil, err)
-	}
-	return err
-}
-
-// limits returns the limits to give st: the fallback's share of them.
-func (g *storeGuard) limits(st Store, l [numDimensions]int64) [numDimensions]int64 {
-	if st != g.local || g.local == nil {
-		return l
-	}
-	for d, n := range l {
-		if n > 0 {
-			l[d] = max(int64(math.Ceil(float64(n)*g.share)), 1)
-		}
-	}
-	return l
-}
-
-// isDown reports whether the shared store failed and the fallback is in use.
-func (g *storeGuard) isDown() bool {
-	if g.local == nil {
-		return false
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.down
-}

@@ -17,8 +17,8 @@ type Transport struct {
 }
 
 // New returns a Transport that sends requests through base (nil means
-// http.DefaultTransport), composed of the layers, outer to inner:
-// Trace, Retry, Breaker, Budget, Observe.
+// http.DefaultTransport), composed of the layers, outer to inner: Trace,
+// Retry, Breaker, Budget, Observe (see the package documentation).
 func New(base http.RoundTripper, opts ...Option) *Transport {
 	base = orDefault(base)
 	s := NewState(opts...)
@@ -52,7 +52,9 @@ func (t *Transport) CloseIdleConnections() {
 
 // Chain wraps base in the given layers, the first outermost:
 // Chain(base, a, b) sends a request through a, then b, then base.
-// A nil base means http.DefaultTransport.
+// A nil base means http.DefaultTransport. Each layer of a State puts the
+// State's Observe layer under itself when it finds none inside, so a chain
+// of tollgate's layers always reads its responses exactly once, innermost.
 func Chain(base http.RoundTripper, layers ...Middleware) http.RoundTripper {
 	rt := orDefault(base)
 	for i := len(layers) - 1; i >= 0; i-- {

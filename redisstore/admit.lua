@@ -1,15 +1,16 @@
 
--- Admit. ARGV[2..5]: limits; ARGV[6..9]: costs; ARGV[10]: the longest wait
--- that may be granted ahead; ARGV[11]: how many settlements follow, 13
--- arguments each, applied first. Returns granted ('1' or '0'), wait,
--- paused, pause reason, now, and the four levels.
-for k = 0, (tonumber(ARGV[11]) or 0) - 1 do
-  settle(12 + 13 * k)
+-- Admit. ARGV[2..5]: limits; ARGV[6..9]: costs; ARGV[10..13]: the levels a
+-- new bucket starts at ('' for full); ARGV[14]: the longest wait that may be
+-- granted ahead; ARGV[15]: how many settlements follow, 13 arguments each,
+-- applied first. Returns granted ('1' or '0'), wait, paused, pause reason,
+-- now, and the four levels.
+for k = 0, (tonumber(ARGV[15]) or 0) - 1 do
+  settle(16 + 13 * k)
 end
 local lim, cost = {}, {}
 for d = 1, 4 do
   lim[d] = tonumber(ARGV[1 + d])
-  setLimit(d, lim[d])
+  setLimit(d, lim[d], tonumber(ARGV[9 + d]))
 end
 if pausedUntil > now then
   save()
@@ -28,7 +29,7 @@ for d = 1, 4 do
 end
 -- Granting ahead charges now what fits later: the caller waits out wait,
 -- and the next caller queues behind this one's debt.
-local granted = wait <= tonumber(ARGV[10])
+local granted = wait <= tonumber(ARGV[14])
 if granted then
   for d = 1, 4 do
     if lim[d] > 0 then

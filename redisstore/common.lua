@@ -31,12 +31,15 @@ for d = 1, 4 do
 end
 last = math.max(last, now)
 
--- setLimit gives bucket d the limit L: a new bucket starts full, a known
--- level is kept but never above L.
-local function setLimit(d, L)
+-- setLimit gives bucket d the limit L: a new bucket starts at start (what
+-- the caller last knew of it) or, given none, full; a known level is kept
+-- but never above L.
+local function setLimit(d, L, start)
   if L > 0 and limit[d] ~= L then
     if limit[d] > 0 then
       level[d] = math.min(level[d], L)
+    elseif start then
+      level[d] = math.min(start, L)
     else
       level[d] = L
     end
@@ -83,12 +86,13 @@ end
 
 -- settle applies the settlement whose 13 arguments start at ARGV[i]: four
 -- limits, four charges, four floors ('' where there is none), and when the
--- attempt was sent.
+-- attempt was sent. A bucket the store does not have is left to the next
+-- admission, which starts it from what its caller knows.
 local function settle(i)
   local sentAt = tonumber(ARGV[i + 12])
   for d = 1, 4 do
     local L = tonumber(ARGV[i - 1 + d])
-    if L > 0 then
+    if L > 0 and limit[d] > 0 then
       setLimit(d, L)
       local n = tonumber(ARGV[i + 3 + d])
       if n > 0 then
@@ -105,7 +109,15 @@ local function settle(i)
   end
 end
 
--- levels returns the level of every bucket, '0' where none is known.
+-- levels returns the level of every bucket, '' where there is none.
 local function levels()
-  return fmt(level[1]), fmt(level[2]), fmt(level[3]), fmt(level[4])
+  local out = {}
+  for d = 1, 4 do
+    if limit[d] > 0 then
+      out[d] = fmt(level[d])
+    else
+      out[d] = ''
+    end
+  end
+  return out[1], out[2], out[3], out[4]
 end

@@ -121,7 +121,9 @@ var (
 func (s *Store) key(name string) string { return s.prefix + ":{" + name + "}" }
 
 // Admit implements tollgate.Store in one script run. It first applies
-// a.Settle, in order, as Settle does. It grants the attempt
+// a.Settle, in order, as Settle does. A bucket the hash does not hold (a
+// name never seen, expired, or lost with a Redis restarted empty) starts at
+// a.Start where a.HasStart, else full. It grants the attempt
 // when every bucket whose limit is above zero holds its cost (capped at the
 // limit), charging all of them; it also grants it, charging all of them at
 // once, when the longest wait until the cost fits is at most a.MaxWait, and
@@ -130,7 +132,7 @@ func (s *Store) key(name string) string { return s.prefix + ":{" + name + "}" }
 // left in Paused. Levels.At is the Redis server's time. Every cost must be
 // finite and not negative; a.MaxWait below zero counts as zero.
 func (s *Store) Admit(ctx context.Context, name string, a tollgate.Admission) (tollgate.Admitted, error) {
-	args := make([]any, 0, 11+13*len(a.Settle))
+	args := make([]any, 0, 15+13*len(a.Settle))
 	args = append(args, s.marginArg())
 	args = appendLimits(args, a.Limits)
 	for d, c := range a.Cost {
@@ -138,6 +140,13 @@ func (s *Store) Admit(ctx context.Context, name string, a tollgate.Admission) (t
 			return tollgate.Admitted{}, fmt.Errorf("redisstore: admit: invalid cost %v of %v", c, tollgate.Dimension(d))
 		}
 		args = append(args, formatFloat(c))
+	}
+	for d, start := range a.Start {
+		if a.HasStart[d] && !math.IsNaN(start) && !math.IsInf(start, 0) {
+			args = append(args, formatFloat(start))
+		} else {
+			args = append(args, "")
+		}
 	}
 	args = append(args, max(a.MaxWait, 0).Microseconds(), len(a.Settle))
 	for _, st := range a.Settle {
@@ -167,7 +176,8 @@ func (s *Store) Admit(ctx context.Context, name string, a tollgate.Admission) (t
 }
 
 // Settle implements tollgate.Store in one script run: for each dimension
-// whose limit is above zero it takes a positive Charge, gives back a
+// whose limit is above zero and whose bucket the hash holds (a bucket it
+// does not hold is left to the next Admit) it takes a positive Charge, gives back a
 // negative one (never above the limit), then, where HasFloor, lowers the
 // level to Floor plus the refill since SentAt (on the server's clock, as
 // Admit's Levels.At) when it is above that. Charges must be finite; a Floor
@@ -237,7 +247,7 @@ func (s *Store) marginArg() int64 {
 	return int64((s.margin + time.Millisecond - 1) / time.Millisecond)
 }
 
-func appendLimits(args []any, limits [4]int64) []any {
+func appendLimits(args []any, limits [tollgate.NumDimensions]int64) []any {
 	for _, l := range limits {
 		args = append(args, max(l, 0))
 	}
@@ -321,11 +331,15 @@ func (r *reply) duration(i int) time.Duration {
 	return time.Duration(us * float64(time.Microsecond))
 }
 
-// levels reads the server's time at element i and the levels after it.
+// levels reads the server's time at element i and the levels after it, ''
+// (no bucket) as NaN.
 func (r *reply) levels(i int) tollgate.Levels {
 	l := tollgate.Levels{At: time.UnixMicro(int64(r.float(i)))}
 	for d := range l.Level {
-		l.Level[d] = r.float(i + 1 + d)
+		l.Level[d] = math.NaN()
+		if r.strings[i+1+d] != "" {
+			l.Level[d] = r.float(i + 1 + d)
+		}
 	}
 	return l
 }

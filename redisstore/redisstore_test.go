@@ -41,12 +41,12 @@ func newStore(t testing.TB, opts ...redisstore.Option) (*redisstore.Store, *redi
 
 const name = "acct:anthropic:claude-sonnet-4"
 
-func limits(requests, tokens int64) [4]int64 {
-	return [4]int64{tollgate.Requests: requests, tollgate.Tokens: tokens}
+func limits(requests, tokens int64) [tollgate.NumDimensions]int64 {
+	return [tollgate.NumDimensions]int64{tollgate.Requests: requests, tollgate.Tokens: tokens}
 }
 
-func cost(requests, tokens float64) [4]float64 {
-	return [4]float64{tollgate.Requests: requests, tollgate.Tokens: tokens}
+func cost(requests, tokens float64) [tollgate.NumDimensions]float64 {
+	return [tollgate.NumDimensions]float64{tollgate.Requests: requests, tollgate.Tokens: tokens}
 }
 
 // refill is what a bucket of limit per minute refills over d.
@@ -61,7 +61,7 @@ func assertRemaining(t *testing.T, want, got time.Duration, start time.Time) {
 }
 
 // levels reads the levels of name now, changing nothing.
-func levels(t *testing.T, s *redisstore.Store, l [4]int64) tollgate.Levels {
+func levels(t *testing.T, s *redisstore.Store, l [tollgate.NumDimensions]int64) tollgate.Levels {
 	t.Helper()
 	lv, err := s.Settle(context.Background(), name, tollgate.Settlement{Limits: l})
 	require.NoError(t, err)
@@ -151,7 +151,7 @@ func TestAdmitCarriesSettlements(t *testing.T) {
 	// and the second one's floor holds requests down, in one round trip.
 	a, err = s.Admit(ctx, name, tollgate.Admission{Limits: l, Cost: cost(1, 5), Settle: []tollgate.Settlement{
 		{Limits: l, Charge: cost(0, -6), SentAt: at},
-		{Limits: l, Floor: cost(20, 0), HasFloor: [4]bool{tollgate.Requests: true}, SentAt: at},
+		{Limits: l, Floor: cost(20, 0), HasFloor: [tollgate.NumDimensions]bool{tollgate.Requests: true}, SentAt: at},
 	}})
 	require.NoError(t, err)
 	assert.True(t, a.Granted)
@@ -258,7 +258,7 @@ func TestGrantAheadConcurrentQueuesInOrder(t *testing.T) {
 func TestSettle(t *testing.T) {
 	ctx := context.Background()
 	l := limits(100, 0)
-	admit := func(t *testing.T, s *redisstore.Store, l [4]int64, c [4]float64) tollgate.Admitted {
+	admit := func(t *testing.T, s *redisstore.Store, l [tollgate.NumDimensions]int64, c [tollgate.NumDimensions]float64) tollgate.Admitted {
 		t.Helper()
 		a, err := s.Admit(ctx, name, tollgate.Admission{Limits: l, Cost: c})
 		require.NoError(t, err)
@@ -290,7 +290,7 @@ func TestSettle(t *testing.T) {
 		a := admit(t, s, l, cost(1, 0))
 		sent := a.Levels.At
 		floor := func(f float64, sentAt time.Time) tollgate.Settlement {
-			return tollgate.Settlement{Limits: l, Floor: cost(f, 0), HasFloor: [4]bool{true}, SentAt: sentAt}
+			return tollgate.Settlement{Limits: l, Floor: cost(f, 0), HasFloor: [tollgate.NumDimensions]bool{true}, SentAt: sentAt}
 		}
 		lv := settle(t, s, floor(100, sent))
 		assert.InDelta(t, 100+refill(600, lv.At.Sub(sent)), lv.Level[tollgate.Requests], 1e-9)
@@ -445,7 +445,7 @@ func TestExpiry(t *testing.T) {
 func TestLimitChange(t *testing.T) {
 	s, _, _ := newStore(t)
 	ctx := context.Background()
-	admit := func(l [4]int64, c [4]float64) tollgate.Admitted {
+	admit := func(l [tollgate.NumDimensions]int64, c [tollgate.NumDimensions]float64) tollgate.Admitted {
 		a, err := s.Admit(ctx, name, tollgate.Admission{Limits: l, Cost: c})
 		require.NoError(t, err)
 		return a
@@ -493,7 +493,7 @@ func TestInvalidInput(t *testing.T) {
 		_, err := s.Settle(ctx, name, tollgate.Settlement{Limits: l, Charge: cost(x, 0)})
 		assert.ErrorContains(t, err, "redisstore: settle: invalid charge", "charge %v", x)
 	}
-	_, err := s.Settle(ctx, name, tollgate.Settlement{Limits: l, Floor: cost(math.Inf(-1), 0), HasFloor: [4]bool{true}})
+	_, err := s.Settle(ctx, name, tollgate.Settlement{Limits: l, Floor: cost(math.Inf(-1), 0), HasFloor: [tollgate.NumDimensions]bool{true}})
 	assert.ErrorContains(t, err, "redisstore: settle: invalid floor")
 	n, err := c.Exists(ctx, prefix+":{"+name+"}").Result()
 	require.NoError(t, err)
@@ -515,11 +515,42 @@ func TestRestartedServer(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 6.0, a.Levels.Level[tollgate.Requests])
 
+	// Lost again: a settlement finds no bucket and leaves it alone, the next
+	// admission starts it from what its caller knew.
+	srv.Restart()
+	lv, err := s.Settle(ctx, name, tollgate.Settlement{Limits: limits(10, 0), Charge: cost(3, 0)})
+	require.NoError(t, err)
+	assert.True(t, math.IsNaN(lv.Level[tollgate.Requests]), "no bucket: NaN, got %v", lv.Level[tollgate.Requests])
+	adm.Start, adm.HasStart = cost(5, 0), [tollgate.NumDimensions]bool{tollgate.Requests: true}
+	a, err = s.Admit(ctx, name, adm)
+	require.NoError(t, err)
+	assert.InDelta(t, 1.0, a.Levels.Level[tollgate.Requests], 1e-3, "started at 5, less the cost of 4")
+
 	srv.Stop()
 	ctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 	defer cancel()
 	_, err = s.Admit(ctx, name, adm)
 	assert.ErrorContains(t, err, "redisstore: admit:")
+}
+
+// TestAdmitStart pins where a new bucket starts: at Start where given
+// (capped at the limit), else full; a bucket the store has keeps its level.
+func TestAdmitStart(t *testing.T) {
+	s, _, _ := newStore(t)
+	ctx := context.Background()
+	l := limits(100, 1000)
+	a, err := s.Admit(ctx, name, tollgate.Admission{Limits: l, Cost: cost(1, 0),
+		Start: cost(40, 5000), HasStart: [tollgate.NumDimensions]bool{tollgate.Requests: true, tollgate.Tokens: true}})
+	require.NoError(t, err)
+	require.True(t, a.Granted)
+	assert.InDelta(t, 39, a.Levels.Level[tollgate.Requests], 1e-3)
+	assert.InDelta(t, 1000, a.Levels.Level[tollgate.Tokens], 1e-9, "capped at the limit")
+	assert.True(t, math.IsNaN(a.Levels.Level[tollgate.InputTokens]), "no limit, no bucket")
+
+	a, err = s.Admit(ctx, name, tollgate.Admission{Limits: l, Cost: cost(1, 0),
+		Start: cost(0, 0), HasStart: [tollgate.NumDimensions]bool{tollgate.Requests: true}})
+	require.NoError(t, err)
+	assert.InDelta(t, 38, a.Levels.Level[tollgate.Requests], 1e-2, "a known bucket ignores Start")
 }
 
 // blackHole is a server that accepts connections, reads, and never answers.
@@ -610,9 +641,9 @@ func BenchmarkAdmitSettle(b *testing.B) {
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			s, _, _ := newStore(b)
-			l := [4]int64{1 << 40, 1 << 40, 1 << 40, 1 << 40}
-			adm := tollgate.Admission{Limits: l, Cost: [4]float64{1, 1000, 800, 200}}
-			st := tollgate.Settlement{Limits: l, Charge: [4]float64{0, -100, 0, -100}}
+			l := [tollgate.NumDimensions]int64{1 << 40, 1 << 40, 1 << 40, 1 << 40}
+			adm := tollgate.Admission{Limits: l, Cost: [tollgate.NumDimensions]float64{1, 1000, 800, 200}}
+			st := tollgate.Settlement{Limits: l, Charge: [tollgate.NumDimensions]float64{0, -100, 0, -100}}
 			b.ReportAllocs()
 			for b.Loop() {
 				ctx, cancel := bc.ctx()

@@ -107,7 +107,8 @@ func TestTransportFallsBackAndRecovers(t *testing.T) {
 	}
 	b := budgetOf(rt)
 	assert.True(t, b.Fallback)
-	assert.InDelta(t, 295, b.Dimensions[tollgate.Requests].Level, 1, "paced locally at half of 600")
+	assert.InDelta(t, 0.5*595-5, b.Dimensions[tollgate.Requests].Level, 1,
+		"paced locally at half of 600, from half of the level Redis last reported")
 	assert.Equal(t, 1, logs.count("level=WARN"), "said once")
 
 	srv.Restart()
@@ -121,6 +122,9 @@ func TestTransportFallsBackAndRecovers(t *testing.T) {
 	keys, err = rdb.Keys(context.Background(), prefix+":*").Result()
 	require.NoError(t, err)
 	require.Len(t, keys, 1, "the restarted Redis (no persistence) holds the budget again")
+	level, err = rdb.HGet(context.Background(), keys[0], "v0").Float64()
+	require.NoError(t, err)
+	assert.Less(t, level, 599.0, "the restarted Redis starts from the level last known, not full")
 	assert.GreaterOrEqual(t, served.Load(), int64(11))
 }
 

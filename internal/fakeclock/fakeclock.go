@@ -23,6 +23,39 @@ type waiter struct {
 	ch       chan time.Time
 }
 
+// NewTimer returns a channel that receives the clock's time once Advance
+// has moved it d or more forward (a d of zero or less fires at once), and a
+// function that stops the wait: it reports whether the wait was pending,
+// and after it the channel never receives. A stopped wait is no longer
+// Pending.
+func (c *Clock) NewTimer(d time.Duration) (<-chan time.Time, func() bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ch := make(chan time.Time, 1)
+	if d <= 0 {
+		ch <- c.now
+		return ch, func() bool { return false }
+	}
+	w := &waiter{at: c.now.Add(d), duration: d, ch: ch}
+	c.waiters = append(c.waiters, w)
+	c.notify()
+	return ch, func() bool { return c.stop(w) }
+}
+
+// stop removes w from the pending waits, reporting whether it was there.
+func (c *Clock) stop(w *waiter) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, p := range c.waiters {
+		if p == w {
+			c.waiters = append(c.waiters[:i], c.waiters[i+1:]...)
+			c.notify()
+			return true
+		}
+	}
+	return false
+}
+
 // New returns a Clock reading start.
 func New(start time.Time) *Clock {
 	return &Clock{now: start, changed: make(chan struct{})}
@@ -38,15 +71,7 @@ func (c *Clock) Now() time.Time {
 // After returns a channel that receives the clock's time once Advance has
 // moved it d or more forward. A d of zero or less fires at once.
 func (c *Clock) After(d time.Duration) <-chan time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	ch := make(chan time.Time, 1)
-	if d <= 0 {
-		ch <- c.now
-		return ch
-	}
-	c.waiters = append(c.waiters, &waiter{at: c.now.Add(d), duration: d, ch: ch})
-	c.notify()
+	ch, _ := c.NewTimer(d)
 	return ch
 }
 

@@ -58,3 +58,25 @@ func TestChangedClosesOnNewWait(t *testing.T) {
 		t.Fatal("Changed was not closed by a new wait")
 	}
 }
+
+func TestStoppedTimerNeverFires(t *testing.T) {
+	c := New(start)
+	ch, stop := c.NewTimer(time.Second)
+	kept := c.After(2 * time.Second)
+	assert.Equal(t, []time.Duration{time.Second, 2 * time.Second}, c.Pending())
+	assert.True(t, stop(), "stopped while pending")
+	assert.False(t, stop(), "stopping again reports it was not pending")
+	assert.Equal(t, []time.Duration{2 * time.Second}, c.Pending())
+	c.Advance(3 * time.Second)
+	select {
+	case <-ch:
+		t.Fatal("a stopped timer fired")
+	default:
+	}
+	assert.Equal(t, start.Add(3*time.Second), <-kept)
+
+	fired, stopFired := c.NewTimer(time.Second)
+	c.Advance(time.Second)
+	assert.False(t, stopFired(), "a timer that fired is not pending")
+	assert.Equal(t, start.Add(4*time.Second), <-fired)
+}

@@ -1,8 +1,6 @@
 package tollgate
 
 import (
-	"bytes"
-	"io"
 	"math"
 	"net/http"
 	"strconv"
@@ -20,13 +18,18 @@ const (
 	Tokens                        // tokens per minute; Anthropic: the most restrictive token limit in effect
 	InputTokens                   // input tokens per minute
 	OutputTokens                  // output tokens per minute
-	numDimensions
 )
 
-var dimensionNames = [numDimensions]string{"requests", "tokens", "input-tokens", "output-tokens"}
+// NumDimensions is the number of dimensions: arrays indexed by Dimension
+// (in Store's types, in snapshots) have this length.
+const NumDimensions = 4
 
+var dimensionNames = [NumDimensions]string{"requests", "tokens", "input-tokens", "output-tokens"}
+
+// String returns the dimension's name as the headers spell it, e.g.
+// "input-tokens".
 func (d Dimension) String() string {
-	if d < 0 || d >= numDimensions {
+	if d < 0 || d >= NumDimensions {
 		return "dimension(" + strconv.Itoa(int(d)) + ")"
 	}
 	return dimensionNames[d]
@@ -83,7 +86,7 @@ type RateLimitHeaders struct {
 	// from it.
 	Observed time.Time
 	// Limits holds one Reading per Dimension.
-	Limits [numDimensions]Reading
+	Limits [NumDimensions]Reading
 	// RetryAfter is the server's requested wait: retry-after-ms when present
 	// and valid, else retry-after (seconds, fractional seconds or HTTP date).
 	// An HTTP date in the past gives a zero wait.
@@ -96,61 +99,41 @@ type RateLimitHeaders struct {
 
 // Reading returns the reading for d, or a zero Reading for an unknown d.
 func (h RateLimitHeaders) Reading(d Dimension) Reading {
-	if d < 0 || d >= numDimensions {
+	if d < 0 || d >= NumDimensions {
 		return Reading{}
 	}
 	return h.Limits[d]
 }
 
-// limitHeader names the three headers of one dimension in one dialect.
-type limitHeader struct {
-	provider                  Provider
-	dim                       Dimension
-	limit, remaining, resetAt string // canonical header keys
-}
-
-// limitHeaders is the table of dialects: a new dialect is new rows here.
-var limitHeaders = func() []limitHeader {
-	var rows []limitHeader
-	add := func(p Provider, d Dimension, name func(field string) string) {
-		rows = append(rows, limitHeader{p, d,
-			http.CanonicalHeaderKey(name("limit")),
-			http.CanonicalHeaderKey(name("remaining")),
-			http.CanonicalHeaderKey(name("reset"))})
-	}
-	for _, d := range []Dimension{Requests, Tokens, InputTokens, OutputTokens} {
-		add(ProviderAnthropic, d, func(f string) string { return "anthropic-ratelimit-" + d.String() + "-" + f })
-	}
-	for _, d := range []Dimension{Requests, Tokens} {
-		add(ProviderOpenAI, d, func(f string) string { return "x-ratelimit-" + f + "-" + d.String() })
-	}
-	return rows
-}()
-
 // maxServerWait bounds durations parsed from headers so that arithmetic on
 // them cannot overflow; anything this long is "longer than any cap".
 const maxServerWait = 365 * 24 * time.Hour
 
-// ParseRateLimitHeaders reads the rate-limit headers of a response observed
-// at now. It never fails: a malformed or absent value leaves its field
-// unknown. Resets are accepted as RFC 3339 times, Go durations ("6m0s",
-// "20ms") or plain seconds, in either dialect.
-func ParseRateLimitHeaders(h http.Header, now time.Time) RateLimitHeaders {
+// parseHeaders reads the rate-limit headers of a response observed at now.
+// It never fails: a malformed or absent value leaves its field unknown.
+// Resets are accepted as RFC 3339 times, Go durations ("6m0s", "20ms") or
+// plain seconds, in either dialect.
+func parseHeaders(h http.Header, now time.Time) RateLimitHeaders {
 	out := RateLimitHeaders{Observed: now}
-	for _, row := range limitHeaders {
-		r := out.Limits[row.dim]
-		if v, ok := parseCount(first(h, row.limit)); ok {
-			r.Limit, r.HasLimit = v, true
-		}
-		if v, ok := parseCount(first(h, row.remaining)); ok {
-			r.Remaining, r.HasRemaining = v, true
-		}
-		if t, ok := parseReset(first(h, row.resetAt), now); ok {
-			r.Reset = t
-		}
-		if r != out.Limits[row.dim] {
-			out.Limits[row.dim] = r
-			out.Provider = row.provider
+	for _, dl := range dialects {
+		for d, names := range dl.headers {
+			if names.limit == "" {
+				continue
+			}
+			r := out.Limits[d]
+			if v, ok := parseCount(first(h, names.limit)); ok {
+				r.Limit, r.HasLimit = v, true
+			}
+			if v, ok := parseCount(first(h, names.remaining)); ok {
+				r.Remaining, r.HasRemaining = v, true
+			}
+			if t, ok := parseReset(first(h, names.reset), now); ok {
+				r.Reset = t
+			}
+			if r != out.Limits[d] {
+				out.Limits[d] = r
+				out.Provider = dl.provider
+			}
 		}
 	}
 	if d, ok := parseRetryAfterMS(first(h, "Retry-After-Ms")); ok {
@@ -250,83 +233,3 @@ func clampSeconds(f float64) time.Duration {
 	return time.Duration(f * float64(time.Second))
 }
 
-// Observe returns the layer that reads what the server says: it parses each
-// response's rate-limit headers into s, reads the error document of a non-2xx
-// response, and wraps the body so that token usage is parsed as the caller
-// reads it. It is the only layer that wraps a response body; the others act
-// on what it records. A nil s gets a State of its own with default options.
-func Observe(s *State) Middleware {
-	s = orNewState(s)
-	return func(next http.RoundTripper) http.RoundTripper {
-		return &observer{state: s, next: orDefault(next)}
-	}
-}
-
-type observer struct {
-	state *State
-	next  http.RoundTripper
-}
-
-// maxErrorBody bounds how much of an error response is read ahead of the
-// caller to learn its error type; provider error documents are far smaller.
-const maxErrorBody = 64 << 10
-
-func (o *observer) RoundTrip(req *http.Request) (*http.Response, error) {
-	req, c := o.state.callFor(req)
-	req, ex := o.state.exchangeFor(req, c)
-	ex.markSent(o.state.cfg.clock.Now())
-
-	resp, err := o.next.RoundTrip(req)
-	if err != nil {
-		o.state.recordTransportError(c.key)
-		ex.finish(Usage{}, err)
-		return nil, err
-	}
-	h := ParseRateLimitHeaders(resp.Header, o.state.cfg.clock.Now())
-	var apiErr *APIError
-	var head []byte
-	if resp.StatusCode >= 300 && resp.Body != nil {
-		head, _ = io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
-		if e, ok := parseAPIError(head); ok {
-			apiErr = &e
-		}
-		resp.Body = readCloser{io.MultiReader(bytes.NewReader(head), resp.Body), resp.Body}
-	}
-	ex.mu.Lock()
-	ex.status, ex.headers, ex.apiErr, ex.errorBody = resp.StatusCode, h, apiErr, head
-	ex.mu.Unlock()
-	o.state.observe(c.key, resp.StatusCode, h)
-
-	if resp.Body == nil || resp.StatusCode == http.StatusSwitchingProtocols {
-		ex.finish(Usage{}, nil)
-		return resp, nil
-	}
-	body := &firstChunk{ReadCloser: resp.Body, ex: ex, clock: o.state.cfg.clock}
-	resp.Body = newUsageReader(body, c.info.Provider, resp.Header.Get("Content-Type"), ex.finish)
-	return resp, nil
-}
-
-// firstChunk notes when the first bytes of a body reach the caller: for a
-// stream, the time to first chunk.
-type firstChunk struct {
-	io.ReadCloser
-	ex    *exchange
-	clock Clock
-	seen  bool // Reads are not concurrent with each other
-}
-
-func (f *firstChunk) Read(p []byte) (int, error) {
-	n, err := f.ReadCloser.Read(p)
-	if n > 0 && !f.seen {
-		f.seen = true
-		f.ex.mu.Lock()
-		f.ex.firstChunkAt = f.clock.Now()
-		f.ex.mu.Unlock()
-	}
-	return n, err
-}
-
-type readCloser struct {
-	io.Reader
-	io.Closer
-}

@@ -1,11 +1,11 @@
-package tollgate
+package usage
 
 import (
 	"bytes"
 	"errors"
+	"github.com/tollgate-go/tollgate/internal/sse"
 	"io"
 	"math/rand/v2"
-	"net/http"
 	"runtime"
 	"strings"
 	"sync"
@@ -16,10 +16,10 @@ import (
 )
 
 // sse joins lines with "\n"; every event in the samples ends with a blank line.
-func sse(lines ...string) string { return strings.Join(lines, "\n") + "\n" }
+func events(lines ...string) string { return strings.Join(lines, "\n") + "\n" }
 
 var (
-	anthropicStream = sse(
+	anthropicStream = events(
 		`event: message_start`,
 		`data: {"type":"message_start","message":{"id":"msg_01ABC","type":"message","role":"assistant","content":[],"model":"claude-sonnet-4-5-20250929","stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":472,"cache_creation_input_tokens":100,"cache_read_input_tokens":2000,"output_tokens":2}}}`,
 		``,
@@ -48,7 +48,7 @@ var (
 		FinishReasons: []string{"end_turn"}, Complete: true,
 	}
 
-	chatStream = sse(
+	chatStream = events(
 		`data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-2024-08-06","choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}],"usage":null}`,
 		``,
 		`data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-2024-08-06","choices":[{"index":0,"delta":{"content":"Hi"},"logprobs":null,"finish_reason":null}],"usage":null}`,
@@ -65,7 +65,7 @@ var (
 		ResponseID: "chatcmpl-1", ResponseModel: "gpt-4o-2024-08-06", FinishReasons: []string{"stop"}, Complete: true,
 	}
 
-	responsesStream = sse(
+	responsesStream = events(
 		`event: response.created`,
 		`data: {"type":"response.created","sequence_number":0,"response":{"id":"resp_1","object":"response","status":"in_progress","model":"gpt-4.1-2025-04-14","output":[],"usage":null}}`,
 		``,
@@ -106,7 +106,7 @@ var sseCases = []struct {
 	},
 	{
 		"anthropic overloaded after 200",
-		sse(
+		events(
 			`event: message_start`,
 			`data: {"type":"message_start","message":{"id":"msg_2","model":"claude-opus-4-1","usage":{"input_tokens":10,"output_tokens":1}}}`,
 			``,
@@ -119,17 +119,17 @@ var sseCases = []struct {
 		),
 		Usage{
 			InputTokens: 10, OutputTokens: 1, Reported: true, ResponseID: "msg_2", ResponseModel: "claude-opus-4-1",
-			StreamError: &APIError{Type: "overloaded_error", Message: "Overloaded"},
+			StreamError: &Error{Type: "overloaded_error", Message: "Overloaded"},
 		},
 	},
 	{
 		"anthropic error event that is not JSON",
-		sse(`event: error`, `data: upstream went away`, ``),
-		Usage{StreamError: &APIError{Type: "error", Message: "upstream went away"}},
+		events(`event: error`, `data: upstream went away`, ``),
+		Usage{StreamError: &Error{Type: "error", Message: "upstream went away"}},
 	},
 	{
 		"anthropic message_delta repeats input and cache counts, output is cumulative",
-		sse(
+		events(
 			`event: message_start`,
 			`data: {"type":"message_start","message":{"id":"msg_3","model":"claude-haiku-4-5","usage":{"input_tokens":5,"cache_creation_input_tokens":7,"cache_read_input_tokens":0,"output_tokens":1}}}`,
 			``,
@@ -150,7 +150,7 @@ var sseCases = []struct {
 	},
 	{
 		"anthropic without event lines: type from the data",
-		sse(
+		events(
 			`data: {"type":"message_start","message":{"id":"msg_4","model":"claude-sonnet-4-5","usage":{"input_tokens":3}}}`,
 			``,
 			`data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"x"}}`,
@@ -167,7 +167,7 @@ var sseCases = []struct {
 	},
 	{
 		"unknown events and unknown fields are ignored",
-		sse(
+		events(
 			`: a comment`,
 			`retry: 3000`,
 			`id: 7`,
@@ -186,7 +186,7 @@ var sseCases = []struct {
 	},
 	{
 		"multi-line data is joined with newlines",
-		sse(
+		events(
 			`event: message_delta`,
 			`data: {"type":"message_delta",`,
 			`data: "delta":{"stop_reason":"end_turn"},`,
@@ -197,7 +197,7 @@ var sseCases = []struct {
 	},
 	{
 		"malformed JSON in one event is skipped",
-		sse(
+		events(
 			`event: message_start`,
 			`data: {"type":"message_start","message":{"id":"msg_5","usage":{"input_tokens":11}}}`,
 			``,
@@ -215,7 +215,7 @@ var sseCases = []struct {
 	},
 	{
 		"malformed usage values are ignored one by one",
-		sse(
+		events(
 			`event: message_delta`,
 			`data: {"type":"message_delta","usage":{"input_tokens":"ten","output_tokens":-3,"cache_read_input_tokens":4.0,"cache_creation_input_tokens":1.5}}`,
 			``,
@@ -224,12 +224,12 @@ var sseCases = []struct {
 	},
 	{
 		"usage that is not an object",
-		sse(`event: message_delta`, `data: {"type":"message_delta","usage":"lots"}`, ``),
+		events(`event: message_delta`, `data: {"type":"message_delta","usage":"lots"}`, ``),
 		Usage{},
 	},
 	{
 		"no usage at all",
-		sse(
+		events(
 			`event: message_start`,
 			`data: {"type":"message_start","message":{"id":"msg_6","model":"claude-sonnet-4-5"}}`,
 			``,
@@ -246,7 +246,7 @@ var sseCases = []struct {
 	},
 	{
 		"byte order mark",
-		"\xEF\xBB\xBF" + sse(`event: message_delta`, `data: {"type":"message_delta","usage":{"output_tokens":2}}`, ``),
+		"\xEF\xBB\xBF" + events(`event: message_delta`, `data: {"type":"message_delta","usage":{"output_tokens":2}}`, ``),
 		Usage{OutputTokens: 2, Reported: true},
 	},
 	{"openai chat", chatStream, chatStreamUsage},
@@ -262,7 +262,7 @@ var sseCases = []struct {
 	},
 	{
 		"openai chat with two choices finishing out of order",
-		sse(
+		events(
 			`data: {"id":"c2","model":"gpt-4o","choices":[{"index":1,"delta":{},"finish_reason":"length"}]}`,
 			``,
 			`data: {"id":"c2","model":"gpt-4o","choices":[{"delta":{},"finish_reason":"stop","index":0}]}`,
@@ -274,7 +274,7 @@ var sseCases = []struct {
 	},
 	{
 		"openai error chunk",
-		sse(
+		events(
 			`data: {"id":"c3","model":"gpt-4o","choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}]}`,
 			``,
 			`data: {"error":{"message":"The server had an error while processing your request.","type":"server_error","param":null,"code":null}}`,
@@ -282,13 +282,13 @@ var sseCases = []struct {
 		),
 		Usage{
 			ResponseID: "c3", ResponseModel: "gpt-4o",
-			StreamError: &APIError{Type: "server_error", Message: "The server had an error while processing your request."},
+			StreamError: &Error{Type: "server_error", Message: "The server had an error while processing your request."},
 		},
 	},
 	{"responses", responsesStream, responsesStreamUsage},
 	{
 		"responses incomplete",
-		sse(
+		events(
 			`event: response.incomplete`,
 			`data: {"type":"response.incomplete","response":{"id":"resp_2","model":"o3","status":"incomplete","incomplete_details":{"reason":"max_output_tokens"},"usage":{"input_tokens":8,"output_tokens":100}}}`,
 			``,
@@ -300,7 +300,7 @@ var sseCases = []struct {
 	},
 	{
 		"responses failed",
-		sse(
+		events(
 			`event: response.created`,
 			`data: {"type":"response.created","response":{"id":"resp_3","model":"gpt-4.1","status":"in_progress","usage":null}}`,
 			``,
@@ -310,21 +310,21 @@ var sseCases = []struct {
 		),
 		Usage{
 			ResponseID: "resp_3", ResponseModel: "gpt-4.1", FinishReasons: []string{"failed"},
-			StreamError: &APIError{Type: "server_error", Message: "The model failed.", Code: "server_error"},
+			StreamError: &Error{Type: "server_error", Message: "The model failed.", Code: "server_error"},
 		},
 	},
 	{
 		"responses error event",
-		sse(
+		events(
 			`event: error`,
 			`data: {"type":"error","code":"rate_limit_exceeded","message":"Slow down","param":null,"sequence_number":1}`,
 			``,
 		),
-		Usage{StreamError: &APIError{Type: "rate_limit_exceeded", Message: "Slow down", Code: "rate_limit_exceeded"}},
+		Usage{StreamError: &Error{Type: "rate_limit_exceeded", Message: "Slow down", Code: "rate_limit_exceeded"}},
 	},
 	{
 		"escaped strings",
-		sse(
+		events(
 			`event: message_start`,
 			`data: {"type":"message_start","message":{"id":"msg_\u0037\"q\"","model":"claude-\u00e9"}}`,
 			``,
@@ -371,19 +371,19 @@ var jsonCases = []struct {
 		"anthropic error body",
 		`{"type":"error","error":{"type":"rate_limit_error","message":"Number of request tokens has exceeded your per-minute rate limit"},"request_id":"req_011"}`,
 		Usage{
-			StreamError: &APIError{Type: "rate_limit_error", Message: "Number of request tokens has exceeded your per-minute rate limit"},
+			StreamError: &Error{Type: "rate_limit_error", Message: "Number of request tokens has exceeded your per-minute rate limit"},
 			Complete:    true,
 		},
 	},
 	{
 		"anthropic spend limit",
 		`{"type":"error","error":{"type":"rate_limit_error","message":"spend limit","details":{"error_code":"enforced_spend_limit_reached"}}}`,
-		Usage{StreamError: &APIError{Type: "rate_limit_error", Message: "spend limit", Code: "enforced_spend_limit_reached"}, Complete: true},
+		Usage{StreamError: &Error{Type: "rate_limit_error", Message: "spend limit", Code: "enforced_spend_limit_reached"}, Complete: true},
 	},
 	{
 		"openai error body",
 		`{"error":{"message":"Rate limit reached","type":"tokens","param":null,"code":"rate_limit_exceeded"}}`,
-		Usage{StreamError: &APIError{Type: "tokens", Message: "Rate limit reached", Code: "rate_limit_exceeded"}, Complete: true},
+		Usage{StreamError: &Error{Type: "tokens", Message: "Rate limit reached", Code: "rate_limit_exceeded"}, Complete: true},
 	},
 	{
 		"truncated body keeps what came before",
@@ -466,11 +466,11 @@ func readThrough(t testing.TB, body []byte, contentType string, next func() int)
 	t.Helper()
 	var got Usage
 	calls := 0
-	r := newUsageReader(&chunkReader{data: body, next: next}, ProviderAnthropic, contentType, func(u Usage, err error) {
+	r := NewReader(&chunkReader{data: body, next: next}, contentType, doneSink(func(u Usage, err error) {
 		calls++
 		got = u
 		assert.NoError(t, err)
-	})
+	}))
 	out, err := io.ReadAll(r)
 	require.NoError(t, err)
 	require.NoError(t, r.Close())
@@ -577,29 +577,29 @@ func TestUsageTotalInputTokens(t *testing.T) {
 func TestParseAPIError(t *testing.T) {
 	for _, tc := range []struct {
 		name, body string
-		want       APIError
+		want       Error
 		ok         bool
 	}{
 		{"anthropic", `{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"},"request_id":"req_1"}`,
-			APIError{Type: "overloaded_error", Message: "Overloaded"}, true},
+			Error{Type: "overloaded_error", Message: "Overloaded"}, true},
 		{"anthropic details", `{"type":"error","error":{"type":"rate_limit_error","message":"m","details":{"error_code":"enforced_spend_limit_reached"}}}`,
-			APIError{Type: "rate_limit_error", Message: "m", Code: "enforced_spend_limit_reached"}, true},
+			Error{Type: "rate_limit_error", Message: "m", Code: "enforced_spend_limit_reached"}, true},
 		{"openai", `{"error":{"message":"Rate limit reached for gpt-4o","type":"requests","param":null,"code":"rate_limit_exceeded"}}`,
-			APIError{Type: "requests", Message: "Rate limit reached for gpt-4o", Code: "rate_limit_exceeded"}, true},
-		{"openai numeric code", `{"error":{"message":"m","type":"t","code":429}}`, APIError{Type: "t", Message: "m", Code: "429"}, true},
-		{"responses", `{"error":{"code":"server_error","message":"m"}}`, APIError{Type: "server_error", Message: "m", Code: "server_error"}, true},
-		{"odd field types", `{"error":{"type":7,"message":["x"],"code":{},"details":"y"}}`, APIError{Type: "7", Code: ""}, true},
-		{"error null", `{"id":"resp_1","error":null}`, APIError{}, false},
-		{"error string", `{"error":"bad"}`, APIError{}, false},
-		{"empty error", `{"error":{}}`, APIError{}, false},
-		{"not an error", `{"id":"msg_1","type":"message"}`, APIError{}, false},
-		{"array", `[{"error":{"type":"x"}}]`, APIError{}, false},
-		{"html", `<html>502 Bad Gateway</html>`, APIError{}, false},
-		{"empty", ``, APIError{}, false},
-		{"truncated", `{"type":"error","error":{"type":"overloaded_error","mess`, APIError{}, false},
+			Error{Type: "requests", Message: "Rate limit reached for gpt-4o", Code: "rate_limit_exceeded"}, true},
+		{"openai numeric code", `{"error":{"message":"m","type":"t","code":429}}`, Error{Type: "t", Message: "m", Code: "429"}, true},
+		{"responses", `{"error":{"code":"server_error","message":"m"}}`, Error{Type: "server_error", Message: "m", Code: "server_error"}, true},
+		{"odd field types", `{"error":{"type":7,"message":["x"],"code":{},"details":"y"}}`, Error{Type: "7", Code: ""}, true},
+		{"error null", `{"id":"resp_1","error":null}`, Error{}, false},
+		{"error string", `{"error":"bad"}`, Error{}, false},
+		{"empty error", `{"error":{}}`, Error{}, false},
+		{"not an error", `{"id":"msg_1","type":"message"}`, Error{}, false},
+		{"array", `[{"error":{"type":"x"}}]`, Error{}, false},
+		{"html", `<html>502 Bad Gateway</html>`, Error{}, false},
+		{"empty", ``, Error{}, false},
+		{"truncated", `{"type":"error","error":{"type":"overloaded_error","mess`, Error{}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, ok := parseAPIError([]byte(tc.body))
+			got, ok := ParseError([]byte(tc.body))
 			assert.Equal(t, tc.ok, ok)
 			if tc.ok {
 				assert.Equal(t, tc.want, got)
@@ -657,7 +657,7 @@ func TestUsageReaderBoundedMemory(t *testing.T) {
 				&genReader{left: size},
 				strings.NewReader(`"}],"stop_reason":"end_turn","usage":{"input_tokens":12,"output_tokens":34}}`),
 			)
-			r := newUsageReader(io.NopCloser(body), ProviderAnthropic, "application/json", func(u Usage, _ error) { got = u })
+			r := NewReader(io.NopCloser(body), "application/json", doneSink(func(u Usage, _ error) { got = u }))
 			drain(r)
 		})
 		t.Logf("allocated %d bytes reading a %d-byte body", alloc, size)
@@ -680,14 +680,14 @@ func TestUsageReaderBoundedMemory(t *testing.T) {
 			var got Usage
 			alloc := allocated(func() {
 				body := io.MultiReader(
-					strings.NewReader(sse(`event: message_start`,
+					strings.NewReader(events(`event: message_start`,
 						`data: {"type":"message_start","message":{"id":"msg_1","usage":{"input_tokens":5,"output_tokens":1}}}`, ``)),
 					strings.NewReader(tc.event),
 					&genReader{left: 10 << 20},
 					strings.NewReader("\"}}\n\n"),
 					strings.NewReader(anthropicStream[strings.Index(anthropicStream, "event: message_delta"):]),
 				)
-				r := newUsageReader(io.NopCloser(body), ProviderAnthropic, "text/event-stream", func(u Usage, _ error) { got = u })
+				r := NewReader(io.NopCloser(body), "text/event-stream", doneSink(func(u Usage, _ error) { got = u }))
 				drain(r)
 			})
 			t.Logf("allocated %d bytes", alloc)
@@ -700,14 +700,14 @@ func TestUsageReaderBoundedMemory(t *testing.T) {
 	}
 }
 
-// TestSSELineCap pins the cap on one line: a line up to maxSSELine bytes
+// TestSSELineCap pins the cap on one line: a line up to sse.MaxLine bytes
 // (without its end) is parsed, a longer one is skipped and marks the usage
 // partial, whether or not the line arrived in one Read.
 func TestSSELineCap(t *testing.T) {
 	for _, extra := range []int{-1, 0, 1, 7} {
 		prefix := `data: {"usage":{"output_tokens":5},"pad":"`
-		line := prefix + strings.Repeat("x", maxSSELine+extra-len(prefix)-2) + `"}`
-		require.Len(t, line, maxSSELine+extra)
+		line := prefix + strings.Repeat("x", sse.MaxLine+extra-len(prefix)-2) + `"}`
+		require.Len(t, line, sse.MaxLine+extra)
 		body := []byte(line + "\n\n")
 		want := Usage{OutputTokens: 5, Reported: true}
 		if extra > 0 {
@@ -742,7 +742,7 @@ func (b *scriptBody) Close() error { b.closes++; return nil }
 
 func TestUsageReaderDoneOnce(t *testing.T) {
 	boom := errors.New("connection reset")
-	event := sse(`event: message_delta`, `data: {"type":"message_delta","usage":{"output_tokens":3}}`, ``)
+	event := events(`event: message_delta`, `data: {"type":"message_delta","usage":{"output_tokens":3}}`, ``)
 	type call struct {
 		u   Usage
 		err error
@@ -751,7 +751,7 @@ func TestUsageReaderDoneOnce(t *testing.T) {
 	t.Run("EOF then Close", func(t *testing.T) {
 		var calls []call
 		body := &scriptBody{reads: []func() (string, error){func() (string, error) { return event, io.EOF }}}
-		r := newUsageReader(body, ProviderAnthropic, "text/event-stream", func(u Usage, err error) { calls = append(calls, call{u, err}) })
+		r := NewReader(body, "text/event-stream", doneSink(func(u Usage, err error) { calls = append(calls, call{u, err}) }))
 		_, err := io.ReadAll(r)
 		require.NoError(t, err)
 		require.Len(t, calls, 1)
@@ -766,7 +766,7 @@ func TestUsageReaderDoneOnce(t *testing.T) {
 	t.Run("Close then Read", func(t *testing.T) {
 		var calls []call
 		body := &scriptBody{reads: []func() (string, error){func() (string, error) { return event, nil }}}
-		r := newUsageReader(body, ProviderAnthropic, "text/event-stream", func(u Usage, err error) { calls = append(calls, call{u, err}) })
+		r := NewReader(body, "text/event-stream", doneSink(func(u Usage, err error) { calls = append(calls, call{u, err}) }))
 		require.NoError(t, r.Close())
 		require.Len(t, calls, 1)
 		assert.NoError(t, calls[0].err)
@@ -782,7 +782,7 @@ func TestUsageReaderDoneOnce(t *testing.T) {
 			func() (string, error) { return event, nil },
 			func() (string, error) { return "data: {", boom },
 		}}
-		r := newUsageReader(body, ProviderAnthropic, "text/event-stream", func(u Usage, err error) { calls = append(calls, call{u, err}) })
+		r := NewReader(body, "text/event-stream", doneSink(func(u Usage, err error) { calls = append(calls, call{u, err}) }))
 		_, err := io.ReadAll(r)
 		require.ErrorIs(t, err, boom)
 		require.Len(t, calls, 1)
@@ -795,7 +795,7 @@ func TestUsageReaderDoneOnce(t *testing.T) {
 	t.Run("pass-through", func(t *testing.T) {
 		var calls []call
 		body := &scriptBody{reads: []func() (string, error){func() (string, error) { return "hello", io.EOF }}}
-		r := newUsageReader(body, ProviderOpenAI, "text/plain", func(u Usage, err error) { calls = append(calls, call{u, err}) })
+		r := NewReader(body, "text/plain", doneSink(func(u Usage, err error) { calls = append(calls, call{u, err}) }))
 		out, err := io.ReadAll(r)
 		require.NoError(t, err)
 		assert.Equal(t, "hello", string(out))
@@ -805,7 +805,7 @@ func TestUsageReaderDoneOnce(t *testing.T) {
 	})
 
 	t.Run("nil done", func(t *testing.T) {
-		r := newUsageReader(io.NopCloser(strings.NewReader(event)), ProviderAnthropic, "text/event-stream", nil)
+		r := NewReader(io.NopCloser(strings.NewReader(event)), "text/event-stream", nil)
 		_, err := io.ReadAll(r)
 		require.NoError(t, err)
 		require.NoError(t, r.Close())
@@ -816,11 +816,11 @@ func TestUsageReaderDoneOnce(t *testing.T) {
 			pr, pw := io.Pipe()
 			var mu sync.Mutex
 			calls := 0
-			r := newUsageReader(pr, ProviderAnthropic, "text/event-stream", func(Usage, error) {
+			r := NewReader(pr, "text/event-stream", doneSink(func(Usage, error) {
 				mu.Lock()
 				calls++
 				mu.Unlock()
-			})
+			}))
 			firstRead := make(chan struct{})
 			readerDone := make(chan struct{})
 			go func() {
@@ -857,211 +857,6 @@ func TestUsageReaderDoneOnce(t *testing.T) {
 	})
 }
 
-func newRequest(t testing.TB, method, url, body string) *http.Request {
-	t.Helper()
-	var rd io.Reader
-	if body != "" {
-		rd = strings.NewReader(body)
-	}
-	req, err := http.NewRequest(method, url, rd)
-	require.NoError(t, err)
-	return req
-}
-
-const (
-	anthropicRequest = `{"model":"claude-sonnet-4-5","max_tokens":1024,"stream":true,
- "system":[{"type":"text","text":"You are terse.","cache_control":{"type":"ephemeral"}}],
- "messages":[
-  {"role":"user","content":[{"type":"text","text":"What is this?"},{"type":"image","source":{"type":"base64","media_type":"image/png","data":"iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="}}]},
-  {"role":"assistant","content":[{"type":"tool_use","id":"toolu_1","name":"look","input":{"q":"x"}}]},
-  {"role":"user","content":[{"type":"tool_result","tool_use_id":"toolu_1","content":"found it"},{"type":"document","source":{"type":"base64","media_type":"application/pdf","data":"JVBERi0x"}}]}
- ],
- "tools":[{"name":"look","description":"Looks.","input_schema":{"type":"object"}}]}`
-	// You are terse.(14) What is this?(13) look(4) {"q":"x"}(9) found it(8) look(4) Looks.(6) {"type":"object"}(17)
-	anthropicRequestPromptBytes = 75
-
-	chatRequest = `{"model":"gpt-4o","max_completion_tokens":300,"stream":false,"messages":[
- {"role":"system","content":"Be brief."},
- {"role":"user","content":[{"type":"text","text":"Describe"},{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}}]},
- {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"a\":1}"}}]},
- {"role":"tool","tool_call_id":"call_1","content":"ok"}
-],"tools":[{"type":"function","function":{"name":"f","description":"Does f.","parameters":{"type":"object"}}}],"stream_options":{"include_usage":true}}`
-	// Be brief.(9) Describe(8) f(1) {"a":1}(7) ok(2) f(1) Does f.(7) {"type":"object"}(17)
-	chatRequestPromptBytes = 52
-)
-
-func TestReadRequestInfo(t *testing.T) {
-	for _, tc := range []struct {
-		name, method, url, body string
-		header                  http.Header
-		want                    RequestInfo
-	}{
-		{
-			"anthropic messages", "POST", "https://api.anthropic.com/v1/messages", anthropicRequest, nil,
-			RequestInfo{Provider: ProviderAnthropic, Operation: "chat", Model: "claude-sonnet-4-5", MaxTokens: 1024, Stream: true,
-				PromptBytes: anthropicRequestPromptBytes, Images: 2, EstimatedInputTokens: 19 + 2*1600},
-		},
-		{
-			"anthropic count_tokens", "POST", "https://api.anthropic.com/v1/messages/count_tokens",
-			`{"model":"claude-opus-4-1","messages":[{"role":"user","content":"Hello, world"}]}`, nil,
-			RequestInfo{Provider: ProviderAnthropic, Operation: "count_tokens", Model: "claude-opus-4-1", PromptBytes: 12, EstimatedInputTokens: 3},
-		},
-		{
-			"openai chat", "POST", "https://api.openai.com/v1/chat/completions", chatRequest, nil,
-			RequestInfo{Provider: ProviderOpenAI, Operation: "chat", Model: "gpt-4o", MaxTokens: 300,
-				PromptBytes: chatRequestPromptBytes, Images: 1, EstimatedInputTokens: 13 + 1600},
-		},
-		{
-			"openai chat with max_tokens", "POST", "https://api.openai.com/v1/chat/completions/",
-			`{"model":"gpt-4o-mini","max_tokens":77,"stream":true,"messages":[{"role":"user","content":"abcde"}]}`, nil,
-			RequestInfo{Provider: ProviderOpenAI, Operation: "chat", Model: "gpt-4o-mini", MaxTokens: 77, Stream: true,
-				PromptBytes: 5, EstimatedInputTokens: 2},
-		},
-		{
-			"openai responses", "POST", "https://api.openai.com/v1/responses",
-			`{"model":"gpt-4.1","instructions":"Be nice.","input":[{"role":"user","content":[{"type":"input_text","text":"Hi there"},{"type":"input_image","image_url":"data:image/png;base64,AAAA"}]},{"type":"function_call_output","call_id":"c1","output":"42"}],"max_output_tokens":50}`, nil,
-			RequestInfo{Provider: ProviderOpenAI, Operation: "chat", Model: "gpt-4.1", MaxTokens: 50,
-				PromptBytes: 18, Images: 1, EstimatedInputTokens: 5 + 1600},
-		},
-		{
-			"openai responses string input", "POST", "https://api.openai.com/v1/responses",
-			`{"model":"o3","input":"Tell me a joke"}`, nil,
-			RequestInfo{Provider: ProviderOpenAI, Operation: "chat", Model: "o3", PromptBytes: 14, EstimatedInputTokens: 4},
-		},
-		{
-			"openai embeddings", "POST", "https://api.openai.com/v1/embeddings",
-			`{"model":"text-embedding-3-small","input":["abc","de",[1,2,3]]}`, nil,
-			RequestInfo{Provider: ProviderOpenAI, Operation: "embeddings", Model: "text-embedding-3-small", PromptBytes: 5, EstimatedInputTokens: 2},
-		},
-		{
-			"openai legacy completions", "POST", "https://api.openai.com/v1/completions",
-			`{"model":"gpt-3.5-turbo-instruct","prompt":"Say hi","max_tokens":5}`, nil,
-			RequestInfo{Provider: ProviderOpenAI, Model: "gpt-3.5-turbo-instruct", MaxTokens: 5, PromptBytes: 6, EstimatedInputTokens: 2},
-		},
-		{
-			"escapes count as the bytes they decode to", "POST", "https://api.anthropic.com/v1/messages",
-			`{"model":"m\u0031","messages":[{"role":"user","content":"\u00e9\n\ud83d\ude00x\"\\"}]}`, nil,
-			RequestInfo{Provider: ProviderAnthropic, Operation: "chat", Model: "m1", PromptBytes: 10, EstimatedInputTokens: 3},
-		},
-		{
-			"anthropic-version header", "POST", "https://llm-gateway.internal/v1/chat/completions",
-			`{"model":"claude-sonnet-4-5","messages":[]}`, http.Header{"Anthropic-Version": {"2023-06-01"}},
-			RequestInfo{Provider: ProviderAnthropic, Operation: "chat", Model: "claude-sonnet-4-5"},
-		},
-		{
-			"unknown path on an anthropic host", "GET", "https://api.anthropic.com/v1/models", "", nil,
-			RequestInfo{Provider: ProviderAnthropic},
-		},
-		{
-			"unknown path elsewhere", "POST", "https://example.com/v1/generate", `{"model":"x"}`, nil,
-			RequestInfo{Provider: ProviderOpenAI, Model: "x"},
-		},
-		{
-			"assistants thread messages", "POST", "https://api.openai.com/v1/threads/t_1/messages", `{"role":"user","content":"hi"}`, nil,
-			RequestInfo{Provider: ProviderOpenAI},
-		},
-		{
-			"malformed JSON", "POST", "https://api.anthropic.com/v1/messages",
-			`{"model":"claude-sonnet-4-5","max_tokens":10,"messages":[{"role":"user","content":"hi"}`, nil,
-			RequestInfo{Provider: ProviderAnthropic, Operation: "chat"},
-		},
-		{
-			"trailing garbage", "POST", "https://api.anthropic.com/v1/messages", `{"model":"a"} {"model":"b"}`, nil,
-			RequestInfo{Provider: ProviderAnthropic, Operation: "chat"},
-		},
-		{
-			"not an object", "POST", "https://api.openai.com/v1/embeddings", `["model"]`, nil,
-			RequestInfo{Provider: ProviderOpenAI, Operation: "embeddings"},
-		},
-		{
-			"odd value types", "POST", "https://api.anthropic.com/v1/messages",
-			`{"model":7,"max_tokens":"many","stream":"yes","messages":[{"role":"user","content":[true,null,{"type":"text","text":{"nested":"abc"}}]}]}`, nil,
-			RequestInfo{Provider: ProviderAnthropic, Operation: "chat"},
-		},
-		{
-			"deep nesting", "POST", "https://api.anthropic.com/v1/messages",
-			`{"model":"m","messages":` + strings.Repeat(`[{"content":`, 5000) + `"x"` + strings.Repeat(`}]`, 5000) + `,"max_tokens":3}`, nil,
-			RequestInfo{Provider: ProviderAnthropic, Operation: "chat", Model: "m", MaxTokens: 3},
-		},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			req := newRequest(t, tc.method, tc.url, tc.body)
-			for k, v := range tc.header {
-				req.Header[k] = v
-			}
-			assert.Equal(t, tc.want, readRequestInfo(req))
-			if tc.body != "" {
-				got, err := io.ReadAll(req.Body)
-				require.NoError(t, err)
-				assert.Equal(t, tc.body, string(got), "the caller's body is untouched")
-			}
-		})
-	}
-}
-
-func TestReadRequestInfoWithoutGetBody(t *testing.T) {
-	req := newRequest(t, "POST", "https://api.anthropic.com/v1/messages", "")
-	req.Body = io.NopCloser(strings.NewReader(anthropicRequest))
-	req.ContentLength = int64(len(anthropicRequest))
-	req.Header.Set("Accept", "text/event-stream")
-	info := readRequestInfo(req)
-	assert.Equal(t, RequestInfo{
-		Provider: ProviderAnthropic, Operation: "chat", Stream: true,
-		PromptBytes: int64(len(anthropicRequest)), EstimatedInputTokens: (int64(len(anthropicRequest)) + 3) / 4,
-	}, info)
-	got, err := io.ReadAll(req.Body)
-	require.NoError(t, err)
-	assert.Equal(t, anthropicRequest, string(got), "the body was not read")
-
-	req.Body = io.NopCloser(strings.NewReader("{}"))
-	req.ContentLength = -1
-	req.Header.Del("Accept")
-	assert.Equal(t, RequestInfo{Provider: ProviderAnthropic, Operation: "chat"}, readRequestInfo(req))
-
-	req.GetBody = func() (io.ReadCloser, error) { return nil, errors.New("gone") }
-	req.ContentLength = 40
-	assert.Equal(t, RequestInfo{Provider: ProviderAnthropic, Operation: "chat", PromptBytes: 40, EstimatedInputTokens: 10}, readRequestInfo(req))
-
-	assert.Equal(t, RequestInfo{}, readRequestInfo(nil))
-}
-
-func TestReadRequestInfoClosesItsCopy(t *testing.T) {
-	req := newRequest(t, "POST", "https://api.anthropic.com/v1/messages", anthropicRequest)
-	var copies []*chunkReader
-	req.GetBody = func() (io.ReadCloser, error) {
-		c := &chunkReader{data: []byte(anthropicRequest), next: func() int { return 100 }}
-		copies = append(copies, c)
-		return c, nil
-	}
-	info := readRequestInfo(req)
-	assert.Equal(t, "claude-sonnet-4-5", info.Model)
-	require.Len(t, copies, 1)
-	assert.Equal(t, 1, copies[0].closed)
-}
-
-func TestReadRequestInfoBigBody(t *testing.T) {
-	prefix := `{"model":"claude-sonnet-4-5","max_tokens":9,"messages":[{"role":"user","content":[{"type":"image","source":{"data":"x"}},{"type":"text","text":"`
-	size := int64(maxRequestRead + 5<<20)
-	body := func() io.Reader {
-		return io.MultiReader(strings.NewReader(prefix), &genReader{left: size - int64(len(prefix)) - 4}, strings.NewReader(`"}]}`))
-	}
-	for _, known := range []bool{true, false} {
-		req := newRequest(t, "POST", "https://api.anthropic.com/v1/messages", "")
-		req.Body = io.NopCloser(body())
-		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(body()), nil }
-		req.ContentLength = -1
-		if known {
-			req.ContentLength = size
-		}
-		info := readRequestInfo(req)
-		assert.Equal(t, RequestInfo{
-			Provider: ProviderAnthropic, Operation: "chat", Model: "claude-sonnet-4-5", MaxTokens: 9,
-			PromptBytes: size, Images: 1, EstimatedInputTokens: size/4 + 1600,
-		}, info, "content length known: %v", known)
-	}
-}
-
-// sampleSSE builds an Anthropic stream of n text deltas.
 func sampleSSE(n int) []byte {
 	var b bytes.Buffer
 	i := strings.Index(anthropicStream, "event: content_block_delta")
@@ -1098,19 +893,6 @@ func sampleJSONBody(size int) []byte {
 	return b.Bytes()
 }
 
-// sampleRequest builds an Anthropic request of about size bytes.
-func sampleRequest(size int) []byte {
-	var b bytes.Buffer
-	b.WriteString(`{"model":"claude-sonnet-4-5","max_tokens":1024,"system":"You are terse.","messages":[`)
-	for b.Len() < size {
-		b.WriteString(`{"role":"user","content":[{"type":"text","text":"The quick brown fox jumps over the lazy dog.\nIt said \"hi\" and left."}]},`)
-		b.WriteString(`{"role":"assistant","content":[{"type":"tool_use","id":"toolu_1","name":"look","input":{"q":"x","n":[1,2,3]}}]},`)
-		b.WriteString(`{"role":"user","content":[{"type":"tool_result","tool_use_id":"toolu_1","content":"found it"}]},`)
-	}
-	b.WriteString(`{"role":"user","content":"end"}],"tools":[{"name":"look","description":"Looks.","input_schema":{"type":"object"}}]}`)
-	return b.Bytes()
-}
-
 func TestSamplesParse(t *testing.T) {
 	got, _ := readThrough(t, sampleSSE(100), "text/event-stream", func() int { return 4096 })
 	assert.Equal(t, anthropicStreamUsage, got)
@@ -1119,10 +901,6 @@ func TestSamplesParse(t *testing.T) {
 	got, _ = readThrough(t, sampleJSONBody(100<<10), "application/json", func() int { return 4096 })
 	assert.Equal(t, Usage{InputTokens: 10, OutputTokens: 3, Reported: true, ResponseID: "msg_1", ResponseModel: "claude-sonnet-4-5",
 		FinishReasons: []string{"end_turn"}, Complete: true}, got)
-	req := newRequest(t, "POST", "https://api.anthropic.com/v1/messages", string(sampleRequest(100<<10)))
-	info := readRequestInfo(req)
-	assert.Equal(t, "claude-sonnet-4-5", info.Model)
-	assert.Greater(t, info.PromptBytes, int64(30<<10))
 }
 
 func benchmarkUsageReader(b *testing.B, body []byte, contentType string) {
@@ -1133,7 +911,7 @@ func benchmarkUsageReader(b *testing.B, body []byte, contentType string) {
 	for b.Loop() {
 		rd.Reset(body)
 		var got Usage
-		r := newUsageReader(io.NopCloser(rd), ProviderAnthropic, contentType, func(u Usage, _ error) { got = u })
+		r := NewReader(io.NopCloser(rd), contentType, doneSink(func(u Usage, _ error) { got = u }))
 		for {
 			if _, err := r.Read(buf); err != nil {
 				break
@@ -1154,15 +932,13 @@ func BenchmarkUsageReaderJSON(b *testing.B) {
 	benchmarkUsageReader(b, sampleJSONBody(100<<10), "application/json")
 }
 
-func BenchmarkReadRequestInfo(b *testing.B) {
-	body := sampleRequest(100 << 10)
-	req, err := http.NewRequest("POST", "https://api.anthropic.com/v1/messages", bytes.NewReader(body))
-	require.NoError(b, err)
-	b.SetBytes(int64(len(body)))
-	b.ReportAllocs()
-	for b.Loop() {
-		if readRequestInfo(req).Model == "" {
-			b.Fatal("no model")
-		}
+// doneSink is a Sink that only hands Done to f.
+type doneSink func(Usage, error)
+
+func (f doneSink) FirstByte() {}
+func (f doneSink) Output()    {}
+func (f doneSink) Done(u Usage, err error) {
+	if f != nil {
+		f(u, err)
 	}
 }

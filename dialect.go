@@ -1,0 +1,209 @@
+package tollgate
+
+import (
+	"net/http"
+	"strings"
+)
+
+// This file is what tollgate knows of each provider, in one table: which
+// headers carry which limit, which readings are limits of their own, how
+// remaining values are rounded, which tokens the input limit counts, which
+// error codes mean the money ran out, which endpoints draw on which pool,
+// and the published tiers. A new provider, or a changed rule, is a row here
+// rather than an if in the layers.
+
+// Provider names the API dialect of a call.
+type Provider string
+
+// The providers tollgate knows the headers and bodies of.
+const (
+	ProviderAnthropic Provider = "anthropic"
+	ProviderOpenAI    Provider = "openai"
+)
+
+// A dialect is one provider's row.
+type dialect struct {
+	provider Provider
+	// headers names the limit, remaining and reset header of each
+	// dimension the provider reports.
+	headers [NumDimensions]headerNames
+	// learn marks the dimensions whose *-limit headers are limits to pace by
+	// and whose *-remaining headers levels are pulled down to.
+	learn [NumDimensions]bool
+	// rounding is the unit *-remaining values are rounded to.
+	rounding [NumDimensions]float64
+	// cacheReads reports whether cache reads count against the input limit.
+	cacheReads bool
+	// spendCapCodes are the error codes with which a 429 says the money,
+	// not the rate, has run out: waiting minutes cannot help.
+	spendCapCodes []string
+	// tiers are the published rate-limit tables, to name a tier in
+	// Snapshot; pacing always uses the limits the headers report.
+	tiers []tier
+}
+
+// headerNames are one dimension's canonical header keys.
+type headerNames struct{ limit, remaining, reset string }
+
+var dialects = []*dialect{
+	{
+		provider: ProviderAnthropic,
+		headers: headerRow(func(d Dimension, field string) string {
+			return "anthropic-ratelimit-" + d.String() + "-" + field
+		}, Requests, Tokens, InputTokens, OutputTokens),
+		// tokens-* is the most restrictive of the other token limits, a
+		// view of them rather than a bucket of its own.
+		learn: [NumDimensions]bool{Requests: true, InputTokens: true, OutputTokens: true},
+		// "rounded to the nearest thousand" (some servers round down).
+		rounding:      [NumDimensions]float64{Tokens: 1000, InputTokens: 1000, OutputTokens: 1000},
+		spendCapCodes: []string{"enforced_spend_limit_reached"}, // error.details.error_code
+		// Claude Sonnet, older (Tier 1–4) and newer (Start, Build, Scale).
+		tiers: []tier{
+			{"Tier 1", Limits{RequestsPerMinute: 50, InputTokensPerMinute: 30_000, OutputTokensPerMinute: 8_000}},
+			{"Tier 2", Limits{RequestsPerMinute: 1_000, InputTokensPerMinute: 450_000, OutputTokensPerMinute: 90_000}},
+			{"Tier 3", Limits{RequestsPerMinute: 2_000, InputTokensPerMinute: 800_000, OutputTokensPerMinute: 160_000}},
+			{"Tier 4", Limits{RequestsPerMinute: 4_000, InputTokensPerMinute: 2_000_000, OutputTokensPerMinute: 400_000}},
+			{"Start", Limits{RequestsPerMinute: 1_000, InputTokensPerMinute: 2_000_000, OutputTokensPerMinute: 400_000}},
+			{"Build", Limits{RequestsPerMinute: 5_000, InputTokensPerMinute: 5_000_000, OutputTokensPerMinute: 1_000_000}},
+			{"Scale", Limits{RequestsPerMinute: 10_000, InputTokensPerMinute: 10_000_000, OutputTokensPerMinute: 2_000_000}},
+		},
+	},
+	{
+		provider: ProviderOpenAI,
+		headers: headerRow(func(d Dimension, field string) string {
+			return "x-ratelimit-" + field + "-" + d.String()
+		}, Requests, Tokens),
+		learn:         [NumDimensions]bool{Requests: true, Tokens: true},
+		cacheReads:    true, // "caching does not affect rate limits"
+		spendCapCodes: []string{"insufficient_quota"}, // error.code
+	},
+}
+
+// otherDialect is used for a provider not in the table: every reported
+// limit is learned and every input token counts.
+var otherDialect = &dialect{learn: [NumDimensions]bool{true, true, true, true}, cacheReads: true}
+
+func headerRow(name func(d Dimension, field string) string, dims ...Dimension) (row [NumDimensions]headerNames) {
+	for _, d := range dims {
+		row[d] = headerNames{
+			http.CanonicalHeaderKey(name(d, "limit")),
+			http.CanonicalHeaderKey(name(d, "remaining")),
+			http.CanonicalHeaderKey(name(d, "reset")),
+		}
+	}
+	return row
+}
+
+// dialectOf returns p's row.
+func dialectOf(p Provider) *dialect {
+	for _, d := range dialects {
+		if d.provider == p {
+			return d
+		}
+	}
+	return otherDialect
+}
+
+// isSpendCap reports whether a 429's error says the spend cap is reached,
+// in any provider's words.
+func isSpendCap(e *APIError) bool {
+	if e == nil || e.Code == "" {
+		return false
+	}
+	for _, d := range dialects {
+		for _, code := range d.spendCapCodes {
+			if e.Code == code {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// An endpoint is a route of an API, by the suffix of its path.
+type endpoint struct {
+	suffix    string
+	provider  Provider
+	operation string // the GenAI operation name; "" for others
+}
+
+// endpoints are matched in order, the first whose suffix ends the path
+// wins.
+var endpoints = []endpoint{
+	{"/messages/count_tokens", ProviderAnthropic, "count_tokens"},
+	{"/messages", ProviderAnthropic, "chat"},
+	{"/chat/completions", ProviderOpenAI, "chat"},
+	{"/responses", ProviderOpenAI, "chat"},
+	{"/embeddings", ProviderOpenAI, "embeddings"},
+	{"/completions", ProviderOpenAI, ""},
+}
+
+// classify returns the provider and operation a request's URL and headers
+// tell: its path's endpoint, else an anthropic-version header, else the
+// host ("anthropic" in it means Anthropic, anything else OpenAI).
+func classify(req *http.Request) (Provider, string) {
+	var path, host string
+	if req.URL != nil {
+		path = strings.TrimRight(req.URL.Path, "/")
+		host = req.URL.Host
+	}
+	if host == "" {
+		host = req.Host
+	}
+	provider, op := Provider(""), ""
+	for _, e := range endpoints {
+		// OpenAI's Assistants API also has …/threads/{id}/messages.
+		if strings.HasSuffix(path, e.suffix) && !strings.Contains(path, "/threads/") {
+			provider, op = e.provider, e.operation
+			break
+		}
+	}
+	if req.Header.Get("anthropic-version") != "" {
+		provider = ProviderAnthropic
+	}
+	if provider == "" {
+		provider = ProviderOpenAI
+		if strings.Contains(strings.ToLower(host), "anthropic") {
+			provider = ProviderAnthropic
+		}
+	}
+	return provider, op
+}
+
+// The tier names BudgetSnapshot.Tier takes besides the names in the tables.
+const (
+	// TierUnknown: no limit is known yet for the Key.
+	TierUnknown = "unknown"
+	// TierCustom: limits are known but match no published tier.
+	TierCustom = "custom"
+)
+
+// A tier is one row of a provider's published rate-limit tables. Only the
+// dimensions a row sets (non-zero) are compared.
+type tier struct {
+	name   string
+	limits Limits
+}
+
+// tierOf names the tier whose every listed limit equals the corresponding
+// limit in l: TierUnknown when l is all zero, TierCustom when no row of the
+// provider's matches.
+func tierOf(p Provider, l Limits) string {
+	if l == (Limits{}) {
+		return TierUnknown
+	}
+	have := l.byDimension()
+	for _, t := range dialectOf(p).tiers {
+		match := true
+		for d, want := range t.limits.byDimension() {
+			if want != 0 && have[d] != want {
+				match = false
+				break
+			}
+		}
+		if match {
+			return t.name
+		}
+	}
+	return TierCustom
+}

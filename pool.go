@@ -1,0 +1,93 @@
+package tollgate
+
+import (
+	"net/http"
+	"sync"
+	"time"
+)
+
+// A pool is everything one Key's pool of limits holds, under one mutex:
+// what the server said, the counters, the one pause every layer consults,
+// the Budget layer's buckets and queue, the Breaker layer's circuit, and
+// what waits to go to the Store. The layers reach it through methods; the
+// lock guards arithmetic only, never a Store call or a user callback.
+type pool struct {
+	key   Key
+	name  string // the Key's name in the Store
+	state *State
+
+	mu       sync.Mutex
+	readings RateLimitHeaders // the newest value of every field, merged across responses
+	counters Counters
+	pause    pause
+	budget   budgetState  // budget.go
+	circuit  circuitState // breaker.go
+	store    storeSync    // storesync.go
+
+	setsOnce sync.Once
+	sets     *poolSets // the attribute sets of the pool's metrics (metrics.go)
+}
+
+// Counters counts what the server answered for one Key.
+type Counters struct {
+	Attempts        int64 // attempts that got a response or a transport error
+	RateLimited     int64 // 429 responses
+	Overloaded      int64 // 529 responses
+	ServerErrors    int64 // other 5xx responses
+	TransportErrors int64 // attempts that got no response
+}
+
+func newPool(s *State, k Key) *pool {
+	p := &pool{key: k, name: k.StoreName(), state: s}
+	p.budget.init(&s.cfg, s.cfg.clock.Now())
+	p.circuit.init(p)
+	return p
+}
+
+// observe records one response's headers and status.
+func (p *pool) observe(status int, h RateLimitHeaders) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	merged := &p.readings
+	for d := range merged.Limits {
+		merged.Limits[d] = merged.Limits[d].merge(h.Limits[d])
+	}
+	if h.Provider != "" {
+		merged.Provider = h.Provider
+	}
+	merged.Observed = h.Observed
+	merged.RetryAfter, merged.HasRetryAfter = h.RetryAfter, h.HasRetryAfter
+	merged.ShouldRetry = h.ShouldRetry
+	merged.RequestID = h.RequestID
+
+	p.counters.Attempts++
+	switch {
+	case status == http.StatusTooManyRequests:
+		p.counters.RateLimited++
+	case status == 529:
+		p.counters.Overloaded++
+	case status >= 500:
+		p.counters.ServerErrors++
+	}
+}
+
+// recordTransportError counts an attempt that got no response.
+func (p *pool) recordTransportError() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.counters.Attempts++
+	p.counters.TransportErrors++
+}
+
+// snapshot returns the pool's part of a Snapshot.
+func (p *pool) snapshot(now time.Time) KeySnapshot {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return KeySnapshot{
+		Key:      p.key,
+		Headers:  p.readings,
+		Counters: p.counters,
+		Budget:   p.budgetSnapshotLocked(now),
+		Breaker:  p.breakerSnapshotLocked(now),
+	}
+}
