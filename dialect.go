@@ -74,7 +74,7 @@ var dialects = []*dialect{
 			return "x-ratelimit-" + field + "-" + d.String()
 		}, Requests, Tokens),
 		learn:         [NumDimensions]bool{Requests: true, Tokens: true},
-		cacheReads:    true, // "caching does not affect rate limits"
+		cacheReads:    true,                           // "caching does not affect rate limits"
 		spendCapCodes: []string{"insufficient_quota"}, // error.code
 	},
 }

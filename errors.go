@@ -63,4 +63,3 @@ func (e *APIError) Error() string {
 	}
 	return fmt.Sprintf("%s: %s", e.Type, e.Message)
 }
-

@@ -232,4 +232,3 @@ func clampSeconds(f float64) time.Duration {
 	}
 	return time.Duration(f * float64(time.Second))
 }
-

@@ -26,7 +26,7 @@ type config struct {
 	backoffMax  time.Duration
 	modelFamily func(Provider, string) string
 	// jitter returns a uniformly random duration in [0, n); tests replace it.
-	jitter  func(n time.Duration) time.Duration
+	jitter    func(n time.Duration) time.Duration
 	budget    budgetConfig    // the Budget layer's options (budget.go)
 	breaker   breakerSettings // the Breaker layer's options (breaker.go)
 	store     storeConfig     // where budgets and pauses are kept (storesync.go)

@@ -246,4 +246,3 @@ func (m *memoryStore) Pause(ctx context.Context, name string, d time.Duration, r
 	}
 	return nil
 }
-

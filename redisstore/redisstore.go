@@ -331,7 +331,7 @@ func (r *reply) duration(i int) time.Duration {
 	return time.Duration(us * float64(time.Microsecond))
 }
 
-// levels reads the server's time at element i and the levels after it, ''
+// levels reads the server's time at element i and the levels after it, ”
 // (no bucket) as NaN.
 func (r *reply) levels(i int) tollgate.Levels {
 	l := tollgate.Levels{At: time.UnixMicro(int64(r.float(i)))}

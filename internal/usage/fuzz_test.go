@@ -52,4 +52,3 @@ func fuzzSplits(t *testing.T, body []byte, contentType string, chunk uint8) {
 	got, _ = readThrough(t, body, contentType, sizes(len(body)/2))
 	require.Equal(t, want, got, "split in the middle")
 }
-
