@@ -193,24 +193,34 @@ func (l *breakerLayer) RoundTrip(req *http.Request) (resp *http.Response, err er
 	}()
 	resp, err = l.next.RoundTrip(req)
 	v := p.judge(ctx, ex, resp, err)
-	tk := ticket
-	report := func(ex *exchange) { p.report(ctx, c, tk, p.bodyVerdict(ex)) }
 	switch {
 	case v.err != nil:
-		p.report(ctx, c, tk, v)
+		p.report(ctx, c, ticket, v)
 	case probe:
 		// The others wait for the probe's verdict: a stream's, at its first
 		// output, so that one that fails right after its headers (an
 		// overloaded_error) counts as the failure it is.
-		ex.whenOutput(report)
+		ex.whenOutput(&bodyJudge{ctx, c, ticket})
 	default:
 		// A success counts once its body has ended: a stream can still fail.
-		ex.whenDone(report)
+		ex.whenDone(&bodyJudge{ctx, c, ticket})
 	}
 	ticket = nil
-	ex.whenDone(p.learnTypical)
+	ex.whenDone((*typicalLearner)(p))
 	p.publishPause()
 	return resp, err
+}
+
+// A bodyJudge reports an attempt's verdict from what its body showed.
+type bodyJudge struct {
+	ctx    context.Context
+	c      *call
+	ticket func(error)
+}
+
+func (j *bodyJudge) exchanged(ex *exchange) {
+	p := j.c.pool
+	p.report(j.ctx, j.c, j.ticket, p.bodyVerdict(ex))
 }
 
 // circuitState is the Breaker layer's part of a pool: gobreaker's state
@@ -471,9 +481,12 @@ func (p *pool) bodyVerdict(ex *exchange) verdict {
 	return verdict{}
 }
 
-// learnTypical learns what a typical request costs from a completed
-// exchange's usage.
-func (p *pool) learnTypical(ex *exchange) {
+// A typicalLearner learns what a typical request of its pool costs from
+// each completed exchange's usage.
+type typicalLearner pool
+
+func (t *typicalLearner) exchanged(ex *exchange) {
+	p := (*pool)(t)
 	if u, _ := ex.outcome(); u.Reported {
 		p.mu.Lock()
 		p.circuit.typical.add(u.InputTokens+u.CacheCreationInputTokens, u.OutputTokens)
@@ -626,13 +639,14 @@ func (p *pool) unlock(ctx context.Context, c *call) {
 	ev, changed := p.breakerEventLocked(p.state.cfg.clock.Now())
 	alerts := p.budget.alerts
 	p.budget.alerts = nil
-	p.kickFlushLocked(false)
+	p.kickFlushLocked()
 	p.mu.Unlock()
 	if changed {
 		if c != nil && c.observer != nil {
 			c.observer.breakerChanged(ctx, ev)
 		}
 		if f := p.state.cfg.breaker.onStateChange; f != nil {
+			ev := ev // only a change that happened is copied for the callback
 			p.state.notify.post(func() { f(ev) })
 		}
 	}

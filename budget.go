@@ -53,7 +53,7 @@ func (b *budgeter) RoundTrip(req *http.Request) (*http.Response, error) {
 		ex.fail(err)
 		return nil, err
 	}
-	ex.whenDone(r.settle)
+	ex.whenDone(r)
 	resp, err := b.next.RoundTrip(req)
 	if resp != nil {
 		p.responded(r, ex.result())
@@ -202,7 +202,7 @@ type budgetState struct {
 	levelLocal bool
 	// held is what the store holds of the attempts not yet settled.
 	held     [NumDimensions]float64
-	queue    []*waiter // in arrival order; only the head asks the store
+	queue    []*reservation // waiting for admission, in arrival order; only the head asks the store
 	inFlight int
 	probing  bool // cold start: one attempt awaits its response headers
 	// unpaced: a successful response carried no limit headers, so this Key's
@@ -225,6 +225,20 @@ func (b *budgetState) init(cfg *config, now time.Time) {
 			b.level[d], b.levelKnown[d] = float64(l), true
 		}
 	}
+}
+
+// advance brings the levels shown up to date at now: the refill since the
+// store last reported them.
+func (b *budgetState) advance(now time.Time) {
+	if !now.After(b.levelAt) {
+		return
+	}
+	for d := range b.level {
+		if b.levelKnown[d] {
+			b.level[d] = b.levelNow(now, d)
+		}
+	}
+	b.levelAt = now
 }
 
 // mirror notes the levels a store reported.
@@ -271,12 +285,13 @@ type reservation struct {
 	probe    bool // holds the cold-start gate
 	refunded bool // gave everything back (429)
 	settled  bool
+
+	waiter waiter // its place in the queue, while it waits for admission
 }
 
 // A waiter is an attempt queued for admission. Its fields are guarded by
 // the pool's mutex.
 type waiter struct {
-	r   *reservation
 	ctx context.Context // the attempt's, for the store calls made on its behalf
 
 	granted bool
@@ -285,53 +300,73 @@ type waiter struct {
 	timed   bool
 	err     error // why it cannot be admitted: ctx's error, or a pause it cannot wait out
 
-	wake chan struct{} // capacity 1: the head's wait may be shorter now
+	// woken says the head's wait may be shorter now: it asks the store
+	// again. wake carries the news to a head that is blocked (capacity 1;
+	// made when the waiter first blocks).
+	woken bool
+	wake  chan struct{}
 }
+
 
 // admit waits, in arrival order, until the store grants the cost of c's
 // attempt and the Key's concurrency allows one more attempt, then until a
 // grant ahead of time may be sent. It returns the reservation, or ctx's
 // error (or an *OpenError for a pause found in the store that cannot be
-// waited out), in which case the attempt holds nothing.
+// waited out), in which case the attempt holds nothing. Only time spent
+// blocked counts as a wait.
 func (p *pool) admit(ctx context.Context, c *call) (*reservation, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	clock := p.state.cfg.clock
 	r := &reservation{p: p}
-	w := &waiter{r: r, ctx: ctx, wake: make(chan struct{}, 1)}
+	w := &r.waiter
+	w.ctx = ctx
 	var t timer
 	defer t.reset()
 
 	p.mu.Lock()
 	start := clock.Now()
+	blocked := false
+	defer func() {
+		if blocked {
+			c.addWait("budget", clock.Now().Sub(start))
+		}
+	}()
 	p.estimateLocked(r, &c.info)
-	p.budget.queue = append(p.budget.queue, w)
+	p.budget.queue = append(p.budget.queue, r)
 	for {
 		now := clock.Now()
-		if p.budget.queue[0] == w && !w.granted && !p.blockedLocked() {
-			p.askLocked(w, start) // unlocks around the store call
+		if p.budget.queue[0] == r && !w.granted && !p.blockedLocked() {
+			w.woken = false
+			p.askLocked(r, start) // unlocks around the store call
 			now = clock.Now()
 		}
 		if w.err == nil && w.granted && !now.Before(w.sendAt) {
-			p.removeLocked(w)
+			p.removeLocked(r)
 			p.evaluateAlertsLocked(now)
 			p.wakeHeadLocked()
 			p.unlock(ctx, c)
-			c.addWait("budget", now.Sub(start))
 			return r, nil
+		}
+		if w.err == nil && w.woken && !w.granted && p.budget.queue[0] == r && !p.blockedLocked() {
+			continue // an improvement came while the store was asked
 		}
 		switch {
 		case w.err != nil:
 		case w.granted:
 			t.set(clock, now, w.sendAt) // granted ahead: hold the head until then
-		case p.budget.queue[0] == w && w.timed:
+		case p.budget.queue[0] == r && w.timed:
 			t.set(clock, now, w.retryAt)
 		default:
 			t.reset()
 		}
 		if w.err == nil {
+			if w.wake == nil {
+				w.wake = make(chan struct{}, 1)
+			}
 			p.unlock(ctx, c)
+			blocked = true
 			select {
 			case <-ctx.Done():
 				w.err = ctx.Err()
@@ -342,25 +377,26 @@ func (p *pool) admit(ctx context.Context, c *call) (*reservation, error) {
 			p.mu.Lock()
 		}
 		if w.err != nil {
-			p.leaveLocked(w)
+			p.leaveLocked(r)
 			p.unlock(ctx, c)
-			c.addWait("budget", clock.Now().Sub(start))
 			return nil, w.err
 		}
 	}
 }
 
-// askLocked asks the store to admit w's attempt and records the answer in
-// w. p.mu is held on entry and on return, but not during the call.
-func (p *pool) askLocked(w *waiter, start time.Time) {
+// askLocked asks the store to admit r and records the answer in its waiter.
+// p.mu is held on entry and on return, but not during the call.
+func (p *pool) askLocked(r *reservation, start time.Time) {
+	w := &r.waiter
 	clock, g := p.state.cfg.clock, p.state.guard
 	st := g.pick()
-	a := Admission{Limits: p.budget.limits, Cost: w.r.cost, MaxWait: grantAhead(w.ctx)}
+	a := Admission{Limits: p.budget.limits, Cost: r.cost, MaxWait: grantAhead(w.ctx)}
 	a.Start, a.HasStart = p.startLevelsLocked(clock.Now())
 	a.Settle = p.takeSettlementsLocked(st)
 	p.mu.Unlock()
 	res, st, limits, err := g.admit(w.ctx, st, p.name, a)
 	p.mu.Lock()
+	p.returnSettlementsLocked(a.Settle)
 	now := clock.Now()
 	w.timed = false
 	if err != nil {
@@ -379,7 +415,7 @@ func (p *pool) askLocked(w *waiter, start time.Time) {
 	case !res.Granted:
 		w.retryAt, w.timed = now.Add(res.Wait), true
 	default:
-		p.grantLocked(now, w.r, st, limits, res)
+		p.grantLocked(now, r, st, limits, res)
 		w.granted, w.sendAt = true, now.Add(res.Wait)
 	}
 }
@@ -443,7 +479,7 @@ func (p *pool) admissionComingLocked() bool {
 	switch {
 	case len(q) == 0:
 		return false
-	case q[0].granted:
+	case q[0].waiter.granted:
 		return len(q) > 1
 	}
 	return !p.blockedLocked()
@@ -475,19 +511,24 @@ func (p *pool) grantLocked(now time.Time, r *reservation, st Store, limits [NumD
 // wakeHeadLocked tells the head of the queue that its wait may be shorter
 // now: it asks the store again.
 func (p *pool) wakeHeadLocked() {
-	if len(p.budget.queue) > 0 {
+	if len(p.budget.queue) == 0 {
+		return
+	}
+	w := &p.budget.queue[0].waiter
+	w.woken = true
+	if w.wake != nil {
 		select {
-		case p.budget.queue[0].wake <- struct{}{}:
+		case w.wake <- struct{}{}:
 		default:
 		}
 	}
 }
 
-// removeLocked takes w out of the queue, keeping the order.
-func (p *pool) removeLocked(w *waiter) {
+// removeLocked takes r out of the queue, keeping the order.
+func (p *pool) removeLocked(r *reservation) {
 	q := p.budget.queue
 	for i, x := range q {
-		if x == w {
+		if x == r {
 			copy(q[i:], q[i+1:])
 			q[len(q)-1] = nil
 			p.budget.queue = q[:len(q)-1]
@@ -496,13 +537,13 @@ func (p *pool) removeLocked(w *waiter) {
 	}
 }
 
-// leaveLocked takes w out of the queue for good, as it will not be sent:
+// leaveLocked takes r out of the queue for good, as it will not be sent:
 // everything it was granted is given back, and the next in line goes.
-func (p *pool) leaveLocked(w *waiter) {
-	p.removeLocked(w)
-	if w.granted {
-		p.releaseLocked(w.r, true)
-		p.doneLocked(w.r)
+func (p *pool) leaveLocked(r *reservation) {
+	p.removeLocked(r)
+	if r.waiter.granted {
+		p.releaseLocked(r, true)
+		p.doneLocked(r)
 	}
 	p.wakeHeadLocked()
 }
@@ -532,9 +573,9 @@ func (p *pool) responded(r *reservation, res response) {
 	p.unlock(nil, nil)
 }
 
-// settle is called when r's exchange is done: it frees r's slot and settles
-// its charges to the usage the response reported.
-func (r *reservation) settle(ex *exchange) {
+// exchanged is called when r's exchange is done: it frees r's slot and
+// settles its charges to the usage the response reported.
+func (r *reservation) exchanged(ex *exchange) {
 	res := ex.result()
 	u, _ := ex.outcome()
 	p := r.p
@@ -589,7 +630,10 @@ func (p *pool) syncLocked(r *reservation, floors bool) {
 	if st == nil || !g.usable(st) {
 		return
 	}
-	s := Settlement{Limits: g.limitsFor(st, p.budget.limits), SentAt: r.storeSentAt}
+	b := &p.budget
+	now := p.state.cfg.clock.Now()
+	b.advance(now)
+	s := Settlement{Limits: g.limitsFor(st, b.limits), SentAt: r.storeSentAt}
 	changed := false
 	for d, l := range s.Limits {
 		if l <= 0 {
@@ -597,12 +641,16 @@ func (p *pool) syncLocked(r *reservation, floors bool) {
 		}
 		if delta := r.charged[d] - r.stored[d]; delta != 0 {
 			s.Charge[d], changed = delta, true
-			p.budget.held[d] += delta
+			b.held[d] += delta
 			r.stored[d] = r.charged[d]
+			// What the store will do with the charge, shown at once.
+			b.level[d] = min(b.level[d]-delta, float64(b.limits[d]))
 		}
 		if floors && r.hasFloor[d] {
 			s.Floor[d], s.HasFloor[d], changed = r.floor[d], true, true
 			r.hasFloor[d] = false
+			refill := float64(b.limits[d]) * max(now.Sub(r.sentAt), 0).Minutes()
+			b.level[d] = min(b.level[d], r.floor[d]+refill)
 		}
 	}
 	if changed {

@@ -63,32 +63,45 @@ type Waits struct {
 	Backoff time.Duration // between attempts
 }
 
-type ctxKey int
-
-const (
-	callKey ctxKey = iota
-	exchangeKey
-)
+type ctxKey struct{}
 
 // callFor returns the call record carried by req, creating it (and a request
 // that carries it) when req has none of this State's.
 func (s *State) callFor(req *http.Request) (*http.Request, *call) {
-	if c, ok := req.Context().Value(callKey).(*call); ok && c.state == s {
+	if c := s.callOf(req.Context()); c != nil {
 		return req, c
 	}
+	c := s.newCall(req)
+	return req.WithContext(c.context(req.Context())), c
+}
+
+// callOf returns the call of this State's that ctx carries, or nil.
+func (s *State) callOf(ctx context.Context) *call {
+	if c, ok := ctx.Value(ctxKey{}).(*call); ok && c.state == s {
+		return c
+	}
+	return nil
+}
+
+// newCall reads req into a new call record.
+func (s *State) newCall(req *http.Request) *call {
 	provider, op := classify(req)
 	info := requestInfo{provider: provider, operation: op, Info: reqscan.Read(req)}
-	c := &call{
+	return &call{
 		state: s,
 		info:  info,
 		pool:  s.poolOf(s.keyOf(provider, info.Model, accountOf(req.Header))),
 		start: s.cfg.clock.Now(),
 	}
-	return req.WithContext(context.WithValue(req.Context(), callKey, c)), c
+}
+
+// context returns ctx carrying c.
+func (c *call) context(ctx context.Context) context.Context {
+	return context.WithValue(ctx, ctxKey{}, c)
 }
 
 func callFrom(ctx context.Context) *call {
-	c, _ := ctx.Value(callKey).(*call)
+	c, _ := ctx.Value(ctxKey{}).(*call)
 	return c
 }
 
@@ -168,31 +181,75 @@ type exchange struct {
 	err         error // transport error, refusal, or the error that ended the body
 	output      bool  // the body showed output, or ended
 	done        bool
-	onOutput    []func(*exchange)
-	onDone      []func(*exchange)
+	onOutput    hooks
+	onDone      hooks
 }
 
-// exchangeFor returns the attempt carried by req, or starts a new one when
-// req carries none of c's that is still unsent.
+// An exchangeHook is told of a moment in an exchange's life: its first
+// output, or its completion.
+type exchangeHook interface {
+	exchanged(ex *exchange)
+}
+
+// hooks are the hooks waiting for one moment, in the order they came; the
+// few every attempt has fit without allocating.
+type hooks struct {
+	first [5]exchangeHook
+	n     int
+	more  []exchangeHook
+}
+
+func (h *hooks) add(f exchangeHook) {
+	if h.n < len(h.first) {
+		h.first[h.n] = f
+		h.n++
+		return
+	}
+	h.more = append(h.more, f)
+}
+
+// take returns the hooks and forgets them.
+func (h *hooks) take() hooks {
+	out := *h
+	*h = hooks{}
+	return out
+}
+
+func (h *hooks) run(ex *exchange) {
+	for _, f := range h.first[:h.n] {
+		f.exchanged(ex)
+	}
+	for _, f := range h.more {
+		f.exchanged(ex)
+	}
+}
+
+// exchangeFor returns the attempt under way: the call's latest, when it has
+// not been sent yet (an outer per-attempt layer started it), or a new one.
+// Attempts of one call run one after another, so the latest is the one at
+// hand.
 func (c *call) exchangeFor(req *http.Request) (*http.Request, *exchange) {
-	if ex, ok := req.Context().Value(exchangeKey).(*exchange); ok && ex.call == c && !ex.isSent() {
+	c.mu.Lock()
+	ex := c.last
+	c.mu.Unlock()
+	if ex != nil && !ex.isSent() {
 		return req, ex
 	}
 	return c.newExchange(req)
 }
 
-// newExchange starts the next attempt of c.
+// newExchange starts the next attempt of c. When the call is traced, the
+// request returned carries the attempt's span.
 func (c *call) newExchange(req *http.Request) (*http.Request, *exchange) {
 	c.mu.Lock()
 	c.attempts++
 	ex := &exchange{call: c, attempt: c.attempts}
 	c.last = ex
 	c.mu.Unlock()
-	ctx := context.WithValue(req.Context(), exchangeKey, ex)
 	if c.observer != nil {
-		ctx = c.observer.attemptStarted(ctx, ex)
+		req = req.WithContext(c.observer.attemptStarted(req.Context(), ex))
 	}
-	return req.WithContext(ctx), ex
+	return req, ex
 }
 
 // markSent records that the attempt is leaving for the server now.
@@ -258,29 +315,29 @@ func (ex *exchange) firstByte() time.Time {
 	return ex.firstByteAt
 }
 
-// whenDone runs f once the exchange is complete: now, if it already is.
-func (ex *exchange) whenDone(f func(*exchange)) {
+// whenDone tells f once the exchange is complete: now, if it already is.
+func (ex *exchange) whenDone(f exchangeHook) {
 	ex.mu.Lock()
 	if !ex.done {
-		ex.onDone = append(ex.onDone, f)
+		ex.onDone.add(f)
 		ex.mu.Unlock()
 		return
 	}
 	ex.mu.Unlock()
-	f(ex)
+	f.exchanged(ex)
 }
 
-// whenOutput runs f once the response shows output (see Output) or the
+// whenOutput tells f once the response shows output (see Output) or the
 // exchange is complete, whichever comes first: now, if either has.
-func (ex *exchange) whenOutput(f func(*exchange)) {
+func (ex *exchange) whenOutput(f exchangeHook) {
 	ex.mu.Lock()
 	if !ex.output && !ex.done {
-		ex.onOutput = append(ex.onOutput, f)
+		ex.onOutput.add(f)
 		ex.mu.Unlock()
 		return
 	}
 	ex.mu.Unlock()
-	f(ex)
+	f.exchanged(ex)
 }
 
 // FirstByte implements usage.Sink.
@@ -300,12 +357,9 @@ func (ex *exchange) Output() {
 		return
 	}
 	ex.output = true
-	hooks := ex.onOutput
-	ex.onOutput = nil
+	hs := ex.onOutput.take()
 	ex.mu.Unlock()
-	for _, f := range hooks {
-		f(ex)
-	}
+	hs.run(ex)
 }
 
 // Done implements usage.Sink: the body ended, at EOF (err nil), on a read
@@ -328,10 +382,8 @@ func (ex *exchange) finish(u usage.Usage, err error) {
 	if ex.err == nil {
 		ex.err = err
 	}
-	hooks := append(ex.onOutput, ex.onDone...)
-	ex.onOutput, ex.onDone = nil, nil
+	output, done := ex.onOutput.take(), ex.onDone.take()
 	ex.mu.Unlock()
-	for _, f := range hooks {
-		f(ex)
-	}
+	output.run(ex)
+	done.run(ex)
 }

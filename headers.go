@@ -211,8 +211,11 @@ func parseRetryAfter(s string, now time.Time) (time.Duration, bool) {
 
 // parseRetryAfterMS accepts milliseconds, integer or fractional.
 func parseRetryAfterMS(s string) (time.Duration, bool) {
+	if s == "" {
+		return 0, false
+	}
 	f, err := strconv.ParseFloat(s, 64)
-	if s == "" || err != nil || math.IsNaN(f) || f < 0 {
+	if err != nil || math.IsNaN(f) || f < 0 {
 		return 0, false
 	}
 	return clampSeconds(f / 1000), true

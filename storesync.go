@@ -240,7 +240,8 @@ type storeSync struct {
 	// pause is a pause this process took, to put into the store so that
 	// every Transport sharing it waits too.
 	pause    *pause
-	flushing bool // a goroutine is sending what is pending
+	flushing bool         // a goroutine is sending what is pending
+	carry    []Settlement // a buffer for the settlements an admission carries
 }
 
 // A pendingSettlement is a settlement and the store it is for: the one
@@ -256,9 +257,10 @@ func (p *pool) queueSettlementLocked(st Store, s Settlement) {
 }
 
 // takeSettlementsLocked returns the settlements that ride with an
-// admission asked of st, and keeps the others.
+// admission asked of st, and keeps the others. The slice returned is the
+// pool's to reuse: give it back with returnSettlementsLocked.
 func (p *pool) takeSettlementsLocked(st Store) []Settlement {
-	var out []Settlement
+	out := p.store.carry[:0]
 	kept := p.store.pending[:0]
 	for _, ps := range p.store.pending {
 		if ps.store == st {
@@ -268,18 +270,31 @@ func (p *pool) takeSettlementsLocked(st Store) []Settlement {
 		}
 	}
 	clear(p.store.pending[len(kept):])
-	p.store.pending = kept
+	p.store.pending, p.store.carry = kept, nil
 	return out
 }
 
+// returnSettlementsLocked takes back a slice takeSettlementsLocked gave.
+func (p *pool) returnSettlementsLocked(s []Settlement) {
+	if cap(s) <= maxCarried {
+		clear(s)
+		p.store.carry = s[:0]
+	}
+}
+
+// maxCarried bounds the buffer of settlements a pool keeps for reuse.
+const maxCarried = 64
+
 // kickFlushLocked starts a goroutine to send what is pending, unless one
-// runs already or, when now is false, an admission that will carry it is
-// coming.
-func (p *pool) kickFlushLocked(now bool) {
+// runs already, or an admission that will carry it is coming, or the store
+// is the State's own: nothing outside this pool reads that store, so what
+// it is owed rides with the pool's next admission, and the levels the pool
+// shows are brought up to date at once (syncLocked).
+func (p *pool) kickFlushLocked() {
 	if p.store.flushing || (len(p.store.pending) == 0 && p.store.pause == nil) {
 		return
 	}
-	if !now && p.store.pause == nil && p.admissionComingLocked() {
+	if p.store.pause == nil && (p.state.guard.own || p.admissionComingLocked()) {
 		return
 	}
 	p.store.flushing = true

@@ -60,12 +60,17 @@ type traceLayer struct {
 func (l *traceLayer) observes(s *State) bool { return observes(l.next, s) }
 
 func (l *traceLayer) RoundTrip(req *http.Request) (*http.Response, error) {
-	req, c := l.state.callFor(req)
-	if c.observer != nil {
+	c := l.state.callOf(req.Context())
+	if c != nil && c.observer != nil {
 		// An outer Trace of the same State traces this call already.
 		return l.next.RoundTrip(req)
 	}
-	ct := l.tel.startCall(req, c)
+	ctx := req.Context()
+	if c == nil {
+		c = l.state.newCall(req)
+		ctx = c.context(ctx)
+	}
+	ct := l.tel.startCall(ctx, req, c)
 	c.observer = ct
 	resp, err := l.next.RoundTrip(req.WithContext(ct.ctx))
 	if err != nil {
@@ -73,8 +78,25 @@ func (l *traceLayer) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	ct.responded()
-	c.lastExchange().whenDone(func(*exchange) { ct.end(resp.StatusCode, nil) })
+	c.lastExchange().whenDone(ct)
 	return resp, nil
+}
+
+// exchanged ends the call when its last exchange is complete.
+func (ct *callTrace) exchanged(ex *exchange) { ct.end(ex.result().status, nil) }
+
+// attrBuffers hold the attributes of a span while they are handed to the
+// SDK, which copies them: one buffer serves every span.
+var attrBuffers = sync.Pool{New: func() any { return new([]attribute.KeyValue) }}
+
+func getAttrs() *[]attribute.KeyValue { return attrBuffers.Get().(*[]attribute.KeyValue) }
+
+func putAttrs(b *[]attribute.KeyValue) {
+	if cap(*b) <= 64 {
+		clear(*b)
+		*b = (*b)[:0]
+		attrBuffers.Put(b)
+	}
 }
 
 // A callTrace is the Trace layer's record of one call: its span and those of
@@ -96,12 +118,15 @@ type callTrace struct {
 	ended     bool
 }
 
-func (t *telemetry) startCall(req *http.Request, c *call) *callTrace {
+// startCall starts the span of call c in ctx.
+func (t *telemetry) startCall(ctx context.Context, req *http.Request, c *call) *callTrace {
 	ct := &callTrace{tel: t, call: c, clock: c.state.cfg.clock, method: req.Method, url: redactedURL(req.URL)}
 	ct.address, ct.port = serverOf(req.URL)
 	info := &c.info
 	name := info.operation
-	attrs := make([]attribute.KeyValue, 0, 8)
+	buf := getAttrs()
+	defer putAttrs(buf)
+	attrs := *buf
 	if info.operation != "" {
 		attrs = append(attrs, semconv.GenAIOperationNameKey.String(info.operation))
 		if info.Model != "" {
@@ -122,8 +147,9 @@ func (t *telemetry) startCall(req *http.Request, c *call) *callTrace {
 	if k := c.key(); k.Family != "" {
 		attrs = append(attrs, modelFamilyKey.String(k.Family))
 	}
-	ct.ctx, ct.span = t.tracer.Start(req.Context(), name,
+	ct.ctx, ct.span = t.tracer.Start(ctx, name,
 		trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...), trace.WithTimestamp(c.start))
+	*buf = attrs
 	return ct
 }
 
@@ -137,13 +163,21 @@ func (ct *callTrace) responded() {
 
 // An attemptSpan is the span of one attempt; its pointer identifies it
 // (spans themselves need not be comparable).
-type attemptSpan struct{ span trace.Span }
+type attemptSpan struct {
+	ct   *callTrace
+	ctx  context.Context
+	span trace.Span
+}
+
+// exchanged ends the span when the attempt is complete.
+func (a *attemptSpan) exchanged(ex *exchange) { a.ct.endAttempt(a.ctx, a, ex) }
 
 // attemptStarted starts the span of attempt ex and returns ctx carrying it.
 func (ct *callTrace) attemptStarted(ctx context.Context, ex *exchange) context.Context {
 	now := ct.clock.Now()
-	attrs := make([]attribute.KeyValue, 0, 7)
-	attrs = append(attrs,
+	buf := getAttrs()
+	defer putAttrs(buf)
+	attrs := append(*buf,
 		semconv.HTTPRequestMethodKey.String(ct.method),
 		semconv.URLFullKey.String(ct.url),
 		attemptKey.Int(ex.attempt),
@@ -153,11 +187,12 @@ func (ct *callTrace) attemptStarted(ctx context.Context, ex *exchange) context.C
 	}
 	ctx, span := ct.tel.tracer.Start(ctx, ct.method,
 		trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...), trace.WithTimestamp(now))
-	a := &attemptSpan{span}
+	*buf = attrs
+	a := &attemptSpan{ct, ctx, span}
 	ct.mu.Lock()
 	ct.attempts = append(ct.attempts, a)
 	ct.mu.Unlock()
-	ex.whenDone(func(ex *exchange) { ct.endAttempt(ctx, a, ex) })
+	ex.whenDone(a)
 	return ctx
 }
 
@@ -169,22 +204,27 @@ func (ct *callTrace) endAttempt(ctx context.Context, a *attemptSpan, ex *exchang
 	span := a.span
 	r := ex.result()
 	_, err := ex.outcome()
+	buf := getAttrs()
+	defer putAttrs(buf)
+	attrs := *buf
 	if r.status != 0 {
-		span.SetAttributes(semconv.HTTPResponseStatusCode(r.status))
+		attrs = append(attrs, semconv.HTTPResponseStatusCode(r.status))
 	}
 	if r.headers.RequestID != "" {
-		span.SetAttributes(requestIDKey.String(r.headers.RequestID))
+		attrs = append(attrs, requestIDKey.String(r.headers.RequestID))
 	}
 	switch {
 	case r.status >= 400:
 		// The HTTP conventions' error.type for a status is the status code.
-		span.SetAttributes(semconv.ErrorTypeKey.String(strconv.Itoa(r.status)))
+		attrs = append(attrs, semconv.ErrorTypeKey.String(strconv.Itoa(r.status)))
 		span.SetStatus(codes.Error, "")
 	case err != nil:
 		typ := errorTypeOf(err)
-		span.SetAttributes(semconv.ErrorTypeKey.String(typ))
+		attrs = append(attrs, semconv.ErrorTypeKey.String(typ))
 		span.SetStatus(codes.Error, typ)
 	}
+	span.SetAttributes(attrs...)
+	*buf = attrs
 	span.End(trace.WithTimestamp(ct.clock.Now()))
 	if r.status == http.StatusTooManyRequests {
 		ct.tel.inst.rateLimited.Add(ctx, 1, metric.WithAttributeSet(
@@ -353,12 +393,18 @@ func endRefused(span trace.Span, now time.Time, err error) {
 // annotate sets the attributes and the status of a finished call's span.
 func (ct *callTrace) annotate(now time.Time, err error, errType string, r response, attempts int,
 	waits Waits, u usage.Usage, ttfc time.Duration) {
-	attrs := make([]attribute.KeyValue, 0, 24)
-	attrs = append(attrs,
-		attemptsKey.Int(attempts),
-		waitBudgetKey.Float64(waits.Budget.Seconds()),
-		waitPauseKey.Float64(waits.Pause.Seconds()),
-		waitBackoffKey.Float64(waits.Backoff.Seconds()))
+	buf := getAttrs()
+	defer putAttrs(buf)
+	attrs := append(*buf, attemptsKey.Int(attempts))
+	// A wait is recorded where the call waited for that cause.
+	for _, w := range []struct {
+		key attribute.Key
+		d   time.Duration
+	}{{waitBudgetKey, waits.Budget}, {waitPauseKey, waits.Pause}, {waitBackoffKey, waits.Backoff}} {
+		if w.d > 0 {
+			attrs = append(attrs, w.key.Float64(w.d.Seconds()))
+		}
+	}
 	if r.status != 0 {
 		attrs = append(attrs, semconv.HTTPResponseStatusCode(r.status))
 	}
@@ -402,6 +448,7 @@ func (ct *callTrace) annotate(now time.Time, err error, errType string, r respon
 		}
 	}
 	span.SetAttributes(attrs...)
+	*buf = attrs
 }
 
 // recordMetrics records the GenAI client metrics of a finished call; ttfc

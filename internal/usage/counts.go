@@ -21,54 +21,27 @@ type optInt struct {
 	ok bool
 }
 
-// UnmarshalJSON accepts a non-negative integer (or an integral float) and
-// ignores anything else, so one malformed field does not lose the others.
-func (o *optInt) UnmarshalJSON(b []byte) error {
-	if v, ok := parseInt(b); ok {
-		*o = optInt{v, true}
+// take keeps the value of one usage field, when it is a number.
+func (a *counts) take(f int, raw []byte) {
+	v, ok := parseInt(raw)
+	if !ok {
+		return // one malformed field does not lose the others
 	}
-	return nil
-}
-
-type tokensDetails struct{ cached optInt }
-
-func (d *tokensDetails) UnmarshalJSON(b []byte) error {
-	var x struct {
-		Cached optInt `json:"cached_tokens"`
-	}
-	if json.Unmarshal(b, &x) == nil {
-		d.cached = x.Cached
-	}
-	return nil
-}
-
-func (a *counts) merge(raw []byte) {
-	var r struct {
-		InputTokens              optInt        `json:"input_tokens"`
-		OutputTokens             optInt        `json:"output_tokens"`
-		CacheReadInputTokens     optInt        `json:"cache_read_input_tokens"`
-		CacheCreationInputTokens optInt        `json:"cache_creation_input_tokens"`
-		PromptTokens             optInt        `json:"prompt_tokens"`
-		CompletionTokens         optInt        `json:"completion_tokens"`
-		PromptTokensDetails      tokensDetails `json:"prompt_tokens_details"`
-		InputTokensDetails       tokensDetails `json:"input_tokens_details"`
-	}
-	if json.Unmarshal(raw, &r) != nil {
-		return
-	}
-	for _, f := range [...]struct{ dst, v *optInt }{
-		{&a.input, &r.InputTokens},
-		{&a.output, &r.OutputTokens},
-		{&a.cacheRead, &r.CacheReadInputTokens},
-		{&a.cacheCreation, &r.CacheCreationInputTokens},
-		{&a.prompt, &r.PromptTokens},
-		{&a.completion, &r.CompletionTokens},
-		{&a.cached, &r.PromptTokensDetails.cached},
-		{&a.cached, &r.InputTokensDetails.cached},
-	} {
-		if f.v.ok {
-			*f.dst = *f.v
-		}
+	switch f {
+	case fInput:
+		a.input = optInt{v, true}
+	case fOutput:
+		a.output = optInt{v, true}
+	case fCacheRead:
+		a.cacheRead = optInt{v, true}
+	case fCacheCreation:
+		a.cacheCreation = optInt{v, true}
+	case fPrompt:
+		a.prompt = optInt{v, true}
+	case fCompletion:
+		a.completion = optInt{v, true}
+	case fCached:
+		a.cached = optInt{v, true}
 	}
 }
 

@@ -242,7 +242,7 @@ type jsonParser struct {
 // JSON document" however the body was cut into Reads.
 func (p *jsonParser) feed(b []byte) {
 	if p.sc == nil {
-		p.sc = jsonscan.New(paths)
+		p.sc = getScanner()
 	}
 	p.sc.Feed(b)
 }
@@ -252,9 +252,22 @@ func (p *jsonParser) usage() Usage {
 		p.applied = true
 		p.sc.End()
 		p.st.applyBody(p.sc)
+		putScanner(p.sc)
+		p.sc = nil
 	}
 	return p.st.usage()
 }
+
+// scanners are reused: a Scanner's buffers outlive the body it read.
+var scanners = sync.Pool{New: func() any { return jsonscan.New(paths) }}
+
+func getScanner() *jsonscan.Scanner {
+	sc := scanners.Get().(*jsonscan.Scanner)
+	sc.Reset()
+	return sc
+}
+
+func putScanner(sc *jsonscan.Scanner) { scanners.Put(sc) }
 
 func (p *jsonParser) output() bool { return false }
 
@@ -268,14 +281,19 @@ type sseParser struct {
 }
 
 func newSSEParser() *sseParser {
-	p := &sseParser{sc: jsonscan.New(paths)}
+	p := &sseParser{sc: getScanner()}
 	p.frames = sse.New(p)
 	return p
 }
 
 func (p *sseParser) feed(b []byte) { p.frames.Feed(b) }
 
+// usage is called once, when the body ends.
 func (p *sseParser) usage() Usage {
+	if p.sc != nil {
+		putScanner(p.sc)
+		p.sc = nil
+	}
 	p.st.partial = p.st.partial || p.frames.Dropped
 	return p.st.usage()
 }
@@ -368,7 +386,7 @@ func (st *state) eventType(sc *jsonscan.Scanner) string {
 
 // A fieldSet is the fields one kind of document is read for, a bit per
 // field.
-type fieldSet uint16
+type fieldSet uint32
 
 func fields(fs ...int) fieldSet {
 	var set fieldSet
@@ -379,21 +397,24 @@ func fields(fs ...int) fieldSet {
 }
 
 // bodyReads are the fields a whole JSON body is read for.
-var bodyReads = fields(fID, fModel, fStopReason, fStatus, fUsage, fError, fChoiceIndex, fChoiceFinish)
+var bodyReads = fields(fID, fModel, fStopReason, fStatus, fError, fChoiceIndex, fChoiceFinish) | usageReads
+
+// usageReads are the fields of a usage object.
+var usageReads = fields(fInput, fOutput, fCacheRead, fCacheCreation, fPrompt, fCompletion, fCached)
 
 // eventReads says which fields an SSE event is read for, by its type; ""
 // is an OpenAI chat chunk (an event with no type).
 var eventReads = map[string]fieldSet{
 	"message_stop":         0,
-	"message_start":        fields(fID, fModel, fStopReason, fUsage),
-	"message_delta":        fields(fID, fModel, fStopReason, fUsage),
+	"message_start":        fields(fID, fModel, fStopReason) | usageReads,
+	"message_delta":        fields(fID, fModel, fStopReason) | usageReads,
 	"error":                fields(fError, fCode, fMessage),
-	"response.created":     fields(fID, fModel, fUsage),
-	"response.in_progress": fields(fID, fModel, fUsage),
-	"response.completed":   fields(fID, fModel, fUsage, fStatus),
-	"response.incomplete":  fields(fID, fModel, fUsage, fStatus),
-	"response.failed":      fields(fID, fModel, fUsage, fStatus, fError, fCode, fMessage),
-	"":                     fields(fID, fModel, fUsage, fError, fChoiceIndex, fChoiceFinish, fChoiceContent, fChoiceToolCall),
+	"response.created":     fields(fID, fModel) | usageReads,
+	"response.in_progress": fields(fID, fModel) | usageReads,
+	"response.completed":   fields(fID, fModel, fStatus) | usageReads,
+	"response.incomplete":  fields(fID, fModel, fStatus) | usageReads,
+	"response.failed":      fields(fID, fModel, fStatus, fError, fCode, fMessage) | usageReads,
+	"":                     fields(fID, fModel, fError, fChoiceIndex, fChoiceFinish, fChoiceContent, fChoiceToolCall) | usageReads,
 }
 
 // apply takes the values of set that one scanned document holds. It
@@ -417,10 +438,8 @@ func (st *state) apply(set fieldSet, sc *jsonscan.Scanner) (output bool) {
 			stop = stringOf(c.Raw)
 		case fStatus:
 			status = stringOf(c.Raw)
-		case fUsage:
-			if len(c.Raw) > 0 && c.Raw[0] == '{' { // not null, as on most chat chunks
-				st.acc.merge(c.Raw)
-			}
+		case fInput, fOutput, fCacheRead, fCacheCreation, fPrompt, fCompletion, fCached:
+			st.acc.take(c.Field, c.Raw)
 		case fError:
 			st.errRaw = c.Raw
 		case fCode:
