@@ -337,23 +337,13 @@ func (p *pool) admitBreaker(ctx context.Context, c *call) (ticket func(error), p
 	p.mu.Lock()
 	for {
 		now := clock.Now()
-		if wait := p.pause.until.Sub(now); wait > 0 {
+		if p.pause.until.After(now) {
 			if err := p.hopelessLocked(ctx, now, start); err != nil {
 				p.unlock(ctx, c)
 				return nil, false, err
 			}
-			p.circuit.waiting++
-			t.set(clock, now, p.pause.until)
-			p.unlock(ctx, c)
 			paused = true
-			select {
-			case <-ctx.Done():
-			case <-t.c:
-				t = timer{}
-			}
-			p.mu.Lock()
-			p.circuit.waiting--
-			if err := ctx.Err(); err != nil {
+			if err := p.waitPauseLocked(ctx, c, &t); err != nil {
 				p.unlock(ctx, c)
 				return nil, false, err
 			}
@@ -370,27 +360,53 @@ func (p *pool) admitBreaker(ctx context.Context, c *call) (ticket func(error), p
 			p.unlock(ctx, c)
 			runtime.Gosched()
 			p.mu.Lock()
-			continue
 		case p.state.cfg.breaker.failFast:
 			err := p.openErrorLocked(time.Time{})
 			p.unlock(ctx, c)
 			return nil, false, err
-		}
-		changed := p.circuit.changed
-		p.circuit.onProbe++
-		p.unlock(ctx, c)
-		paused = true
-		select { // the probe is in flight
-		case <-ctx.Done():
-			p.mu.Lock()
-			if p.circuit.changed == changed { // else report counted this attempt out already
-				p.circuit.onProbe--
+		default: // the probe is in flight
+			paused = true
+			if err := p.waitProbeLocked(ctx, c); err != nil {
+				p.unlock(ctx, c)
+				return nil, false, err
 			}
-			p.unlock(ctx, c)
-			return nil, false, ctx.Err()
-		case <-changed:
 		}
+	}
+}
+
+// waitPauseLocked waits, with p.mu released, until the pause in force ends
+// or ctx is done.
+func (p *pool) waitPauseLocked(ctx context.Context, c *call, t *timer) error {
+	clock := p.state.cfg.clock
+	p.circuit.waiting++
+	t.set(clock, clock.Now(), p.pause.until)
+	p.unlock(ctx, c)
+	select {
+	case <-ctx.Done():
+	case <-t.c:
+		*t = timer{}
+	}
+	p.mu.Lock()
+	p.circuit.waiting--
+	return ctx.Err()
+}
+
+// waitProbeLocked waits, with p.mu released, for the verdict of the probe
+// in flight, or until ctx is done.
+func (p *pool) waitProbeLocked(ctx context.Context, c *call) error {
+	changed := p.circuit.changed
+	p.circuit.onProbe++
+	p.unlock(ctx, c)
+	select {
+	case <-ctx.Done():
 		p.mu.Lock()
+		if p.circuit.changed == changed { // else report counted this attempt out already
+			p.circuit.onProbe--
+		}
+		return ctx.Err()
+	case <-changed:
+		p.mu.Lock()
+		return nil
 	}
 }
 

@@ -307,7 +307,6 @@ type waiter struct {
 	wake  chan struct{}
 }
 
-
 // admit waits, in arrival order, until the store grants the cost of c's
 // attempt and the Key's concurrency allows one more attempt, then until a
 // grant ahead of time may be sent. It returns the reservation, or ctx's
@@ -337,51 +336,64 @@ func (p *pool) admit(ctx context.Context, c *call) (*reservation, error) {
 	p.budget.queue = append(p.budget.queue, r)
 	for {
 		now := clock.Now()
-		if p.budget.queue[0] == r && !w.granted && !p.blockedLocked() {
+		if w.err == nil && p.mayAskLocked(r) {
 			w.woken = false
 			p.askLocked(r, start) // unlocks around the store call
 			now = clock.Now()
 		}
-		if w.err == nil && w.granted && !now.Before(w.sendAt) {
+		switch {
+		case w.err != nil:
+			p.leaveLocked(r)
+			p.unlock(ctx, c)
+			return nil, w.err
+		case w.granted && !now.Before(w.sendAt):
 			p.removeLocked(r)
 			p.evaluateAlertsLocked(now)
 			p.wakeHeadLocked()
 			p.unlock(ctx, c)
 			return r, nil
-		}
-		if w.err == nil && w.woken && !w.granted && p.budget.queue[0] == r && !p.blockedLocked() {
+		case w.woken && p.mayAskLocked(r):
 			continue // an improvement came while the store was asked
 		}
-		switch {
-		case w.err != nil:
-		case w.granted:
-			t.set(clock, now, w.sendAt) // granted ahead: hold the head until then
-		case p.budget.queue[0] == r && w.timed:
-			t.set(clock, now, w.retryAt)
-		default:
-			t.reset()
-		}
-		if w.err == nil {
-			if w.wake == nil {
-				w.wake = make(chan struct{}, 1)
-			}
-			p.unlock(ctx, c)
-			blocked = true
-			select {
-			case <-ctx.Done():
-				w.err = ctx.Err()
-			case <-w.wake:
-			case <-t.c:
-				t = timer{}
-			}
-			p.mu.Lock()
-		}
-		if w.err != nil {
-			p.leaveLocked(r)
-			p.unlock(ctx, c)
-			return nil, w.err
-		}
+		blocked = true
+		p.waitLocked(ctx, c, r, &t) // unlocks while it waits
 	}
+}
+
+// mayAskLocked reports whether r may ask the store now: it heads the queue,
+// is not granted yet, and waits for nothing but the store.
+func (p *pool) mayAskLocked(r *reservation) bool {
+	return p.budget.queue[0] == r && !r.waiter.granted && !p.blockedLocked()
+}
+
+// waitLocked waits, with p.mu released, until r's grant ahead of time may
+// be sent, its time to ask the store again has come, it is woken, or ctx is
+// done (then r's waiter has ctx's error).
+func (p *pool) waitLocked(ctx context.Context, c *call, r *reservation, t *timer) {
+	w, clock := &r.waiter, p.state.cfg.clock
+	now := clock.Now()
+	switch {
+	case w.granted:
+		t.set(clock, now, w.sendAt) // granted ahead: hold the head until then
+	case p.budget.queue[0] == r && w.timed:
+		t.set(clock, now, w.retryAt)
+	default:
+		t.reset()
+	}
+	if w.wake == nil {
+		w.wake = make(chan struct{}, 1)
+	}
+	p.unlock(ctx, c)
+	select {
+	case <-ctx.Done():
+		p.mu.Lock()
+		w.err = ctx.Err()
+		return
+	case <-w.wake:
+	case <-t.c:
+		*t = timer{}
+	}
+	p.mu.Lock()
 }
 
 // askLocked asks the store to admit r and records the answer in its waiter.
@@ -546,199 +558,6 @@ func (p *pool) leaveLocked(r *reservation) {
 		p.doneLocked(r)
 	}
 	p.wakeHeadLocked()
-}
-
-// responded learns from an attempt's response headers as soon as they
-// arrive: it refunds a 429, learns limits, pulls levels down to what the
-// server says remains and opens the cold-start gate. It queues for the
-// store only what cannot wait for the attempt's settlement: the refund of
-// a 429, the charge of a limit just learned, or news that less remains
-// than the store held when this process last asked.
-func (p *pool) responded(r *reservation, res response) {
-	p.mu.Lock()
-	now := p.state.cfg.clock.Now()
-	r.status = res.status
-	learned := p.learnLocked(r, res.headers)
-	switch {
-	case res.status == http.StatusTooManyRequests:
-		p.refundAllLocked(r)
-	case learned || p.newsLocked(now, r):
-		p.syncLocked(r, true)
-	}
-	if res.status >= 200 && res.status < 300 && !p.budget.limitsKnown() {
-		p.budget.unpaced = true
-	}
-	p.releaseProbeLocked(r)
-	p.wakeHeadLocked()
-	p.unlock(nil, nil)
-}
-
-// exchanged is called when r's exchange is done: it frees r's slot and
-// settles its charges to the usage the response reported.
-func (r *reservation) exchanged(ex *exchange) {
-	res := ex.result()
-	u, _ := ex.outcome()
-	p := r.p
-	p.mu.Lock()
-	now := p.state.cfg.clock.Now()
-	status := res.status
-	if status == 0 {
-		status = r.status
-	}
-	p.releaseLocked(r, false)
-	switch {
-	case r.refunded:
-	case status == http.StatusTooManyRequests:
-		p.refundAllLocked(r)
-	case status == 0:
-		r.charged[Tokens], r.charged[InputTokens], r.charged[OutputTokens] = 0, 0, 0
-	default:
-		p.settleUsageLocked(r, status, u)
-	}
-	p.syncLocked(r, true)
-	p.doneLocked(r)
-	for d := range NumDimensions {
-		p.budget.window.add(now, d, r.charged[d])
-	}
-	p.evaluateAlertsLocked(now)
-	p.wakeHeadLocked()
-	p.unlock(nil, nil)
-}
-
-// newsLocked reports whether r's response said less remains, in some
-// dimension, than the store's level as this process last saw it.
-func (p *pool) newsLocked(now time.Time, r *reservation) bool {
-	for d := range NumDimensions {
-		if r.hasFloor[d] && p.budget.limits[d] > 0 && p.budget.levelKnown[d] {
-			refill := float64(p.budget.limits[d]) * max(now.Sub(r.sentAt), 0).Minutes()
-			if p.budget.levelNow(now, d) > r.floor[d]+refill {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// syncLocked queues for the store what r is charged beyond what the store
-// holds of it, in every dimension whose limit is known, and, when floors
-// is set, what r's response said remains. The settlement rides with the
-// next admission this process asks of the same store, or goes on its own
-// when none is coming (pool.unlock sees to it). When the store cannot be
-// reached, nothing is lost for good: its buckets refill on their own.
-func (p *pool) syncLocked(r *reservation, floors bool) {
-	st, g := r.store, p.state.guard
-	if st == nil || !g.usable(st) {
-		return
-	}
-	b := &p.budget
-	now := p.state.cfg.clock.Now()
-	b.advance(now)
-	s := Settlement{Limits: g.limitsFor(st, b.limits), SentAt: r.storeSentAt}
-	changed := false
-	for d, l := range s.Limits {
-		if l <= 0 {
-			continue
-		}
-		if delta := r.charged[d] - r.stored[d]; delta != 0 {
-			s.Charge[d], changed = delta, true
-			b.held[d] += delta
-			r.stored[d] = r.charged[d]
-			// What the store will do with the charge, shown at once.
-			b.level[d] = min(b.level[d]-delta, float64(b.limits[d]))
-		}
-		if floors && r.hasFloor[d] {
-			s.Floor[d], s.HasFloor[d], changed = r.floor[d], true, true
-			r.hasFloor[d] = false
-			refill := float64(b.limits[d]) * max(now.Sub(r.sentAt), 0).Minutes()
-			b.level[d] = min(b.level[d], r.floor[d]+refill)
-		}
-	}
-	if changed {
-		p.queueSettlementLocked(st, s)
-	}
-}
-
-// doneLocked marks r settled: its charges are final.
-func (p *pool) doneLocked(r *reservation) {
-	if !r.settled {
-		r.settled = true
-		for d, n := range r.stored {
-			p.budget.held[d] -= n
-		}
-	}
-}
-
-// refundAllLocked gives back everything r is charged, once.
-func (p *pool) refundAllLocked(r *reservation) {
-	if !r.refunded && !r.settled {
-		r.charged = [NumDimensions]float64{}
-		r.refunded = true
-		p.syncLocked(r, false)
-	}
-}
-
-// releaseLocked gives up r's slot and cold-start gate and, when all is set,
-// everything it is charged.
-func (p *pool) releaseLocked(r *reservation, all bool) {
-	if all {
-		p.refundAllLocked(r)
-	}
-	if r.slot {
-		r.slot = false
-		p.budget.inFlight--
-	}
-	p.releaseProbeLocked(r)
-}
-
-func (p *pool) releaseProbeLocked(r *reservation) {
-	if r.probe {
-		r.probe, p.budget.probing = false, false
-	}
-}
-
-// learnLocked takes the limits the headers report and notes in r what they
-// say remains (its floor, below). It reports whether a limit was learned or
-// changed.
-//
-// The floor of a dimension is what the server's remaining reading allows
-// the level to have been when r was sent; the store lowers the level to it
-// plus the refill since. The server took the reading somewhere between r's
-// send and the arrival of its headers, having counted any of the other
-// attempts in flight, so the reading is turned into the most the level can
-// be, never less: the refill since r was sent is added (by the store),
-// nothing charged meanwhile is subtracted, and a value rounded to a unit
-// (Anthropic's token headers) is read as the top of its interval. The level
-// is only ever lowered: more room on the server's side is the estimates
-// being cautious, which settling corrects.
-func (p *pool) learnLocked(r *reservation, h RateLimitHeaders) bool {
-	b := &p.budget
-	dl := dialectOf(cmpOr(h.Provider, p.key.Provider))
-	learned := false
-	for d := range NumDimensions {
-		reading := h.Limits[d]
-		if !dl.learn[d] {
-			continue
-		}
-		if reading.HasLimit && reading.Limit > 0 && (b.limits[d] != reading.Limit || b.sources[d] != LimitFromHeaders) {
-			if b.limits[d] <= 0 {
-				b.level[d], b.levelKnown[d] = float64(reading.Limit), true // a bucket the store has not seen starts full
-			}
-			learned = learned || b.limits[d] != reading.Limit
-			b.limits[d], b.sources[d] = reading.Limit, LimitFromHeaders
-		}
-		if reading.HasRemaining && b.limits[d] > 0 {
-			r.floor[d] = min(float64(b.limits[d]), float64(reading.Remaining)+dl.rounding[d])
-			r.hasFloor[d] = true
-		}
-	}
-	return learned
-}
-
-func cmpOr(p, q Provider) Provider {
-	if p != "" {
-		return p
-	}
-	return q
 }
 
 func (p *pool) budgetSnapshotLocked(now time.Time) BudgetSnapshot {

@@ -336,18 +336,7 @@ func (ct *callTrace) end(status int, err error) {
 	}
 	attempts, waits := c.progress()
 	errType := callErrorType(err, r.status, r.apiErr, u.StreamError, bodyErr)
-	info := &c.info
-	// Time to first chunk: to when the first bytes of the stream reached
-	// the caller; when the caller read none, to the response headers.
-	ttfc := time.Duration(-1)
-	if info.Stream && r.status > 0 && r.status < 300 {
-		switch {
-		case !firstByte.IsZero():
-			ttfc = firstByte.Sub(c.start)
-		case !headersAt.IsZero():
-			ttfc = headersAt.Sub(c.start)
-		}
-	}
+	ttfc := ct.timeToFirstChunk(r.status, firstByte, headersAt)
 
 	span := ct.span
 	// A span nobody records (the no-op provider, the default) is not worth
@@ -359,25 +348,47 @@ func (ct *callTrace) end(status int, err error) {
 
 	ct.recordMetrics(u, errType, now.Sub(c.start), ttfc)
 	if record := c.state.cfg.telemetry.recordUsage; record != nil {
-		record(ct.ctx, UsageRecord{
-			Time:                     now,
-			Duration:                 now.Sub(c.start),
-			RequestID:                r.headers.RequestID,
-			Provider:                 info.provider,
-			Operation:                info.operation,
-			Model:                    info.Model,
-			ResponseModel:            u.ResponseModel,
-			Stream:                   info.Stream,
-			InputTokens:              u.InputTokens,
-			OutputTokens:             u.OutputTokens,
-			CacheReadInputTokens:     u.CacheReadInputTokens,
-			CacheCreationInputTokens: u.CacheCreationInputTokens,
-			Status:                   r.status,
-			Error:                    errType,
-			Attempts:                 attempts,
-			Waits:                    waits,
-		})
+		record(ct.ctx, c.usageRecord(now, r, u, errType, attempts, waits))
 	}
+}
+
+// usageRecord is the record of the call, ended at now.
+func (c *call) usageRecord(now time.Time, r response, u usage.Usage, errType string, attempts int, waits Waits) UsageRecord {
+	return UsageRecord{
+		Time:                     now,
+		Duration:                 now.Sub(c.start),
+		RequestID:                r.headers.RequestID,
+		Provider:                 c.info.provider,
+		Operation:                c.info.operation,
+		Model:                    c.info.Model,
+		ResponseModel:            u.ResponseModel,
+		Stream:                   c.info.Stream,
+		InputTokens:              u.InputTokens,
+		OutputTokens:             u.OutputTokens,
+		CacheReadInputTokens:     u.CacheReadInputTokens,
+		CacheCreationInputTokens: u.CacheCreationInputTokens,
+		Status:                   r.status,
+		Error:                    errType,
+		Attempts:                 attempts,
+		Waits:                    waits,
+	}
+}
+
+// timeToFirstChunk is, for a successful stream, the time from the call's
+// start to when the first bytes reached the caller (to the response
+// headers when the caller read none); -1 for other calls.
+func (ct *callTrace) timeToFirstChunk(status int, firstByte, headersAt time.Time) time.Duration {
+	c := ct.call
+	if !c.info.Stream || status <= 0 || status >= 300 {
+		return -1
+	}
+	switch {
+	case !firstByte.IsZero():
+		return firstByte.Sub(c.start)
+	case !headersAt.IsZero():
+		return headersAt.Sub(c.start)
+	}
+	return -1
 }
 
 // endRefused ends the span of an attempt that was never sent.
