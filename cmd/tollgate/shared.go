@@ -40,6 +40,8 @@ func benchShared(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	processes := f.fs.Int("processes", DefaultSharedProcesses, "OS processes per fleet, each with a tollgate Transport of its own")
 	redisAddr := f.fs.String("redis", "", "host:port of the Redis the processes share their budget through; "+
 		"empty: a redis-server of this run's own on 127.0.0.1, no persistence, stopped at the end (needs redis-server in PATH)")
+	outage := f.fs.String("outage", "", "DOWN,UP: stop this run's own redis-server DOWN after the start and start it again, "+
+		"empty, UP after the start (e.g. 30s,45s); not with --redis")
 	f.fs.Usage = func() {
 		fmt.Fprintf(stderr, `usage: tollgate bench-shared [flags]
 
@@ -73,21 +75,29 @@ flags:
 	if *processes < 1 || *processes > maxSharedProcesses {
 		return usagef("--processes must be between 1 and %d, not %d", maxSharedProcesses, *processes)
 	}
+	down, up, err := parseOutage(*outage, f.duration)
+	if err != nil {
+		return usageError{err}
+	}
+	if *outage != "" && *redisAddr != "" {
+		return usagef("--outage stops and restarts the run's own redis-server: it cannot be given with --redis")
+	}
 	live := stdout
 	if f.json {
 		live = stderr
 	}
 
 	addr, redisNote := *redisAddr, "at "+*redisAddr
+	var srv *procfleet.RedisServer
 	if addr == "" {
-		srv, err := procfleet.StartRedis(ctx)
+		srv, err = procfleet.StartRedis(ctx)
 		if errors.Is(err, procfleet.ErrNoRedisServer) {
 			return fmt.Errorf("%w: install it (e.g. apt-get install redis-server) or give --redis host:port", err)
 		}
 		if err != nil {
 			return fmt.Errorf("starting a redis-server: %w", err)
 		}
-		defer srv.Stop()
+		defer func() { srv.Stop() }()
 		addr, redisNote = srv.Addr, "of this run's own at "+srv.Addr
 	} else if err := procfleet.Ping(ctx, addr); err != nil {
 		return fmt.Errorf("no Redis answers at --redis %s: %w", addr, err)
@@ -108,8 +118,36 @@ flags:
 		"Each fleet against its own fake API on 127.0.0.1; Ctrl-C stops and prints what was measured.\n\n", sharedName, redisNote, privateName)
 	view := newLiveView(live)
 	cfg.Progress = view.update
+	outages := make(chan error, 1)
+	octx, stopOutage := context.WithCancel(ctx)
+	outageStarted := false
+	defer func() { // before the deferred Stop of srv, which the outage replaces
+		stopOutage()
+		if outageStarted {
+			<-outages
+		}
+	}()
+	if *outage != "" {
+		cfg.OnStart = func(start time.Time) {
+			outageStarted = true
+			go func() { outages <- runOutage(octx, &srv, start, down, up, stderr) }()
+		}
+		redisNote += fmt.Sprintf(", stopped %s after the start and started again, empty, after %s", down, up)
+	}
 	started := time.Now()
 	results, err := procfleet.Run(ctx, cfg, fleets...)
+	if outageStarted && err == nil {
+		err := <-outages
+		outageStarted = false
+		if err != nil {
+			return err
+		}
+		// The restarted server's counters start from zero: round trips
+		// across an outage are not counted.
+		for i := range results {
+			results[i].Redis = nil
+		}
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return errInterrupted
@@ -138,6 +176,57 @@ flags:
 	if interrupted {
 		return errInterrupted
 	}
+	return nil
+}
+
+// parseOutage reads --outage: DOWN,UP, both within the run.
+func parseOutage(s string, run time.Duration) (down, up time.Duration, err error) {
+	if s == "" {
+		return 0, 0, nil
+	}
+	a, b, ok := strings.Cut(s, ",")
+	if ok {
+		down, err = time.ParseDuration(strings.TrimSpace(a))
+	}
+	if ok && err == nil {
+		up, err = time.ParseDuration(strings.TrimSpace(b))
+	}
+	switch {
+	case !ok || err != nil:
+		return 0, 0, fmt.Errorf("--outage %q: want DOWN,UP, two durations such as 30s,45s", s)
+	case down <= 0 || up <= down || up >= run:
+		return 0, 0, fmt.Errorf("--outage %q: want 0 < DOWN < UP < --duration (%s)", s, run)
+	}
+	return down, up, nil
+}
+
+// runOutage stops the Redis *srv at start+down and starts a fresh one on
+// the same address at start+up.
+func runOutage(ctx context.Context, srv **procfleet.RedisServer, start time.Time, down, up time.Duration, log io.Writer) error {
+	wait := func(at time.Time) bool {
+		t := time.NewTimer(time.Until(at))
+		defer t.Stop()
+		select {
+		case <-t.C:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	if !wait(start.Add(down)) {
+		return nil
+	}
+	(*srv).Stop()
+	fmt.Fprintf(log, "bench-shared: redis-server stopped at %s\n", down)
+	if !wait(start.Add(up)) {
+		return nil
+	}
+	fresh, err := (*srv).Restart(ctx)
+	if err != nil {
+		return fmt.Errorf("restarting the redis-server: %w", err)
+	}
+	*srv = fresh
+	fmt.Fprintf(log, "bench-shared: redis-server started again, empty, at %s\n", up)
 	return nil
 }
 

@@ -137,6 +137,9 @@ type Config struct {
 	// StartTimeout bounds the wait for every worker to be ready; 0 means
 	// DefaultStartTimeout.
 	StartTimeout time.Duration
+	// OnStart, if set, is called once with the instant every worker starts
+	// at (a little after the call).
+	OnStart func(start time.Time)
 }
 
 // Result is what one fleet's processes came to together.
@@ -256,6 +259,9 @@ func Run(ctx context.Context, cfg Config, fleets ...Fleet) ([]Result, error) {
 			<-p.exited // gone already: its exit says why
 			return nil, p.failure()
 		}
+	}
+	if cfg.OnStart != nil {
+		cfg.OnStart(start)
 	}
 
 	// Report progress until every worker has exited.

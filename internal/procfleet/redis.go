@@ -244,6 +244,18 @@ func startRedis(ctx context.Context, path string) (*RedisServer, error) {
 	}
 	port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
 	_ = l.Close()
+	return startRedisOn(ctx, path, port)
+}
+
+// Restart stops the server and starts a fresh one, empty, on the same
+// address: a Redis that went down and came back without persistence.
+func (s *RedisServer) Restart(ctx context.Context) (*RedisServer, error) {
+	s.Stop()
+	_, port, _ := net.SplitHostPort(s.Addr)
+	return startRedisOn(ctx, s.cmd.Path, port)
+}
+
+func startRedisOn(ctx context.Context, path, port string) (*RedisServer, error) {
 	s := &RedisServer{Addr: "127.0.0.1:" + port, exited: make(chan struct{})}
 	s.cmd = exec.Command(path, "--bind", "127.0.0.1", "--port", port, "--save", "", "--appendonly", "no",
 		"--protected-mode", "yes", "--daemonize", "no")
