@@ -6,6 +6,8 @@
 //	tollgate bench-shared [flags]
 //	                         one fleet split across processes, sharing its budget through
 //	                         Redis or not, side by side (2 minutes)
+//	tollgate bench-storm [flags]
+//	                         a few seconds of overload: what each client sends into it
 //
 // Everything runs against fake APIs listening on 127.0.0.1, in this process
 // (bench-shared re-executes this program for its processes, and starts a
@@ -52,6 +54,9 @@ commands:
   bench-shared
           split one fleet across processes (4 × 8 agents) that share their budget
           through Redis, next to the same fleet with a budget per process
+  bench-storm
+          stream from 8 agents into a few seconds of overload (529s, or 200s whose
+          stream fails with overloaded_error) and count what each client sent into it
 
 Run 'tollgate <command> -h' for the flags of a command.
 `
@@ -70,6 +75,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = bench(ctx, args[1:], stdout, stderr)
 	case "bench-shared":
 		err = benchShared(ctx, args[1:], stdout, stderr)
+	case "bench-storm":
+		err = benchStorm(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
