@@ -37,6 +37,10 @@ type Info struct {
 	// Images counts image and document blocks, which cost tokens by their
 	// pixel size, not by their base64 length.
 	Images int
+	// Blocks is the prompt block by block in the order a prompt cache reads
+	// it (tools, system, messages), when the request sets cache_control
+	// breakpoints (1 to MaxBreakpoints of them); nil otherwise.
+	Blocks []Block
 }
 
 // MaxRead caps how much of a request body Read copies and walks; past it
@@ -93,6 +97,9 @@ func Read(req *http.Request) Info {
 	info.Stream = p.stream
 	info.Images = p.images
 	info.PromptBytes = p.prompt
+	if !over {
+		info.Blocks = p.cache.ordered()
+	}
 	for _, mt := range p.maxTokens {
 		if mt > 0 {
 			info.MaxTokens = mt
@@ -138,6 +145,7 @@ type parser struct {
 	stream    bool
 	prompt    int64
 	images    int
+	cache     cacheWalk
 }
 
 func (p *parser) fail() {
@@ -361,7 +369,13 @@ func (p *parser) top() {
 			} else {
 				p.stream = string(p.scalar()) == "true"
 			}
-		case "system", "messages", "input", "instructions", "tools", "prompt":
+		case "tools":
+			p.section(sectionTools)
+		case "system":
+			p.section(sectionSystem)
+		case "messages":
+			p.section(sectionMessages)
+		case "input", "instructions", "prompt":
 			p.content(0)
 		default:
 			p.skip()
@@ -425,25 +439,37 @@ func (p *parser) block(depth int) {
 		if !ok {
 			return
 		}
-		switch string(k) {
-		case "type":
-			if p.peek() == '"' {
-				typ, _, _ = p.str()
-			} else {
-				p.skip()
-			}
-		case "text", "thinking", "name", "description", "arguments", "output", "refusal",
-			"content", "summary", "function", "tool_calls":
-			p.content(depth)
-		case "input", "input_schema", "parameters":
-			p.ws()
-			start := p.i
-			p.skip()
-			p.prompt += int64(p.i - start)
-		default:
+		typ = p.member(k, typ, depth)
+	}
+	p.countImage(typ)
+}
+
+// member counts the value of one member k of a block and returns the
+// block's type, which a "type" member sets.
+func (p *parser) member(k, typ []byte, depth int) []byte {
+	switch string(k) {
+	case "type":
+		if p.peek() == '"' {
+			typ, _, _ = p.str()
+		} else {
 			p.skip()
 		}
+	case "text", "thinking", "name", "description", "arguments", "output", "refusal",
+		"content", "summary", "function", "tool_calls":
+		p.content(depth)
+	case "input", "input_schema", "parameters":
+		p.ws()
+		start := p.i
+		p.skip()
+		p.prompt += int64(p.i - start)
+	default:
+		p.skip()
 	}
+	return typ
+}
+
+// countImage counts a block of an image or document type.
+func (p *parser) countImage(typ []byte) {
 	switch string(typ) {
 	case "image", "document", "image_url", "input_image", "input_file", "file":
 		p.images++

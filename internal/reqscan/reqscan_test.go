@@ -140,7 +140,9 @@ func TestReadInfo(t *testing.T) {
 			for k, v := range tc.header {
 				req.Header[k] = v
 			}
-			assert.Equal(t, tc.want, Read(req))
+			got := Read(req)
+			got.Blocks = nil // TestBlocks pins them
+			assert.Equal(t, tc.want, got)
 			if tc.body != "" {
 				got, err := io.ReadAll(req.Body)
 				require.NoError(t, err)
