@@ -5,6 +5,8 @@ import (
 	"math"
 	"net/http"
 	"time"
+
+	"github.com/tollgate-go/tollgate/internal/reqscan"
 )
 
 // Budget returns the layer that admits each attempt against the limits of
@@ -113,6 +115,7 @@ func (s LimitSource) String() string {
 
 // budgetConfig is the Budget layer's part of config.
 type budgetConfig struct {
+	output         OutputAccounting
 	limits         Limits
 	maxConcurrency int
 	alertThreshold float64
@@ -210,15 +213,24 @@ type budgetState struct {
 	// ends rather than serialising every call forever.
 	unpaced bool
 	ratio   ratioEstimate // estimate.go
-	window  usageWindow   // utilization.go
-	above   [NumDimensions]bool
-	alerts  []UtilizationAlert // to deliver, in order
+	// output is how the server counts output, and outputSource where
+	// tollgate has that from: "provider", "option" or "detected".
+	output       OutputAccounting
+	outputSource string
+	produced     tokenEstimate // the output the pool's calls produce
+	cache        promptCache   // promptcache.go
+	window       usageWindow   // utilization.go
+	above        [NumDimensions]bool
+	alerts       []UtilizationAlert // to deliver, in order
 }
 
-func (b *budgetState) init(cfg *config, now time.Time) {
+func (b *budgetState) init(cfg *config, now time.Time, optionLimits bool) {
 	b.cfg = &cfg.budget
 	b.ratio = newRatioEstimate()
 	b.levelAt = now
+	if !optionLimits {
+		return
+	}
 	for d, l := range cfg.budget.limits.byDimension() {
 		if l > 0 {
 			b.limits[d], b.sources[d] = l, LimitFromOption
@@ -268,6 +280,15 @@ type reservation struct {
 	sentAt      time.Time              // when it may be sent, on this process's clock
 	promptBytes int64
 	images      int64
+	maxTokens   int64
+	model       string
+	// blocks is the prompt in cache order when it has breakpoints;
+	// cachedBytes the part of it predicted read from the cache.
+	blocks      []reqscan.Block
+	cachedBytes int64
+	// counted is what the server counted of it, input and output, once
+	// settled.
+	counted [2]int64
 
 	// store is the store that admitted it, stored what that store holds of
 	// it per dimension, and storeSentAt when it may be sent on the store's

@@ -37,7 +37,8 @@ type call struct {
 // requestInfo is what tollgate reads from a request before sending it.
 type requestInfo struct {
 	provider  Provider
-	operation string // the GenAI operation: "chat", "count_tokens", "embeddings"; "" for others
+	operation string    // the GenAI operation: "chat", "count_tokens", "embeddings"; "" for others
+	endpoint  *endpoint // the route, as dialect.go's table knows it; nil for others
 	reqscan.Info
 }
 
@@ -85,14 +86,17 @@ func (s *State) callOf(ctx context.Context) *call {
 
 // newCall reads req into a new call record.
 func (s *State) newCall(req *http.Request) *call {
-	provider, op := classify(req)
-	info := requestInfo{provider: provider, operation: op, Info: reqscan.Read(req)}
-	return &call{
-		state: s,
-		info:  info,
-		pool:  s.poolOf(s.keyOf(provider, info.Model, accountOf(req.Header))),
-		start: s.cfg.clock.Now(),
+	provider, ep := classify(req)
+	info := requestInfo{provider: provider, endpoint: ep, Info: reqscan.Read(req)}
+	key := Key{Provider: provider, Account: accountOf(req.Header)}
+	if ep != nil {
+		info.operation = ep.operation
+		key.Family = ep.pool
 	}
+	if key.Family == "" { // the model's pool
+		key = s.keyOf(provider, info.Model, key.Account)
+	}
+	return &call{state: s, info: info, pool: s.poolOf(key, ep), start: s.cfg.clock.Now()}
 }
 
 // context returns ctx carrying c.

@@ -32,8 +32,19 @@ type dialect struct {
 	learn [NumDimensions]bool
 	// rounding is the unit *-remaining values are rounded to.
 	rounding [NumDimensions]float64
-	// cacheReads reports whether cache reads count against the input limit.
-	cacheReads bool
+	// cacheReads reports whether cache reads count against the input limit;
+	// cacheReadModels names the models, by a part of their name, that count
+	// them where the provider's other models do not.
+	cacheReads      bool
+	cacheReadModels []string
+	// minCachedTokens is the shortest prefix the prompt cache keeps, by a
+	// part of the model's name ("" for the rest).
+	minCachedTokens []modelValue
+	// output is how the output limit counts an attempt unless the server
+	// shows otherwise; detectOutput says the headers can show it (an output
+	// limit of its own, reported at the start of a response).
+	output       OutputAccounting
+	detectOutput bool
 	// spendCapCodes are the error codes with which a 429 says the money,
 	// not the rate, has run out: waiting minutes cannot help.
 	spendCapCodes []string
@@ -57,6 +68,14 @@ var dialects = []*dialect{
 		// "rounded to the nearest thousand" (some servers round down).
 		rounding:      [NumDimensions]float64{Tokens: 1000, InputTokens: 1000, OutputTokens: 1000},
 		spendCapCodes: []string{"enforced_spend_limit_reached"}, // error.details.error_code
+		// "For most Claude models, only uncached input tokens count toward
+		// your ITPM rate limits"; Haiku 3.5 counts cache reads too.
+		cacheReadModels: []string{"3-5-haiku", "haiku-3-5"},
+		minCachedTokens: []modelValue{{"haiku", 2048}, {"", 1024}},
+		// Today's docs: output is "evaluated in real time as output tokens
+		// are produced"; max_tokens does not factor in.
+		output:       CountAsProduced,
+		detectOutput: true,
 		// Claude Sonnet, older (Tier 1–4) and newer (Start, Build, Scale).
 		tiers: []tier{
 			{"Tier 1", Limits{RequestsPerMinute: 50, InputTokensPerMinute: 30_000, OutputTokensPerMinute: 8_000}},
@@ -76,12 +95,48 @@ var dialects = []*dialect{
 		learn:         [NumDimensions]bool{Requests: true, Tokens: true},
 		cacheReads:    true,                           // "caching does not affect rate limits"
 		spendCapCodes: []string{"insufficient_quota"}, // error.code
+		// "calculated as the maximum of max_tokens and the estimated number
+		// of tokens based on the character count of your request"
+		output: ReserveMaxTokens,
 	},
+}
+
+// A modelValue is a value for the models whose name contains a part.
+type modelValue struct {
+	part  string
+	value int64
+}
+
+// countsCacheReads reports whether the input limit of model counts cache
+// reads.
+func (d *dialect) countsCacheReads(model string) bool {
+	if d.cacheReads {
+		return true
+	}
+	m := strings.ToLower(model)
+	for _, part := range d.cacheReadModels {
+		if strings.Contains(m, part) {
+			return true
+		}
+	}
+	return false
+}
+
+// minCached returns the shortest prefix, in tokens, model's prompt cache
+// keeps.
+func (d *dialect) minCached(model string) int64 {
+	m := strings.ToLower(model)
+	for _, mv := range d.minCachedTokens {
+		if strings.Contains(m, mv.part) {
+			return mv.value
+		}
+	}
+	return 0
 }
 
 // otherDialect is used for a provider not in the table: every reported
 // limit is learned and every input token counts.
-var otherDialect = &dialect{learn: [NumDimensions]bool{true, true, true, true}, cacheReads: true}
+var otherDialect = &dialect{learn: [NumDimensions]bool{true, true, true, true}, cacheReads: true, output: ReserveMaxTokens}
 
 func headerRow(name func(d Dimension, field string) string, dims ...Dimension) (row [NumDimensions]headerNames) {
 	for _, d := range dims {
@@ -120,28 +175,46 @@ func isSpendCap(e *APIError) bool {
 	return false
 }
 
-// An endpoint is a route of an API, by the suffix of its path.
+// An endpoint is a route of an API, by a part of its path.
 type endpoint struct {
-	suffix    string
+	path      string // the end of the path
+	prefix    bool   // paths below it match too (…/batches/{id}/results)
 	provider  Provider
 	operation string // the GenAI operation name; "" for others
+	// pool is the pool of limits the endpoint draws on: "" for its model's,
+	// else a pool of its own by that name; unpaced says the messages limits
+	// do not apply to it at all.
+	pool    string
+	unpaced bool
 }
 
-// endpoints are matched in order, the first whose suffix ends the path
-// wins.
+// endpoints are matched in order: the first that matches wins.
 var endpoints = []endpoint{
-	{"/messages/count_tokens", ProviderAnthropic, "count_tokens"},
-	{"/messages", ProviderAnthropic, "chat"},
-	{"/chat/completions", ProviderOpenAI, "chat"},
-	{"/responses", ProviderOpenAI, "chat"},
-	{"/embeddings", ProviderOpenAI, "embeddings"},
-	{"/completions", ProviderOpenAI, ""},
+	// count_tokens has a requests-per-minute limit of its own and costs no
+	// tokens.
+	{path: "/messages/count_tokens", provider: ProviderAnthropic, operation: "count_tokens", pool: "count_tokens"},
+	// Message Batches have limits of their own (queued requests), not the
+	// messages limits.
+	{path: "/messages/batches", prefix: true, provider: ProviderAnthropic, pool: "batches", unpaced: true},
+	{path: "/messages", provider: ProviderAnthropic, operation: "chat"},
+	{path: "/models", prefix: true, pool: "models", unpaced: true},
+	{path: "/files", prefix: true, pool: "files", unpaced: true},
+	{path: "/chat/completions", provider: ProviderOpenAI, operation: "chat"},
+	{path: "/responses", provider: ProviderOpenAI, operation: "chat"},
+	{path: "/embeddings", provider: ProviderOpenAI, operation: "embeddings"},
+	{path: "/completions", provider: ProviderOpenAI},
 }
 
-// classify returns the provider and operation a request's URL and headers
-// tell: its path's endpoint, else an anthropic-version header, else the
-// host ("anthropic" in it means Anthropic, anything else OpenAI).
-func classify(req *http.Request) (Provider, string) {
+// matches reports whether a path (without a trailing slash) is e's.
+func (e *endpoint) matches(path string) bool {
+	return strings.HasSuffix(path, e.path) || e.prefix && strings.Contains(path, e.path+"/")
+}
+
+// classify returns the provider and the endpoint a request's URL and
+// headers tell: its path's endpoint, else an anthropic-version header, else
+// the host ("anthropic" in it means Anthropic, anything else OpenAI). The
+// endpoint is nil for a path the table does not know.
+func classify(req *http.Request) (Provider, *endpoint) {
 	var path, host string
 	if req.URL != nil {
 		path = strings.TrimRight(req.URL.Path, "/")
@@ -150,11 +223,12 @@ func classify(req *http.Request) (Provider, string) {
 	if host == "" {
 		host = req.Host
 	}
-	provider, op := Provider(""), ""
-	for _, e := range endpoints {
+	provider := Provider("")
+	var ep *endpoint
+	for i := range endpoints {
 		// OpenAI's Assistants API also has …/threads/{id}/messages.
-		if strings.HasSuffix(path, e.suffix) && !strings.Contains(path, "/threads/") {
-			provider, op = e.provider, e.operation
+		if e := &endpoints[i]; e.matches(path) && !strings.Contains(path, "/threads/") {
+			provider, ep = e.provider, e
 			break
 		}
 	}
@@ -167,7 +241,7 @@ func classify(req *http.Request) (Provider, string) {
 			provider = ProviderAnthropic
 		}
 	}
-	return provider, op
+	return provider, ep
 }
 
 // The tier names BudgetSnapshot.Tier takes besides the names in the tables.

@@ -10,9 +10,60 @@ import (
 // what it is charged once its response has said what it used.
 
 // DefaultOutputTokens is the output reserved for a request that sets no
-// max_tokens (OpenAI's chat completions may omit it). It is settled to the
-// real output when the response ends.
+// max_tokens (OpenAI's chat completions may omit it), where max_tokens is
+// reserved. It is settled to the real output when the response ends.
 const DefaultOutputTokens = 4096
+
+// OutputAccounting is how a provider counts an attempt's output against its
+// output (or combined) limit.
+type OutputAccounting int
+
+// The ways output is counted.
+const (
+	// DetectOutputAccounting starts from the provider's documented rule
+	// (Anthropic: CountAsProduced; OpenAI and others: ReserveMaxTokens) and
+	// follows what the server shows: where a response's output-tokens
+	// remaining, read at the start of the response, proves the other rule
+	// (max_tokens already taken, or not), tollgate switches to it.
+	DetectOutputAccounting OutputAccounting = iota
+	// ReserveMaxTokens: max_tokens is taken at admission and what was not
+	// used is given back when the response ends (Anthropic's older docs;
+	// OpenAI counts max_tokens when the request is made; Bedrock-style
+	// gateways).
+	ReserveMaxTokens
+	// CountAsProduced: output is counted as it is produced and max_tokens
+	// does not factor in (Anthropic today). An attempt reserves what its
+	// pool's calls are learned to produce, with a margin, never more than
+	// its max_tokens.
+	CountAsProduced
+)
+
+func (a OutputAccounting) String() string {
+	switch a {
+	case ReserveMaxTokens:
+		return "reserve_max_tokens"
+	case CountAsProduced:
+		return "count_as_produced"
+	}
+	return "detect"
+}
+
+// WithOutputAccounting states how the server counts output, instead of
+// letting tollgate start from the provider's documented rule and follow
+// what the server shows (DetectOutputAccounting, the default). Other values
+// keep the default.
+func WithOutputAccounting(a OutputAccounting) Option {
+	return func(c *config) {
+		if a == ReserveMaxTokens || a == CountAsProduced {
+			c.budget.output = a
+		}
+	}
+}
+
+// producedPrior is what an attempt counted as produced reserves before its
+// pool has learned what its calls produce: a full reply's worth of a chat
+// turn, or its max_tokens when that is less.
+const producedPrior = 1024
 
 // Estimating input tokens.
 const (
@@ -80,20 +131,72 @@ func (e *ratioEstimate) divisor() float64 {
 	return max(e.mean-estimateMargin*deviation, minBytesPerToken)
 }
 
-// estimateLocked fills r's cost from the request and the learned ratio.
+// A tokenEstimate is a learned mean and variance of a count per call (the
+// output tokens a pool's calls produce), exponentially weighted.
+type tokenEstimate struct {
+	mean, variance float64
+	samples        int
+}
+
+func (e *tokenEstimate) learn(sample float64) {
+	e.samples++
+	weight := max(1/float64(e.samples), minLearnWeight)
+	diff := sample - e.mean
+	e.mean += weight * diff
+	e.variance = (1 - weight) * (e.variance + weight*diff*diff)
+}
+
+// high is the mean plus estimateMargin deviations (the deviation at least
+// initialRatioDeviation of the mean until minRatioSamples are in): a count
+// nearly every call stays under. ok is false before any sample.
+func (e *tokenEstimate) high() (float64, bool) {
+	if e.samples == 0 {
+		return 0, false
+	}
+	deviation := math.Sqrt(e.variance)
+	if e.samples < minRatioSamples {
+		deviation = max(deviation, initialRatioDeviation*e.mean)
+	}
+	return e.mean + estimateMargin*deviation, true
+}
+
+// estimateLocked fills r's cost from the request, the learned ratio, the
+// prompt cache and the output rule in force.
 func (p *pool) estimateLocked(r *reservation, info *requestInfo) {
-	in := math.Ceil(float64(info.PromptBytes)/p.budget.ratio.divisor()) + float64(info.Images)*imageTokens
-	out := float64(DefaultOutputTokens)
+	r.promptBytes, r.images, r.maxTokens, r.model = info.PromptBytes, int64(info.Images), info.MaxTokens, info.Model
+	if p.own {
+		r.cost = [NumDimensions]float64{Requests: 1} // count_tokens: a request, no tokens
+		return
+	}
+	b := &p.budget
+	dl := dialectOf(p.key.Provider)
+	if !dl.countsCacheReads(info.Model) && len(info.Blocks) > 0 {
+		r.blocks = info.Blocks
+		r.cachedBytes, _ = b.cache.predict(p.state.cfg.clock.Now(), info.Blocks)
+	}
+	in := math.Ceil(float64(info.PromptBytes-r.cachedBytes)/b.ratio.divisor()) + float64(info.Images)*imageTokens
+	maxOut := float64(DefaultOutputTokens)
 	if info.MaxTokens > 0 {
-		out = float64(info.MaxTokens)
+		maxOut = float64(info.MaxTokens)
+	}
+	out := maxOut
+	if b.output == CountAsProduced {
+		est, ok := b.produced.high()
+		if !ok {
+			est = producedPrior
+		}
+		out = min(maxOut, math.Ceil(max(est, 1)))
 	}
 	r.cost = [NumDimensions]float64{Requests: 1, Tokens: in + out, InputTokens: in, OutputTokens: out}
-	r.promptBytes, r.images = info.PromptBytes, int64(info.Images)
 }
 
 // settleUsageLocked sets r's token charges to the usage its response
-// reported, and learns the prompt bytes per token from it.
+// reported, and learns from it: the prompt bytes per token (of the part of
+// the prompt the server did not read from its cache), what the pool's calls
+// produce, and what the prompt cache holds.
 func (p *pool) settleUsageLocked(r *reservation, status int, u usage.Usage) {
+	model := r.model
+	b := &p.budget
 	in, out := r.charged[InputTokens], r.charged[OutputTokens]
 	switch {
 	case u.Reported:
@@ -103,14 +206,28 @@ func (p *pool) settleUsageLocked(r *reservation, status int, u usage.Usage) {
 	}
 	if u.Reported && u.TotalInputTokens() > 0 {
 		counted := u.InputTokens + u.CacheCreationInputTokens
-		if dialectOf(p.key.Provider).cacheReads {
+		if dialectOf(p.key.Provider).countsCacheReads(model) {
 			counted += u.CacheReadInputTokens
 		}
 		in = float64(counted)
-		if text := counted - r.images*imageTokens; status < 300 && r.promptBytes > 0 && text > 0 {
-			p.budget.ratio.learn(float64(r.promptBytes) / float64(text))
+		uncached := r.promptBytes
+		if r.blocks != nil && status < 300 {
+			read := b.cache.learn(p.state.cfg.clock.Now(), r.blocks, u.CacheReadInputTokens, u.CacheCreationInputTokens,
+				b.ratio.mean, dialectOf(p.key.Provider).minCached(model))
+			uncached -= read
+		}
+		text := u.InputTokens + u.CacheCreationInputTokens - r.images*imageTokens
+		if r.blocks == nil {
+			text = counted - r.images*imageTokens
+		}
+		if status < 300 && uncached > 0 && text > 0 {
+			b.ratio.learn(float64(uncached) / float64(text))
 		}
 	}
+	if u.Reported && status < 300 && u.Complete {
+		b.produced.learn(float64(u.OutputTokens))
+	}
+	r.counted = [2]int64{int64(in), int64(out)}
 	tokens := r.charged[Tokens] - (r.charged[InputTokens] + r.charged[OutputTokens]) + in + out
 	r.charged[InputTokens], r.charged[OutputTokens], r.charged[Tokens] = in, out, max(tokens, 0)
 }

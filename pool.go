@@ -15,6 +15,10 @@ type pool struct {
 	key   Key
 	name  string // the Key's name in the Store
 	state *State
+	// own says the pool is an endpoint's own (count_tokens), not a model's:
+	// it costs requests only, and WithLimits does not apply to it. unpaced
+	// says no limit applies to its endpoint (batches, models, files).
+	own, unpaced bool
 
 	mu       sync.Mutex
 	readings RateLimitHeaders // the newest value of every field, merged across responses
@@ -37,9 +41,17 @@ type Counters struct {
 	TransportErrors int64 // attempts that got no response
 }
 
-func newPool(s *State, k Key) *pool {
+func newPool(s *State, k Key, ep *endpoint) *pool {
 	p := &pool{key: k, name: k.StoreName(), state: s}
-	p.budget.init(&s.cfg, s.cfg.clock.Now())
+	if ep != nil {
+		p.own, p.unpaced = ep.pool != "", ep.unpaced
+	}
+	p.budget.init(&s.cfg, s.cfg.clock.Now(), !p.own)
+	p.budget.output = dialectOf(k.Provider).output
+	p.budget.outputSource = "provider"
+	if a := s.cfg.budget.output; a != DetectOutputAccounting {
+		p.budget.output, p.budget.outputSource = a, "option"
+	}
 	p.circuit.init(p)
 	return p
 }

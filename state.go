@@ -66,12 +66,13 @@ func (s *State) keyOf(p Provider, model, account string) Key {
 	return k
 }
 
-// poolOf returns the pool of k, creating it.
-func (s *State) poolOf(k Key) *pool {
+// poolOf returns the pool of k, creating it for a call to ep (nil: an
+// endpoint the table does not know).
+func (s *State) poolOf(k Key, ep *endpoint) *pool {
 	if p, ok := s.pools.Load(k); ok {
 		return p.(*pool)
 	}
-	p, loaded := s.pools.LoadOrStore(k, newPool(s, k))
+	p, loaded := s.pools.LoadOrStore(k, newPool(s, k, ep))
 	if !loaded {
 		s.poolsCount.Add(1)
 	}
