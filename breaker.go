@@ -179,7 +179,8 @@ func (l *breakerLayer) RoundTrip(req *http.Request) (resp *http.Response, err er
 		closeRequestBody(req)
 		if rp, ok := err.(*replay); ok {
 			resp := rp.response(req)
-			ex.responded(response{status: resp.StatusCode, headers: parseHeaders(resp.Header, rp.now)}, rp.answer.body)
+			ex.responded(response{status: resp.StatusCode, headers: parseHeaders(resp.Header, rp.now), apiErr: rp.answer.apiErr},
+				rp.answer.body)
 			ex.fail(nil)
 			return resp, nil
 		}

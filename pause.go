@@ -83,16 +83,18 @@ func outlasts(ctx context.Context, d time.Duration) bool {
 }
 
 // A serverAnswer is a 429 the server sent with a retry-after: its status,
-// headers and (bounded, as Observe read it ahead) error body.
+// headers and (bounded, as Observe read it ahead) error body, and the error
+// that body holds.
 type serverAnswer struct {
 	status int
 	header http.Header
 	body   []byte
+	apiErr *APIError
 }
 
 // answerOf keeps what resp said: its status, headers and error body.
 func answerOf(ex *exchange, resp *http.Response) *serverAnswer {
-	return &serverAnswer{status: resp.StatusCode, header: resp.Header.Clone(), body: ex.errorDocument()}
+	return &serverAnswer{status: resp.StatusCode, header: resp.Header.Clone(), body: ex.errorDocument(), apiErr: ex.result().apiErr}
 }
 
 // replay is the breaker's refusal in wait mode of a pause the server asked
