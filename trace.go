@@ -406,16 +406,11 @@ func (ct *callTrace) annotate(now time.Time, err error, errType string, r respon
 	waits Waits, u usage.Usage, ttfc time.Duration) {
 	buf := getAttrs()
 	defer putAttrs(buf)
-	attrs := append(*buf, attemptsKey.Int(attempts))
-	// A wait is recorded where the call waited for that cause.
-	for _, w := range []struct {
-		key attribute.Key
-		d   time.Duration
-	}{{waitBudgetKey, waits.Budget}, {waitPauseKey, waits.Pause}, {waitBackoffKey, waits.Backoff}} {
-		if w.d > 0 {
-			attrs = append(attrs, w.key.Float64(w.d.Seconds()))
-		}
-	}
+	attrs := append(*buf,
+		attemptsKey.Int(attempts),
+		waitBudgetKey.Float64(waits.Budget.Seconds()),
+		waitPauseKey.Float64(waits.Pause.Seconds()),
+		waitBackoffKey.Float64(waits.Backoff.Seconds()))
 	if r.status != 0 {
 		attrs = append(attrs, semconv.HTTPResponseStatusCode(r.status))
 	}
