@@ -60,3 +60,21 @@ func TestModelsAreNotPaced(t *testing.T) {
 	assert.Equal(t, -9, srv.Limits().Requests.Remaining, "nothing drawn")
 	assert.Zero(t, srv.Stats().RateLimited)
 }
+
+// An injected fault on count_tokens or the model listing carries that
+// route's headers: count_tokens' own bucket, none for the listing.
+func TestFaultHeadersFollowTheRoute(t *testing.T) {
+	srv := newServer(t, tollgatetest.Config{RequestsPerMinute: 50, CountTokensPerMinute: 7})
+	srv.Inject(2, tollgatetest.Fault{Status: 529})
+	rc := raw(t, srv)
+	resp, _ := rc.post("/v1/messages/count_tokens", `{"model":"m","messages":[{"role":"user","content":"hi"}]}`)
+	assert.Equal(t, 529, resp.StatusCode)
+	assert.Equal(t, "7", resp.Header.Get("anthropic-ratelimit-requests-limit"))
+	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/v1/models", nil)
+	req.Header.Set("anthropic-version", "2023-06-01")
+	r, err := httpClient(t).Do(req)
+	require.NoError(t, err)
+	r.Body.Close()
+	assert.Equal(t, 529, r.StatusCode)
+	assert.Empty(t, r.Header.Get("anthropic-ratelimit-requests-limit"))
+}

@@ -210,7 +210,7 @@ func dialectOf(r *http.Request) dialect {
 // ServeHTTP serves one request; see the package documentation for routes.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	n := s.begin()
-	x := &exchange{s: s, r: r, ctx: r.Context(), api: dialectOf(r)}
+	x := &exchange{s: s, r: r, ctx: r.Context(), api: dialectOf(r), route: routeOf(r.URL.Path)}
 	defer x.end()
 	x.w = &recorder{ResponseWriter: w, s: s}
 	if x.api == anthropicAPI {
@@ -251,12 +251,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case p == "/v1/messages":
 		x.anthropicMessages()
 	case p == "/v1/messages/count_tokens":
-		x.route = routeCountTokens
 		x.anthropicCountTokens()
 	case p == "/v1/chat/completions", p == "/chat/completions":
 		x.openAIChat()
 	case p == "/v1/models", strings.HasPrefix(p, "/v1/models/"):
-		x.route = routeUnpaced
 		x.models(strings.TrimPrefix(strings.TrimPrefix(p, "/v1/models"), "/"))
 	default:
 		if x.api == anthropicAPI {
@@ -366,6 +364,18 @@ const (
 	routeCountTokens              // count_tokens: its own bucket
 	routeUnpaced                  // model listing: no rate-limit headers
 )
+
+// routeOf is the route of a path, for its rate-limit headers (injected
+// faults included).
+func routeOf(path string) route {
+	switch {
+	case path == "/v1/messages/count_tokens":
+		return routeCountTokens
+	case path == "/v1/models", strings.HasPrefix(path, "/v1/models/"):
+		return routeUnpaced
+	}
+	return routePaced
+}
 
 // exchange is one request being served.
 type exchange struct {

@@ -61,12 +61,20 @@ const (
 // is recorded and the same turn is sent again (the run going on). Zero
 // fields take the defaults (DefaultSystemPromptTokens and friends).
 type Conversation struct {
-	SystemPromptTokens                       int
-	MinTaskTokens, MaxTaskTokens             int
-	MinReplyTokens, MaxReplyTokens           int
+	// SystemPromptTokens is the shared system prompt's size (6,000).
+	SystemPromptTokens int
+	// Task sizes are drawn from [MinTaskTokens, MaxTaskTokens] (200–800).
+	MinTaskTokens, MaxTaskTokens int
+	// Reply lengths are drawn per turn from [MinReplyTokens,
+	// MaxReplyTokens] (100–600).
+	MinReplyTokens, MaxReplyTokens int
+	// Tool results are drawn from [MinToolResultTokens,
+	// MaxToolResultTokens] (300–2,000).
 	MinToolResultTokens, MaxToolResultTokens int
-	MinTurns, MaxTurns                       int
-	MaxConversationTokens                    int
+	// A conversation's turns are drawn from [MinTurns, MaxTurns] (8–20).
+	MinTurns, MaxTurns int
+	// MaxConversationTokens caps a conversation's prompt (100,000).
+	MaxConversationTokens int
 }
 
 func (c Conversation) withDefaults() Conversation {
