@@ -9,12 +9,13 @@ import (
 )
 
 type anthropicRequest struct {
-	Model     string             `json:"model"`
-	MaxTokens *int               `json:"max_tokens"`
-	Messages  []anthropicMessage `json:"messages"`
-	System    json.RawMessage    `json:"system"`
-	Tools     []anthropicTool    `json:"tools"`
-	Stream    bool               `json:"stream"`
+	Model        string             `json:"model"`
+	MaxTokens    *int               `json:"max_tokens"`
+	Messages     []anthropicMessage `json:"messages"`
+	System       json.RawMessage    `json:"system"`
+	Tools        []json.RawMessage  `json:"tools"`
+	Stream       bool               `json:"stream"`
+	CacheControl json.RawMessage    `json:"cache_control"`
 }
 
 type anthropicMessage struct {
@@ -29,10 +30,28 @@ type anthropicTool struct {
 }
 
 type anthropicUsage struct {
-	InputTokens              int `json:"input_tokens"`
-	CacheCreationInputTokens int `json:"cache_creation_input_tokens"`
-	CacheReadInputTokens     int `json:"cache_read_input_tokens"`
-	OutputTokens             int `json:"output_tokens"`
+	InputTokens              int            `json:"input_tokens"`
+	CacheCreationInputTokens int            `json:"cache_creation_input_tokens"`
+	CacheReadInputTokens     int            `json:"cache_read_input_tokens"`
+	CacheCreation            *cacheCreation `json:"cache_creation,omitempty"`
+	OutputTokens             int            `json:"output_tokens"`
+}
+
+type cacheCreation struct {
+	Ephemeral5m int `json:"ephemeral_5m_input_tokens"`
+	Ephemeral1h int `json:"ephemeral_1h_input_tokens"`
+}
+
+// anthropicUsageOf is the usage object of a reply with prompt usage u and
+// out output tokens.
+func anthropicUsageOf(u promptUsage, out int) anthropicUsage {
+	return anthropicUsage{
+		InputTokens:              u.input,
+		CacheCreationInputTokens: u.creation,
+		CacheReadInputTokens:     u.read,
+		CacheCreation:            &cacheCreation{Ephemeral5m: u.creation5m, Ephemeral1h: u.creation1h},
+		OutputTokens:             out,
+	}
 }
 
 type textBlock struct {
@@ -98,38 +117,44 @@ type anthropicMessageBody struct {
 	Usage        anthropicUsage `json:"usage"`
 }
 
-// parseAnthropic decodes and validates a Messages (or count_tokens) body.
-func (x *exchange) parseAnthropic(needMaxTokens bool) (*anthropicRequest, bool) {
+// parseAnthropic decodes and validates a Messages (or count_tokens) body,
+// cache_control included, and splits its prompt into blocks.
+func (x *exchange) parseAnthropic(needMaxTokens bool) (*anthropicRequest, *anthropicPrompt, bool) {
 	var req anthropicRequest
 	if !x.decode(&req) {
-		return nil, false
+		return nil, nil, false
 	}
 	switch {
 	case req.Model == "":
 		x.badRequest("model: Field required")
-		return nil, false
+		return nil, nil, false
 	case len(req.Messages) == 0:
 		x.badRequest("messages: Field required (at least one message)")
-		return nil, false
+		return nil, nil, false
 	case needMaxTokens && req.MaxTokens == nil:
 		x.badRequest("max_tokens: Field required")
-		return nil, false
+		return nil, nil, false
 	case needMaxTokens && *req.MaxTokens < 1:
 		x.badRequest("max_tokens: Input should be greater than or equal to 1")
-		return nil, false
+		return nil, nil, false
 	}
-	return &req, true
+	p, err := buildAnthropicPrompt(&req)
+	if err != nil {
+		x.badRequest(err.Error())
+		return nil, nil, false
+	}
+	return &req, p, true
 }
 
 func (x *exchange) anthropicCountTokens() {
 	if !x.postOnly() || !x.authorized() {
 		return
 	}
-	req, ok := x.parseAnthropic(false)
+	_, p, ok := x.parseAnthropic(false)
 	if !ok {
 		return
 	}
-	if x.admit(cost{requestsOnly: true}) == nil {
+	if x.admit(cost{countTokens: true}) == nil {
 		return
 	}
 	if !x.wait(x.s.cfg.Latency) {
@@ -137,43 +162,48 @@ func (x *exchange) anthropicCountTokens() {
 	}
 	x.writeJSON(http.StatusOK, struct {
 		InputTokens int `json:"input_tokens"`
-	}{anthropicInputTokens(req)})
+	}{p.total})
 }
 
 func (x *exchange) anthropicMessages() {
 	if !x.postOnly() || !x.authorized() {
 		return
 	}
-	req, ok := x.parseAnthropic(true)
+	req, p, ok := x.parseAnthropic(true)
 	if !ok {
 		return
 	}
 	cfg := &x.s.cfg
-	in := anthropicInputTokens(req)
 	maxTokens := *req.MaxTokens
-	n, capped := cfg.replyLength(req.Model, maxTokens)
+	n, capped := cfg.replyLength(req.Model, maxTokens, x.r.Header.Get(OutputTokensHeader))
 	stop := "end_turn"
 	if capped {
 		stop = "max_tokens"
 	}
 	need, take := x.outputCost(maxTokens)
-	t := x.admit(cost{input: int64(in), outNeed: need, outTake: take})
+	minTokens, readsCount := cfg.minCacheable(req.Model), cfg.readsCount(req.Model)
+	var plan cachePlan
+	t := x.admitPlanned(func(c *promptCache, now time.Time) cost {
+		plan = planAnthropic(c, p, minTokens, readsCount, now)
+		return cost{input: int64(plan.usage.counted), outNeed: need, outTake: take}
+	}, &plan)
 	if t == nil {
 		return
 	}
 	defer t.settle()
+	u := plan.usage
 
 	msg := anthropicMessageBody{
 		ID: "msg_" + randomID(24), Type: "message", Role: "assistant", Model: req.Model,
 		Content:      []textBlock{},
 		StopSequence: nil,
-		Usage:        anthropicUsage{InputTokens: in},
+		Usage:        anthropicUsageOf(u, 0),
 	}
 	if req.Stream {
 		if !x.wait(cfg.Latency) {
 			return
 		}
-		x.anthropicStream(t, &msg, n, stop)
+		x.anthropicStream(t, &msg, u, n, stop)
 		return
 	}
 	if !x.wait(cfg.Latency + time.Duration(n)*cfg.TimePerOutputToken) {
@@ -182,7 +212,7 @@ func (x *exchange) anthropicMessages() {
 	msg.Content = append(msg.Content, textBlock{Type: "text", Text: GeneratedText(n)})
 	msg.StopReason = &stop
 	msg.Usage.OutputTokens = n
-	x.s.countInput(in)
+	x.s.countInput(u)
 	if x.fault != nil && x.fault.DropMidBody {
 		x.dropMidBody(msg)
 		return
@@ -205,10 +235,10 @@ func (x *exchange) dropMidBody(v any) {
 	panic(http.ErrAbortHandler)
 }
 
-func (x *exchange) anthropicStream(t *ticket, msg *anthropicMessageBody, n int, stop string) {
+func (x *exchange) anthropicStream(t *ticket, msg *anthropicMessageBody, u promptUsage, n int, stop string) {
 	cfg := &x.s.cfg
 	st := x.startStream()
-	x.s.countInput(msg.Usage.InputTokens)
+	x.s.countInput(u)
 
 	start := *msg
 	start.Usage.OutputTokens = 1
@@ -241,8 +271,8 @@ func (x *exchange) anthropicStream(t *ticket, msg *anthropicMessageBody, n int, 
 			Error: anthropicErrorObject{Type: errType, Message: msgText}}, t)
 		return
 	}
-	md := messageDeltaEvent{Type: "message_delta",
-		Usage: anthropicUsage{InputTokens: msg.Usage.InputTokens, OutputTokens: n}}
+	md := messageDeltaEvent{Type: "message_delta", Usage: anthropicUsageOf(u, n)}
+	md.Usage.CacheCreation = nil
 	md.Delta.StopReason = stop
 	_ = st.send("content_block_stop", blockStopEvent{Type: "content_block_stop"}, 0) &&
 		st.send("message_delta", md, 0) &&

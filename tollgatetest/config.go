@@ -2,6 +2,8 @@ package tollgatetest
 
 import (
 	"net/http"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -28,14 +30,48 @@ const (
 	// back everything it was not sent.
 	ReserveMaxTokens OutputAccounting = iota
 
-	// CountAsProduced is the newer model: admission only needs the output
-	// bucket (and the combined one, after the input tokens) to hold at least
-	// one token; nothing is reserved, and each token is taken when it is sent
-	// (streamed deltas one by one, a non-streaming reply all at once just
-	// before it is written). Buckets can go below zero this way; later
-	// requests then wait until the debt is refilled.
+	// CountAsProduced is today's Anthropic model ("output tokens are counted
+	// as they are produced; max_tokens does not factor in"): admission only
+	// needs the output bucket (and the combined one, after the input tokens)
+	// to hold at least one token, whatever max_tokens says (even more than
+	// the limit); nothing is reserved, and each token is taken when it is
+	// sent (streamed deltas one by one, a non-streaming reply all at once
+	// just before it is written). Buckets can go below zero this way; later
+	// requests then wait until the debt is refilled. It applies to the
+	// Anthropic Messages route only: chat completions always reserve, as
+	// OpenAI counts max_tokens when the request is made.
 	CountAsProduced
 )
+
+// RemainingRounding selects how the anthropic-ratelimit-*-tokens-remaining
+// headers (input-tokens, output-tokens and tokens) are rounded. The
+// requests-remaining header, and OpenAI's headers, are always exact.
+type RemainingRounding int
+
+const (
+	// RoundDown (the default) rounds down to a multiple of 1,000: the header
+	// never shows more than is left. 1,999 left reads "1000".
+	RoundDown RemainingRounding = iota
+
+	// RoundNearest rounds to the nearest multiple of 1,000, halves up, as
+	// Anthropic's docs say the headers are today: 1,499 left reads "1000",
+	// 1,500 reads "2000" (more than is left).
+	RoundNearest
+
+	// Exact sends the whole number of tokens left.
+	Exact
+)
+
+// OutputTokensHeader is a request header that sets the length of the reply
+// to that one request, in tokens (a decimal integer), before max_tokens caps
+// it; it wins over Config.OutputTokens and Config.OutputTokensFunc (which is
+// then not called). A value that is not a non-negative integer is ignored.
+// Benchmarks use it to make the fake API's replies follow a workload.
+const OutputTokensHeader = "X-Tollgatetest-Output-Tokens"
+
+// DefaultCacheMaxEntries is the prompt cache's bound when
+// Config.CacheMaxEntries is zero.
+const DefaultCacheMaxEntries = 50_000
 
 // Config configures a Server. The zero Config is valid: no limits, no
 // authentication, no delays, 64-token replies, real clock.
@@ -56,13 +92,52 @@ type Config struct {
 	OutputTokensPerMinute int
 
 	// TokensPerMinute is an OpenAI-style combined limit on input plus output
-	// tokens; 0 means unlimited. It applies to every endpoint but
-	// count_tokens; output is charged as OutputAccounting says.
+	// tokens; 0 means unlimited. It applies to Messages and chat
+	// completions (not to count_tokens); input is charged as the input
+	// bucket is, output as OutputAccounting says.
 	TokensPerMinute int
 
-	// OutputAccounting selects how output tokens are charged; the zero value
-	// is ReserveMaxTokens.
+	// CountTokensPerMinute limits POST /v1/messages/count_tokens requests;
+	// 0 (or negative) means unlimited. Like Anthropic's token counting it is
+	// a pool of its own: a bucket that count_tokens alone draws on (one per
+	// request, no tokens), and count_tokens never draws on the other
+	// buckets.
+	CountTokensPerMinute int
+
+	// OutputAccounting selects how output tokens are charged by the
+	// Messages route; the zero value is ReserveMaxTokens. Chat completions
+	// always reserve.
 	OutputAccounting OutputAccounting
+
+	// RoundRemaining selects how the anthropic-ratelimit-*-tokens-remaining
+	// headers are rounded; the zero value is RoundDown. ExactRemaining, if
+	// set, wins and means Exact.
+	RoundRemaining RemainingRounding
+
+	// NoPromptCaching turns prompt caching off: cache_control is still
+	// validated, but nothing is written to or read from the cache, every
+	// prompt token is reported (and charged) as uncached input, and OpenAI's
+	// cached_tokens is always 0. Caching is on by default; it changes
+	// nothing for requests that carry no cache_control and, on the OpenAI
+	// route, nothing but the cached_tokens reported (cached tokens count
+	// against OpenAI's limits all the same).
+	NoPromptCaching bool
+
+	// CacheMaxEntries bounds the prompt cache (Anthropic prefixes and
+	// OpenAI's 128-token checkpoints together); when it is full, the entry
+	// least recently written or read is dropped. 0 or negative means
+	// DefaultCacheMaxEntries.
+	CacheMaxEntries int
+
+	// MinCacheableTokens returns the shortest prefix, in tokens, that a
+	// cache_control breakpoint writes to the cache for model; nil means
+	// DefaultMinCacheableTokens.
+	MinCacheableTokens func(model string) int
+
+	// CacheReadsCountAsInput reports whether cache reads count against the
+	// input-tokens limit for model (Anthropic models); nil means
+	// DefaultCacheReadsCountAsInput.
+	CacheReadsCountAsInput func(model string) bool
 
 	// OutputTokens is the length of every generated reply, in tokens, before
 	// max_tokens caps it; 0 or negative means DefaultOutputTokens. Ignored
@@ -76,9 +151,8 @@ type Config struct {
 	OutputTokensFunc func(model string, maxTokens int) int
 
 	// ExactRemaining makes the anthropic-ratelimit-*-tokens-remaining headers
-	// carry the exact whole number of tokens left. By default they are
-	// rounded down to a multiple of 1,000 (the requests header, and OpenAI's
-	// headers, are always exact).
+	// carry the exact whole number of tokens left, as RoundRemaining: Exact
+	// does (it is kept for compatibility and wins over RoundRemaining).
 	ExactRemaining bool
 
 	// APIKey, if set, is required: Anthropic requests must send it in
@@ -126,14 +200,25 @@ func (c *Config) now() time.Time {
 	return time.Now()
 }
 
+// rounding is the effective RoundRemaining.
+func (c *Config) rounding() RemainingRounding {
+	if c.ExactRemaining {
+		return Exact
+	}
+	return c.RoundRemaining
+}
+
 // replyLength is the number of tokens to generate and whether max_tokens
-// capped it (reply length == maxTokens > 0).
-func (c *Config) replyLength(model string, maxTokens int) (n int, capped bool) {
+// capped it (reply length == maxTokens > 0). header is the request's
+// OutputTokensHeader value ("" when absent).
+func (c *Config) replyLength(model string, maxTokens int, header string) (n int, capped bool) {
 	want := c.OutputTokens
 	if want <= 0 {
 		want = DefaultOutputTokens
 	}
-	if c.OutputTokensFunc != nil {
+	if v, err := strconv.Atoi(strings.TrimSpace(header)); err == nil && v >= 0 {
+		want = v
+	} else if c.OutputTokensFunc != nil {
 		want = max(0, c.OutputTokensFunc(model, maxTokens))
 	}
 	if maxTokens > 0 && want >= maxTokens {
@@ -147,4 +232,67 @@ func (c *Config) chunkTokens() int {
 		return c.StreamChunkTokens
 	}
 	return DefaultStreamChunkTokens
+}
+
+func (c *Config) cacheMaxEntries() int {
+	if c.CacheMaxEntries > 0 {
+		return c.CacheMaxEntries
+	}
+	return DefaultCacheMaxEntries
+}
+
+func (c *Config) minCacheable(model string) int {
+	if c.MinCacheableTokens != nil {
+		return c.MinCacheableTokens(model)
+	}
+	return DefaultMinCacheableTokens(model)
+}
+
+func (c *Config) readsCount(model string) bool {
+	if c.CacheReadsCountAsInput != nil {
+		return c.CacheReadsCountAsInput(model)
+	}
+	return DefaultCacheReadsCountAsInput(model)
+}
+
+// minCacheableTable maps model-name substrings to the minimum cacheable
+// prefix, first match wins; other models take defaultMinCacheable.
+var minCacheableTable = []struct {
+	contains string
+	tokens   int
+}{
+	{"haiku", 2048},
+}
+
+const defaultMinCacheable = 1024
+
+// DefaultMinCacheableTokens is the minimum cacheable prompt length of
+// Anthropic's docs by model name: 2,048 tokens for names containing "haiku",
+// 1,024 for every other model (Sonnet, Opus).
+func DefaultMinCacheableTokens(model string) int {
+	m := strings.ToLower(model)
+	for _, row := range minCacheableTable {
+		if strings.Contains(m, row.contains) {
+			return row.tokens
+		}
+	}
+	return defaultMinCacheable
+}
+
+// readsCountTable lists model-name substrings of the models whose cache
+// reads count against the input-tokens limit.
+var readsCountTable = []string{"haiku-3-5", "3-5-haiku"}
+
+// DefaultCacheReadsCountAsInput reports whether Anthropic counts cache reads
+// against the input-tokens limit for model: true for Claude Haiku 3.5 (names
+// containing "haiku-3-5" or "3-5-haiku", the exception the docs mark), false
+// for every other model ("only uncached input tokens count").
+func DefaultCacheReadsCountAsInput(model string) bool {
+	m := strings.ToLower(model)
+	for _, sub := range readsCountTable {
+		if strings.Contains(m, sub) {
+			return true
+		}
+	}
+	return false
 }

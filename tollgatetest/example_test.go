@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/anthropics/anthropic-sdk-go/v2"
 	"github.com/anthropics/anthropic-sdk-go/v2/option"
@@ -67,4 +68,38 @@ func ExampleServer_Inject() {
 	fmt.Println("error:", err, "requests:", st.Requests, "faults:", st.Faults, "statuses:", st.Status)
 	// Output:
 	// error: <nil> requests: 2 faults: map[status_529:1] statuses: map[200:1 529:1]
+}
+
+// Cache a long system prompt: the first call writes it, the second reads
+// it, and only the uncached tokens count against the input limit.
+func Example_promptCaching() {
+	srv := tollgatetest.NewServer(tollgatetest.Config{InputTokensPerMinute: 30_000, OutputTokens: 5,
+		OutputAccounting: tollgatetest.CountAsProduced, RoundRemaining: tollgatetest.RoundNearest})
+	defer srv.Close()
+
+	client := anthropic.NewClient(option.WithBaseURL(srv.URL), option.WithAPIKey("test"), option.WithMaxRetries(0))
+	params := anthropic.MessageNewParams{
+		Model:     "claude-sonnet-4-5",
+		MaxTokens: 8192,
+		System: []anthropic.TextBlockParam{{
+			Text:         strings.Repeat("You are a careful coding agent. ", 400), // 2,800 tokens
+			CacheControl: anthropic.NewCacheControlEphemeralParam(),
+		}},
+		Messages: []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock("Fix the failing test."))},
+	}
+	for range 2 {
+		msg, err := client.Messages.New(context.Background(), params)
+		if err != nil {
+			fmt.Println("error:", err)
+			return
+		}
+		u := msg.Usage
+		fmt.Printf("input %d, cache write %d, cache read %d\n", u.InputTokens, u.CacheCreationInputTokens, u.CacheReadInputTokens)
+	}
+	st := srv.Stats()
+	fmt.Println("counted against ITPM:", st.InputTokens, "of", st.PromptTokens, "prompt tokens")
+	// Output:
+	// input 5, cache write 2800, cache read 0
+	// input 5, cache write 0, cache read 2800
+	// counted against ITPM: 2810 of 5610 prompt tokens
 }

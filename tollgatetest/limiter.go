@@ -102,22 +102,24 @@ func floorDiv(a, b int64) int64 {
 }
 
 // limiter is the server's one set of buckets; nil buckets are unlimited.
-// It is guarded by Server.mu.
+// It is guarded by Server.mu. countTokens is count_tokens' own pool.
 type limiter struct {
 	requests, input, output, combined *bucket
+	countTokens                       *bucket
 }
 
 func newLimiter(cfg *Config, now time.Time) limiter {
 	return limiter{
-		requests: newBucket(cfg.RequestsPerMinute, now),
-		input:    newBucket(cfg.InputTokensPerMinute, now),
-		output:   newBucket(cfg.OutputTokensPerMinute, now),
-		combined: newBucket(cfg.TokensPerMinute, now),
+		requests:    newBucket(cfg.RequestsPerMinute, now),
+		input:       newBucket(cfg.InputTokensPerMinute, now),
+		output:      newBucket(cfg.OutputTokensPerMinute, now),
+		combined:    newBucket(cfg.TokensPerMinute, now),
+		countTokens: newBucket(cfg.CountTokensPerMinute, now),
 	}
 }
 
 func (l *limiter) advance(now time.Time) {
-	for _, b := range []*bucket{l.requests, l.input, l.output, l.combined} {
+	for _, b := range []*bucket{l.requests, l.input, l.output, l.combined, l.countTokens} {
 		if b != nil {
 			b.advance(now)
 		}
@@ -126,10 +128,10 @@ func (l *limiter) advance(now time.Time) {
 
 // cost is what a request needs at admission.
 type cost struct {
-	requestsOnly bool  // count_tokens: only the request bucket applies
-	input        int64 // prompt tokens (taken at admission)
-	outNeed      int64 // output tokens that must be available at admission
-	outTake      int64 // output tokens taken at admission (the reservation)
+	countTokens bool  // count_tokens: only its own bucket applies
+	input       int64 // prompt tokens the input limit counts (taken at admission)
+	outNeed     int64 // output tokens that must be available at admission
+	outTake     int64 // output tokens taken at admission (the reservation)
 }
 
 // limitKind names a bucket in messages and in OpenAI's error type.
@@ -140,6 +142,7 @@ const (
 	kindInput
 	kindOutput
 	kindCombined
+	kindCountTokens
 )
 
 // rejection describes why admission failed.
@@ -160,12 +163,12 @@ func (l *limiter) admit(now time.Time, c cost) *rejection {
 		kind       limitKind
 		need, take int64
 	}
-	checks := []check{{l.requests, kindRequests, 1, 1}}
-	if !c.requestsOnly {
-		checks = append(checks,
-			check{l.input, kindInput, c.input, c.input},
-			check{l.output, kindOutput, c.outNeed, c.outTake},
-			check{l.combined, kindCombined, c.input + c.outNeed, c.input + c.outTake})
+	checks := []check{{l.countTokens, kindCountTokens, 1, 1}}
+	if !c.countTokens {
+		checks = []check{{l.requests, kindRequests, 1, 1},
+			{l.input, kindInput, c.input, c.input},
+			{l.output, kindOutput, c.outNeed, c.outTake},
+			{l.combined, kindCombined, c.input + c.outNeed, c.input + c.outTake}}
 	}
 	var rej *rejection
 	for _, ch := range checks {
@@ -244,11 +247,12 @@ func stateOf(b *bucket) bucketState {
 type snapshot struct {
 	now                               time.Time
 	requests, input, output, combined bucketState
+	countTokens                       bucketState
 }
 
 func (l *limiter) snapshot(now time.Time) snapshot {
 	return snapshot{now: now, requests: stateOf(l.requests), input: stateOf(l.input),
-		output: stateOf(l.output), combined: stateOf(l.combined)}
+		output: stateOf(l.output), combined: stateOf(l.combined), countTokens: stateOf(l.countTokens)}
 }
 
 // mostRestrictive picks, among the set states, the one with the fewest

@@ -287,3 +287,111 @@ func TestSDKSeesRateLimitError(t *testing.T) {
 	assert.Equal(t, "60", apiErr.Response.Header.Get("retry-after"))
 	assert.True(t, strings.HasPrefix(apiErr.RequestID, "req_"))
 }
+
+// The token headers' remaining under each rounding; the requests header is
+// always exact.
+func TestRemainingRounding(t *testing.T) {
+	for _, tc := range []struct {
+		mode  tollgatetest.RemainingRounding
+		exact bool // ExactRemaining
+		left  int
+		want  string
+	}{
+		{tollgatetest.RoundDown, false, 1999, "1000"},
+		{tollgatetest.RoundDown, false, 999, "0"},
+		{tollgatetest.RoundNearest, false, 1499, "1000"},
+		{tollgatetest.RoundNearest, false, 1500, "2000"},
+		{tollgatetest.RoundNearest, false, 499, "0"},
+		{tollgatetest.RoundNearest, false, 500, "1000"},
+		{tollgatetest.RoundNearest, false, 9999, "10000"},
+		{tollgatetest.Exact, false, 1499, "1499"},
+		{tollgatetest.RoundNearest, true, 1499, "1499"},
+		{tollgatetest.RoundDown, true, 1999, "1999"},
+	} {
+		clock := tollgatetest.NewClock(t0)
+		srv := newServer(t, tollgatetest.Config{Now: clock.Now, RequestsPerMinute: 7, InputTokensPerMinute: 20_000,
+			OutputTokensPerMinute: 30_000, OutputTokens: 1, RoundRemaining: tc.mode, ExactRemaining: tc.exact})
+		// Leave tc.left input tokens after a 1-token request.
+		srv.Consume(0, 20_000-tc.left-1, 0)
+		resp, body := raw(t, srv).post("/v1/messages", msg("a", 1))
+		require.Equal(t, 200, resp.StatusCode, body)
+		h := resp.Header
+		assert.Equal(t, tc.want, h.Get("anthropic-ratelimit-input-tokens-remaining"), "%+v", tc)
+		assert.Equal(t, tc.want, h.Get("anthropic-ratelimit-tokens-remaining"), "%+v: input is the most restrictive", tc)
+		assert.Equal(t, "6", h.Get("anthropic-ratelimit-requests-remaining"), "%+v", tc)
+	}
+}
+
+// Counted as produced, max_tokens does not factor into admission on the
+// Messages route (any max_tokens is admitted while one output token is
+// left); reserved, it must be available. Chat completions always reserve,
+// as OpenAI counts max_tokens when the request is made.
+func TestOutputRulesAtAdmission(t *testing.T) {
+	for _, tc := range []struct {
+		rule      tollgatetest.OutputAccounting
+		path      string
+		left      int // output tokens left before the request
+		maxTokens int
+		admitted  bool
+	}{
+		{tollgatetest.ReserveMaxTokens, "/v1/messages", 1000, 1000, true},
+		{tollgatetest.ReserveMaxTokens, "/v1/messages", 999, 1000, false},
+		{tollgatetest.CountAsProduced, "/v1/messages", 1, 8192, true},
+		{tollgatetest.CountAsProduced, "/v1/messages", 0, 1, false},
+		{tollgatetest.CountAsProduced, "/v1/chat/completions", 999, 1000, false},
+		{tollgatetest.CountAsProduced, "/v1/chat/completions", 1000, 1000, true},
+	} {
+		clock := tollgatetest.NewClock(t0)
+		srv := newServer(t, tollgatetest.Config{Now: clock.Now, OutputTokensPerMinute: 2000, OutputTokens: 10,
+			OutputAccounting: tc.rule, ExactRemaining: true})
+		srv.Consume(0, 0, 2000-tc.left)
+		body := msg("hi", tc.maxTokens)
+		if tc.path != "/v1/messages" {
+			body = chat("hi", `,"max_tokens":`+itoa(tc.maxTokens))
+		}
+		resp, out := raw(t, srv).post(tc.path, body)
+		if !tc.admitted {
+			assert.Equal(t, 429, resp.StatusCode, "%+v: %s", tc, out)
+			continue
+		}
+		require.Equal(t, 200, resp.StatusCode, "%+v: %s", tc, out)
+		if tc.rule == tollgatetest.CountAsProduced && tc.path == "/v1/messages" {
+			assert.Equal(t, itoa(tc.left), resp.Header.Get("anthropic-ratelimit-output-tokens-remaining"), "%+v: nothing reserved", tc)
+		} else if tc.path == "/v1/messages" {
+			assert.Equal(t, itoa(tc.left-tc.maxTokens), resp.Header.Get("anthropic-ratelimit-output-tokens-remaining"), "%+v: reserved", tc)
+		} else {
+			assert.Equal(t, itoa(tc.left-tc.maxTokens), resp.Header.Get("x-ratelimit-remaining-tokens"), "%+v: reserved", tc)
+		}
+		assert.Equal(t, tc.left-10, srv.Limits().OutputTokens.Remaining, "%+v: the 10 produced, in the end", tc)
+	}
+}
+
+// OutputTokensHeader sets one request's reply length, capped by max_tokens,
+// instead of OutputTokens / OutputTokensFunc.
+func TestOutputTokensHeader(t *testing.T) {
+	calls := 0
+	srv := newServer(t, tollgatetest.Config{OutputTokensFunc: func(string, int) int { calls++; return 7 }})
+	rc := raw(t, srv)
+	for _, tc := range []struct {
+		header    string
+		maxTokens int
+		want      int
+	}{
+		{"25", 100, 25},
+		{" 0 ", 100, 0},
+		{"500", 100, 100},
+		{"-3", 100, 7},
+		{"many", 100, 7},
+		{"", 100, 7},
+	} {
+		var hdr []string
+		if tc.header != "" {
+			hdr = []string{tollgatetest.OutputTokensHeader, tc.header}
+		}
+		_, body := rc.post("/v1/messages", msg("hi", tc.maxTokens), hdr...)
+		assert.Contains(t, body, `"output_tokens":`+itoa(tc.want)+`}`, "%+v", tc)
+		_, body = rc.post("/v1/chat/completions", chat("hi", `,"max_tokens":`+itoa(tc.maxTokens)), hdr...)
+		assert.Contains(t, body, `"completion_tokens":`+itoa(tc.want)+`,`, "%+v", tc)
+	}
+	assert.Equal(t, 2*3, calls, "the function is asked only without a valid header")
+}

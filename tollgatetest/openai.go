@@ -114,8 +114,10 @@ type chatChunk struct {
 	Usage             json.RawMessage `json:"usage,omitempty"`
 }
 
-func makeUsage(in, out int) openAIUsage {
-	return openAIUsage{PromptTokens: in, CompletionTokens: out, TotalTokens: in + out}
+func makeUsage(u promptUsage, out int) openAIUsage {
+	usage := openAIUsage{PromptTokens: u.prompt, CompletionTokens: out, TotalTokens: u.prompt + out}
+	usage.PromptTokensDetails.CachedTokens = u.read
+	return usage
 }
 
 func (x *exchange) openAIChat() {
@@ -145,8 +147,8 @@ func (x *exchange) openAIChat() {
 		return
 	}
 	cfg := &x.s.cfg
-	in := openAIInputTokens(&req)
-	n, capped := cfg.replyLength(req.Model, maxTokens)
+	p := buildOpenAIPrompt(&req)
+	n, capped := cfg.replyLength(req.Model, maxTokens, x.r.Header.Get(OutputTokensHeader))
 	finish := "stop"
 	if capped {
 		finish = "length"
@@ -156,11 +158,16 @@ func (x *exchange) openAIChat() {
 		reservation = n
 	}
 	need, take := x.outputCost(reservation)
-	t := x.admit(cost{input: int64(in), outNeed: need, outTake: take})
+	var plan cachePlan
+	t := x.admitPlanned(func(c *promptCache, now time.Time) cost {
+		plan = planOpenAI(c, p, now)
+		return cost{input: int64(plan.usage.counted), outNeed: need, outTake: take}
+	}, &plan)
 	if t == nil {
 		return
 	}
 	defer t.settle()
+	u := plan.usage
 
 	id := "chatcmpl-" + randomID(29)
 	created := cfg.now().Unix()
@@ -169,7 +176,7 @@ func (x *exchange) openAIChat() {
 			return
 		}
 		usage := req.StreamOptions != nil && req.StreamOptions.IncludeUsage
-		x.openAIStream(t, id, created, req.Model, in, n, finish, usage)
+		x.openAIStream(t, id, created, req.Model, u, n, finish, usage)
 		return
 	}
 	if !x.wait(cfg.Latency + time.Duration(n)*cfg.TimePerOutputToken) {
@@ -179,10 +186,10 @@ func (x *exchange) openAIChat() {
 		ID: id, Object: "chat.completion", Created: created, Model: req.Model,
 		Choices: []chatChoice{{Message: chatMessage{Role: "assistant", Content: GeneratedText(n),
 			Annotations: []any{}}, FinishReason: finish}},
-		Usage:       makeUsage(in, n),
+		Usage:       makeUsage(u, n),
 		ServiceTier: "default",
 	}
-	x.s.countInput(in)
+	x.s.countInput(u)
 	if x.fault != nil && x.fault.DropMidBody {
 		x.dropMidBody(body)
 		return
@@ -192,10 +199,10 @@ func (x *exchange) openAIChat() {
 	x.writeJSON(http.StatusOK, body)
 }
 
-func (x *exchange) openAIStream(t *ticket, id string, created int64, model string, in, n int, finish string, includeUsage bool) {
+func (x *exchange) openAIStream(t *ticket, id string, created int64, model string, u promptUsage, n int, finish string, includeUsage bool) {
 	cfg := &x.s.cfg
 	st := x.startStream()
-	x.s.countInput(in)
+	x.s.countInput(u)
 	chunk := func(choices []chunkChoice) chatChunk {
 		c := chatChunk{ID: id, Object: "chat.completion.chunk", Created: created, Model: model,
 			ServiceTier: "default", Choices: choices}
@@ -236,7 +243,7 @@ func (x *exchange) openAIStream(t *ticket, id string, created int64, model strin
 	}
 	if includeUsage {
 		last := chunk([]chunkChoice{})
-		last.Usage, _ = json.Marshal(makeUsage(in, n))
+		last.Usage, _ = json.Marshal(makeUsage(u, n))
 		if !st.send("", last, 0) {
 			return
 		}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/anthropics/anthropic-sdk-go/v2"
 	"github.com/openai/openai-go/v3"
@@ -178,7 +179,8 @@ func TestAnthropicRawStreamFormat(t *testing.T) {
 	}
 	assert.Equal(t, []string{"message_start", "content_block_start", "ping", "content_block_delta",
 		"content_block_delta", "content_block_stop", "message_delta", "message_stop"}, names)
-	assert.Contains(t, events[0], `"usage":{"input_tokens":2,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":1}`)
+	assert.Contains(t, events[0], `"usage":{"input_tokens":2,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,`+
+		`"cache_creation":{"ephemeral_5m_input_tokens":0,"ephemeral_1h_input_tokens":0},"output_tokens":1}`)
 	assert.Contains(t, events[0], `"stop_reason":null,"stop_sequence":null`)
 	assert.Contains(t, events[3], `"delta":{"type":"text_delta","text":"lorem ipsum"}`)
 	assert.Contains(t, events[4], `"delta":{"type":"text_delta","text":" dolor"}`)
@@ -200,7 +202,8 @@ func TestAnthropicRawJSONShape(t *testing.T) {
 		"content":     []any{map[string]any{"type": "text", "text": "lorem ipsum"}},
 		"stop_reason": "end_turn", "stop_sequence": nil,
 		"usage": map[string]any{"input_tokens": 2.0, "output_tokens": 2.0,
-			"cache_creation_input_tokens": 0.0, "cache_read_input_tokens": 0.0},
+			"cache_creation_input_tokens": 0.0, "cache_read_input_tokens": 0.0,
+			"cache_creation": map[string]any{"ephemeral_5m_input_tokens": 0.0, "ephemeral_1h_input_tokens": 0.0}},
 	}, m)
 }
 
@@ -280,22 +283,53 @@ func TestOpenAIRawStreamWithoutUsage(t *testing.T) {
 	assert.Contains(t, events[4], `"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3,"prompt_tokens_details":{"cached_tokens":0`)
 }
 
-func TestCountTokensEndpointCostsOnlyARequest(t *testing.T) {
+// count_tokens has a pool of its own: it draws on CountTokensPerMinute's
+// bucket only, shows that bucket in the requests-* headers, and neither
+// draws on nor shows the Messages buckets.
+func TestCountTokensEndpointHasItsOwnPool(t *testing.T) {
 	clock := tollgatetest.NewClock(t0)
-	srv := newServer(t, tollgatetest.Config{Now: clock.Now, RequestsPerMinute: 2, InputTokensPerMinute: 5})
+	srv := newServer(t, tollgatetest.Config{Now: clock.Now, RequestsPerMinute: 1, InputTokensPerMinute: 5,
+		OutputTokensPerMinute: 1000, CountTokensPerMinute: 2})
 	rc := raw(t, srv)
-	resp, body := rc.post("/v1/messages/count_tokens", `{"model":"m","messages":[{"role":"user","content":"`+words(50)+`"}]}`)
+	count := `{"model":"m","messages":[{"role":"user","content":"` + words(50) + `"}]}`
+	resp, body := rc.post("/v1/messages/count_tokens", count)
 	require.Equal(t, 200, resp.StatusCode, body)
-	assert.JSONEq(t, `{"input_tokens":50}`, body)
+	assert.JSONEq(t, `{"input_tokens":50}`, body, "50 tokens counted, although the input limit is 5")
+	assert.Equal(t, "2", resp.Header.Get("anthropic-ratelimit-requests-limit"))
 	assert.Equal(t, "1", resp.Header.Get("anthropic-ratelimit-requests-remaining"))
-	assert.Equal(t, "0", resp.Header.Get("anthropic-ratelimit-input-tokens-remaining"), "5 rounded down to a multiple of 1000")
-	assert.Equal(t, 5, srv.Limits().InputTokens.Remaining)
-	resp, _ = rc.post("/v1/messages/count_tokens", `{"model":"m","messages":[{"role":"user","content":"x"}]}`)
+	assert.Equal(t, t0.Add(30*time.Second).Format(time.RFC3339), resp.Header.Get("anthropic-ratelimit-requests-reset"))
+	for _, h := range []string{"input-tokens", "output-tokens", "tokens"} {
+		assert.Empty(t, resp.Header.Get("anthropic-ratelimit-"+h+"-remaining"), h)
+	}
+	lim := srv.Limits()
+	assert.Equal(t, 1, lim.Requests.Remaining, "the Messages request bucket is untouched")
+	assert.Equal(t, 5, lim.InputTokens.Remaining)
+	assert.Equal(t, 1, lim.CountTokens.Remaining)
+
+	resp, _ = rc.post("/v1/messages/count_tokens", count)
 	require.Equal(t, 200, resp.StatusCode)
-	resp, _ = rc.post("/v1/messages/count_tokens", `{"model":"m","messages":[{"role":"user","content":"x"}]}`)
+	resp, body = rc.post("/v1/messages/count_tokens", count)
 	require.Equal(t, 429, resp.StatusCode)
-	assert.Equal(t, "30", resp.Header.Get("retry-after"))
+	assert.Equal(t, "30", resp.Header.Get("retry-after"), "2 a minute: one every 30 s")
+	assert.Equal(t, "0", resp.Header.Get("anthropic-ratelimit-requests-remaining"))
+	assert.Contains(t, body, "token counting requests")
+
+	// The Messages pool is still whole: its one request goes through.
+	resp, _ = rc.post("/v1/messages", msg("hi", 10))
+	require.Equal(t, 200, resp.StatusCode)
+	assert.Equal(t, "1", resp.Header.Get("anthropic-ratelimit-requests-limit"))
+	assert.Equal(t, "0", resp.Header.Get("anthropic-ratelimit-requests-remaining"))
+
 	st := srv.Stats()
-	assert.Zero(t, st.InputTokens)
+	assert.Equal(t, 1, st.InputTokens, "count_tokens serves no input")
 	assert.Equal(t, 1, st.RateLimited)
+
+	// Without CountTokensPerMinute, count_tokens is unlimited and sends no
+	// rate-limit headers at all, even when the Messages pool is empty.
+	srv2 := newServer(t, tollgatetest.Config{Now: clock.Now, RequestsPerMinute: 1})
+	srv2.Consume(5, 0, 0)
+	resp, _ = raw(t, srv2).post("/v1/messages/count_tokens", count)
+	require.Equal(t, 200, resp.StatusCode)
+	assert.Empty(t, resp.Header.Get("anthropic-ratelimit-requests-limit"))
+	assert.True(t, strings.HasPrefix(resp.Header.Get("request-id"), "req_"))
 }

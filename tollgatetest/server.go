@@ -36,6 +36,7 @@ type Server struct {
 
 	mu       sync.Mutex
 	lim      limiter
+	cache    *promptCache // nil: caching off
 	cnt      counters
 	faults   []Fault
 	arrivals int
@@ -57,6 +58,9 @@ func NewServer(cfg Config) *Server {
 func NewHandler(cfg Config) *Server {
 	s := &Server{cfg: cfg, done: make(chan struct{}), cnt: newCounters()}
 	s.lim = newLimiter(&s.cfg, s.cfg.now())
+	if !cfg.NoPromptCaching {
+		s.cache = newPromptCache(s.cfg.cacheMaxEntries())
+	}
 	return s
 }
 
@@ -133,6 +137,18 @@ func (s *Server) Consume(requests, inputTokens, outputTokens int) {
 	}
 }
 
+// CacheEntries returns how many prompt cache entries are live at
+// Config.Now (Anthropic prefixes and OpenAI checkpoints together); 0 with
+// caching off.
+func (s *Server) CacheEntries() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cache == nil {
+		return 0
+	}
+	return s.cache.live(s.cfg.now())
+}
+
 // Limit describes one bucket's state, as returned by Server.Limits.
 type Limit struct {
 	Limit     int       // per minute; 0 when not set (then the rest is zero)
@@ -140,10 +156,12 @@ type Limit struct {
 	FullAt    time.Time // when the bucket will be full if nothing is taken
 }
 
-// Limits is the state of all four buckets at one instant. Tokens is the
-// combined (TokensPerMinute) bucket.
+// Limits is the state of all the buckets at one instant. Tokens is the
+// combined (TokensPerMinute) bucket, CountTokens count_tokens' own
+// (CountTokensPerMinute).
 type Limits struct {
 	Requests, InputTokens, OutputTokens, Tokens Limit
+	CountTokens                                 Limit
 }
 
 // Limits returns the buckets' state at Config.Now, exactly (no rounding).
@@ -157,7 +175,7 @@ func (s *Server) Limits() Limits {
 		}
 		return Limit{Limit: int(b.limit), Remaining: int(b.tokens()), FullAt: b.fullAt()}
 	}
-	return Limits{lim(s.lim.requests), lim(s.lim.input), lim(s.lim.output), lim(s.lim.combined)}
+	return Limits{lim(s.lim.requests), lim(s.lim.input), lim(s.lim.output), lim(s.lim.combined), lim(s.lim.countTokens)}
 }
 
 // dialect is the API flavour of a request.
@@ -171,6 +189,10 @@ const (
 func dialectOf(r *http.Request) dialect {
 	p := r.URL.Path
 	if strings.HasPrefix(p, "/v1/messages") {
+		return anthropicAPI
+	}
+	if (p == "/v1/models" || strings.HasPrefix(p, "/v1/models/")) &&
+		(r.Header.Get("anthropic-version") != "" || r.Header.Get("x-api-key") != "") {
 		return anthropicAPI
 	}
 	for _, pre := range []string{"/v1/chat/", "/chat/", "/v1/completions", "/v1/responses", "/v1/embeddings", "/v1/models"} {
@@ -188,7 +210,7 @@ func dialectOf(r *http.Request) dialect {
 // ServeHTTP serves one request; see the package documentation for routes.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	n := s.begin()
-	x := &exchange{s: s, r: r, ctx: r.Context(), api: dialectOf(r)}
+	x := &exchange{s: s, r: r, ctx: r.Context(), api: dialectOf(r), route: routeOf(r.URL.Path)}
 	defer x.end()
 	x.w = &recorder{ResponseWriter: w, s: s}
 	if x.api == anthropicAPI {
@@ -225,13 +247,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	switch r.URL.Path {
-	case "/v1/messages":
+	switch p := r.URL.Path; {
+	case p == "/v1/messages":
 		x.anthropicMessages()
-	case "/v1/messages/count_tokens":
+	case p == "/v1/messages/count_tokens":
 		x.anthropicCountTokens()
-	case "/v1/chat/completions", "/chat/completions":
+	case p == "/v1/chat/completions", p == "/chat/completions":
 		x.openAIChat()
+	case p == "/v1/models", strings.HasPrefix(p, "/v1/models/"):
+		x.models(strings.TrimPrefix(strings.TrimPrefix(p, "/v1/models"), "/"))
 	default:
 		if x.api == anthropicAPI {
 			x.errorResponse(http.StatusNotFound, "not_found_error", "Not found: "+r.Method+" "+r.URL.Path)
@@ -292,11 +316,19 @@ func (s *Server) recordStatus(code int) {
 	}
 }
 
-func (s *Server) countInput(n int) {
+// countInput counts a served prompt in Stats.
+func (s *Server) countInput(u promptUsage) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.cnt.st.InputTokens += n
-	s.cnt.second(s.cfg.now()).InputTokens += n
+	st, sec := &s.cnt.st, s.cnt.second(s.cfg.now())
+	st.InputTokens += u.counted
+	sec.InputTokens += u.counted
+	st.CacheReadInputTokens += u.read
+	sec.CacheReadInputTokens += u.read
+	st.CacheCreationInputTokens += u.creation
+	sec.CacheCreationInputTokens += u.creation
+	st.PromptTokens += u.prompt
+	sec.PromptTokens += u.prompt
 }
 
 // recorder counts the status of the response it carries.
@@ -324,6 +356,27 @@ func (r *recorder) Write(b []byte) (int, error) {
 // Unwrap lets http.ResponseController reach Flush and Hijack.
 func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
+// route is what a request's rate-limit headers describe.
+type route int
+
+const (
+	routePaced       route = iota // Messages, chat completions, errors: the main buckets
+	routeCountTokens              // count_tokens: its own bucket
+	routeUnpaced                  // model listing: no rate-limit headers
+)
+
+// routeOf is the route of a path, for its rate-limit headers (injected
+// faults included).
+func routeOf(path string) route {
+	switch {
+	case path == "/v1/messages/count_tokens":
+		return routeCountTokens
+	case path == "/v1/models", strings.HasPrefix(path, "/v1/models/"):
+		return routeUnpaced
+	}
+	return routePaced
+}
+
 // exchange is one request being served.
 type exchange struct {
 	s     *Server
@@ -331,6 +384,7 @@ type exchange struct {
 	r     *http.Request
 	ctx   context.Context
 	api   dialect
+	route route
 	rid   string
 	body  []byte
 	fault *Fault
@@ -433,9 +487,13 @@ func (x *exchange) setHeaders() {
 		x.s.mu.Unlock()
 		x.snap = &snap
 	}
-	if x.api == anthropicAPI {
+	switch {
+	case x.route == routeUnpaced:
+	case x.route == routeCountTokens:
+		x.countTokensHeaders(h)
+	case x.api == anthropicAPI:
 		x.anthropicLimitHeaders(h)
-	} else {
+	default:
 		x.openAILimitHeaders(h)
 	}
 	if f := x.fault; f != nil {
@@ -451,16 +509,39 @@ func (x *exchange) setHeaders() {
 	}
 }
 
+// roundRemaining rounds a token header's remaining as mode says.
+func roundRemaining(rem int64, mode RemainingRounding) int64 {
+	switch mode {
+	case Exact:
+		return rem
+	case RoundNearest:
+		return (rem + 500) / 1000 * 1000
+	}
+	return rem - rem%1000
+}
+
+// countTokensHeaders describes count_tokens' own bucket, in the requests-*
+// headers (it has no token limits); none when it is unlimited.
+func (x *exchange) countTokensHeaders(h http.Header) {
+	b := x.snap.countTokens
+	if !b.set {
+		return
+	}
+	h.Set("anthropic-ratelimit-requests-limit", strconv.FormatInt(b.limit, 10))
+	h.Set("anthropic-ratelimit-requests-remaining", strconv.FormatInt(b.remaining, 10))
+	h.Set("anthropic-ratelimit-requests-reset", formatReset(b.reset))
+}
+
 func (x *exchange) anthropicLimitHeaders(h http.Header) {
 	s := x.snap
-	exact := x.s.cfg.ExactRemaining
+	mode := x.s.cfg.rounding()
 	set := func(name string, b bucketState, round bool) {
 		if !b.set {
 			return
 		}
 		rem := b.remaining
-		if round && !exact {
-			rem -= rem % 1000
+		if round {
+			rem = roundRemaining(rem, mode)
 		}
 		h.Set("anthropic-ratelimit-"+name+"-limit", strconv.FormatInt(b.limit, 10))
 		h.Set("anthropic-ratelimit-"+name+"-remaining", strconv.FormatInt(rem, 10))
@@ -670,30 +751,43 @@ func (x *exchange) decode(v any) bool {
 
 // ticket is an admitted request's claim on the output budget.
 type ticket struct {
-	s        *Server
-	reserved int64 // output tokens taken at admission
-	produced int64 // output tokens sent so far
-	settled  bool
+	s          *Server
+	asProduced bool  // output counted as produced (else reserved and settled)
+	reserved   int64 // output tokens taken at admission
+	produced   int64 // output tokens sent so far
+	settled    bool
 }
 
 // admit runs the limiter for cost c. On success it returns a ticket; on
 // failure it has written the 429 and returns nil. Either way x.snap is the
 // state right after the decision.
 func (x *exchange) admit(c cost) *ticket {
+	return x.admitPlanned(func(*promptCache, time.Time) cost { return c }, nil)
+}
+
+// admitPlanned is admit for a cost that depends on the prompt cache: under
+// the server's lock, plan works out the cost from the cache (nil when
+// caching is off) as of now, and if the request is admitted, *commit (when
+// not nil) is applied to the cache at once, so a later request finds what
+// this one wrote.
+func (x *exchange) admitPlanned(plan func(c *promptCache, now time.Time) cost, commit *cachePlan) *ticket {
 	s := x.s
 	s.mu.Lock()
 	now := s.cfg.now()
 	s.lim.advance(now)
+	c := plan(s.cache, now)
 	rej := s.lim.admit(now, c)
 	snap := s.lim.snapshot(now)
 	x.snap = &snap
 	if rej != nil {
 		s.cnt.st.RateLimited++
 		s.cnt.second(now).RateLimited++
+	} else if commit != nil && s.cache != nil {
+		s.cache.commit(commit, now)
 	}
 	s.mu.Unlock()
 	if rej == nil {
-		return &ticket{s: s, reserved: c.outTake}
+		return &ticket{s: s, reserved: c.outTake, asProduced: x.producedRule()}
 	}
 	x.rateLimited(rej)
 	return nil
@@ -708,7 +802,7 @@ func (x *exchange) rateLimited(rej *rejection) {
 	} else {
 		h.Set("retry-after", strconv.FormatInt(max(secs, 1), 10))
 	}
-	what := [...]string{"requests", "input tokens", "output tokens", "tokens"}[rej.kind]
+	what := [...]string{"requests", "input tokens", "output tokens", "tokens", "token counting requests"}[rej.kind]
 	if x.api == anthropicAPI {
 		var msg string
 		if rej.never {
@@ -748,7 +842,7 @@ func (t *ticket) produce(k int) {
 	t.produced += int64(k)
 	s.cnt.st.OutputTokens += k
 	s.cnt.second(now).OutputTokens += k
-	if s.cfg.OutputAccounting == CountAsProduced {
+	if t.asProduced {
 		s.lim.advance(now)
 		s.lim.adjustOutput(int64(k))
 	}
@@ -762,7 +856,7 @@ func (t *ticket) settle() {
 		return
 	}
 	t.settled = true
-	if t.s.cfg.OutputAccounting == CountAsProduced {
+	if t.asProduced {
 		return
 	}
 	s := t.s
@@ -772,10 +866,16 @@ func (t *ticket) settle() {
 	s.lim.adjustOutput(t.produced - t.reserved)
 }
 
+// producedRule reports whether this request's output is counted as
+// produced: CountAsProduced applies to the Anthropic Messages route only.
+func (x *exchange) producedRule() bool {
+	return x.s.cfg.OutputAccounting == CountAsProduced && x.api == anthropicAPI
+}
+
 // outputCost is the output part of an admission cost: the reservation, or
 // (counted as produced) a need of one token and nothing taken.
 func (x *exchange) outputCost(reservation int) (need, take int64) {
-	if x.s.cfg.OutputAccounting == CountAsProduced {
+	if x.producedRule() {
 		return 1, 0
 	}
 	return int64(reservation), int64(reservation)

@@ -191,10 +191,10 @@ func TestStatsTimelineWindowSinceReset(t *testing.T) {
 
 	st := srv.Stats()
 	require.Len(t, st.Timeline, 3)
-	assert.Equal(t, tollgatetest.Second{Start: t0, Requests: 1, OK: 1, InputTokens: 2, OutputTokens: 3}, st.Timeline[0])
-	assert.Equal(t, tollgatetest.Second{Start: t0.Add(time.Second), Requests: 2, OK: 1, RateLimited: 1, InputTokens: 1, OutputTokens: 3}, st.Timeline[1])
+	assert.Equal(t, tollgatetest.Second{Start: t0, Requests: 1, OK: 1, InputTokens: 2, PromptTokens: 2, OutputTokens: 3}, st.Timeline[0])
+	assert.Equal(t, tollgatetest.Second{Start: t0.Add(time.Second), Requests: 2, OK: 1, RateLimited: 1, InputTokens: 1, PromptTokens: 1, OutputTokens: 3}, st.Timeline[1])
 	w := st.Window(t0, t0.Add(time.Minute))
-	assert.Equal(t, tollgatetest.Second{Start: t0, Requests: 3, OK: 2, RateLimited: 1, InputTokens: 3, OutputTokens: 6}, w)
+	assert.Equal(t, tollgatetest.Second{Start: t0, Requests: 3, OK: 2, RateLimited: 1, InputTokens: 3, PromptTokens: 3, OutputTokens: 6}, w)
 
 	d := st.Since(before)
 	assert.Equal(t, 2, d.Requests)

@@ -16,7 +16,8 @@ type Stats struct {
 	// became of it.
 	Requests int
 	// OK counts responses with a 2xx status (a stream that later failed
-	// included).
+	// included), count_tokens and model listings included, although they do
+	// not draw on the request bucket.
 	OK int
 	// RateLimited counts 429s sent by the rate limiter (not injected ones).
 	RateLimited int
@@ -25,18 +26,29 @@ type Stats struct {
 	// Status counts responses by HTTP status code. Dropped connections have
 	// no status and are not counted here.
 	Status map[int]int
-	// InputTokens is the prompt tokens of the 2xx Messages and chat
-	// completion responses (count_tokens requests excluded), counted when
-	// the headers are sent.
+	// InputTokens is the prompt tokens the input limit counted for the 2xx
+	// Messages and chat completion responses (count_tokens excluded),
+	// counted when the headers are sent: on the Messages route
+	// input_tokens + cache_creation_input_tokens, plus
+	// cache_read_input_tokens for the models whose cache reads count
+	// (Config.CacheReadsCountAsInput); on the OpenAI route every prompt
+	// token, cached or not. Without prompt caching it is every prompt token.
 	InputTokens int
 	// OutputTokens is the generated tokens actually sent: a non-streaming
 	// reply's tokens when its body is written in full, a stream's tokens
 	// delta by delta as they are written.
 	OutputTokens int
-	// CacheCreationInputTokens and CacheReadInputTokens are always 0: the
-	// server does not simulate prompt caching (it reports 0 for both).
+	// CacheCreationInputTokens is the prompt tokens written to the cache
+	// (Anthropic cache_creation_input_tokens), counted with InputTokens.
 	CacheCreationInputTokens int
-	CacheReadInputTokens     int
+	// CacheReadInputTokens is the prompt tokens read from the cache
+	// (Anthropic cache_read_input_tokens, OpenAI cached_tokens), counted
+	// with InputTokens.
+	CacheReadInputTokens int
+	// PromptTokens is every prompt token of the same responses, cached or
+	// not: on the Messages route input + cache creation + cache read tokens,
+	// on the OpenAI route prompt_tokens.
+	PromptTokens int
 	// InFlight is the number of requests being handled now.
 	InFlight int
 	// PeakConcurrency is the largest InFlight seen (since the last
@@ -52,12 +64,17 @@ type Stats struct {
 // arrived, a status to the second it was written, tokens to the second they
 // were counted.
 type Second struct {
-	Start        time.Time // the second's first instant (Unix-second aligned)
-	Requests     int
-	OK           int
-	RateLimited  int
-	InputTokens  int
-	OutputTokens int
+	Start       time.Time // the second's first instant (Unix-second aligned)
+	Requests    int
+	OK          int
+	RateLimited int
+	// InputTokens, CacheCreationInputTokens, CacheReadInputTokens and
+	// PromptTokens are as in Stats.
+	InputTokens              int
+	CacheCreationInputTokens int
+	CacheReadInputTokens     int
+	PromptTokens             int
+	OutputTokens             int
 }
 
 func (s *Second) add(o Second) {
@@ -65,7 +82,21 @@ func (s *Second) add(o Second) {
 	s.OK += o.OK
 	s.RateLimited += o.RateLimited
 	s.InputTokens += o.InputTokens
+	s.CacheCreationInputTokens += o.CacheCreationInputTokens
+	s.CacheReadInputTokens += o.CacheReadInputTokens
+	s.PromptTokens += o.PromptTokens
 	s.OutputTokens += o.OutputTokens
+}
+
+func (s *Second) sub(o Second) {
+	s.Requests -= o.Requests
+	s.OK -= o.OK
+	s.RateLimited -= o.RateLimited
+	s.InputTokens -= o.InputTokens
+	s.CacheCreationInputTokens -= o.CacheCreationInputTokens
+	s.CacheReadInputTokens -= o.CacheReadInputTokens
+	s.PromptTokens -= o.PromptTokens
+	s.OutputTokens -= o.OutputTokens
 }
 
 // Window sums the timeline seconds whose Start lies in [from, to): e.g.
@@ -93,6 +124,7 @@ func (s Stats) Since(prev Stats) Stats {
 	d.OutputTokens -= prev.OutputTokens
 	d.CacheCreationInputTokens -= prev.CacheCreationInputTokens
 	d.CacheReadInputTokens -= prev.CacheReadInputTokens
+	d.PromptTokens -= prev.PromptTokens
 	d.Faults = diffMap(s.Faults, prev.Faults)
 	d.Status = diffMap(s.Status, prev.Status)
 	old := make(map[int64]Second, len(prev.Timeline))
@@ -101,12 +133,7 @@ func (s Stats) Since(prev Stats) Stats {
 	}
 	d.Timeline = nil
 	for _, sec := range s.Timeline {
-		p := old[sec.Start.Unix()]
-		sec.Requests -= p.Requests
-		sec.OK -= p.OK
-		sec.RateLimited -= p.RateLimited
-		sec.InputTokens -= p.InputTokens
-		sec.OutputTokens -= p.OutputTokens
+		sec.sub(old[sec.Start.Unix()])
 		if sec != (Second{Start: sec.Start}) {
 			d.Timeline = append(d.Timeline, sec)
 		}

@@ -88,59 +88,66 @@ func anthropicBlockTokens(v any) int {
 	return 0
 }
 
-// anthropicInputTokens counts the prompt of a Messages request: system,
-// every message's content and every tool's name, description and input
-// schema.
-func anthropicInputTokens(req *anthropicRequest) int {
-	n := 0
-	if len(req.System) > 0 {
-		var sys any
-		if json.Unmarshal(req.System, &sys) == nil {
-			n += anthropicContentTokens(sys)
+// eachToken calls f with every token of text, in order, as CountTokens
+// counts them: maximal runs of letters and digits, and every other rune
+// that is not white space.
+func eachToken(text string, f func(string)) {
+	start := -1 // start of the current word
+	for i, r := range text {
+		word := unicode.IsLetter(r) || unicode.IsDigit(r)
+		if start >= 0 && !word {
+			f(text[start:i])
+			start = -1
+		}
+		switch {
+		case word:
+			if start < 0 {
+				start = i
+			}
+		case unicode.IsSpace(r):
+		default:
+			f(string(r))
 		}
 	}
-	for _, m := range req.Messages {
-		var c any
-		if json.Unmarshal(m.Content, &c) == nil {
-			n += anthropicContentTokens(c)
-		}
+	if start >= 0 {
+		f(text[start:])
 	}
-	for _, t := range req.Tools {
-		n += CountTokens(t.Name) + CountTokens(t.Description) + countJSON(t.InputSchema)
-	}
-	return n
 }
 
-// openAIInputTokens counts the prompt of a chat completion request: every
-// message's content (a string, or the text of its text parts), the name and
-// arguments of its tool calls, and every tool's function name, description
-// and parameters.
-func openAIInputTokens(req *openAIRequest) int {
-	n := 0
+// walkOpenAIPrompt calls tok with every token of a chat completion prompt
+// and boundary between its parts: each tool's function name, description
+// and parameters; then each message (boundary: its role): its content (a
+// string, or the text of its text parts), the name and arguments of its
+// tool calls.
+func walkOpenAIPrompt(req *openAIRequest, tok func(string), boundary func(string)) {
+	for _, t := range req.Tools {
+		boundary("tool")
+		eachToken(t.Function.Name, tok)
+		eachToken(t.Function.Description, tok)
+		eachToken(string(t.Function.Parameters), tok)
+	}
 	for _, m := range req.Messages {
+		boundary(m.Role)
 		var c any
 		if len(m.Content) > 0 && json.Unmarshal(m.Content, &c) == nil {
 			switch c := c.(type) {
 			case string:
-				n += CountTokens(c)
+				eachToken(c, tok)
 			case []any:
 				for _, p := range c {
 					if pm, ok := p.(map[string]any); ok {
 						if s, ok := pm["text"].(string); ok {
-							n += CountTokens(s)
+							eachToken(s, tok)
 						}
 					}
 				}
 			}
 		}
 		for _, tc := range m.ToolCalls {
-			n += CountTokens(tc.Function.Name) + CountTokens(tc.Function.Arguments)
+			eachToken(tc.Function.Name, tok)
+			eachToken(tc.Function.Arguments, tok)
 		}
 	}
-	for _, t := range req.Tools {
-		n += CountTokens(t.Function.Name) + CountTokens(t.Function.Description) + countJSON(t.Function.Parameters)
-	}
-	return n
 }
 
 // vocabulary is what generated replies are made of: letter-only words, one

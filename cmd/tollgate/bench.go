@@ -18,6 +18,7 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	f := newFleetFlags("bench", fleet.DefaultDuration, stderr)
 	clients := f.fs.String("clients", strings.Join(benchClients, ","),
 		"comma-separated clients to run side by side: "+strings.Join(peers.Names(), ", "))
+	f.addWorkloadFlags()
 	f.fs.Usage = func() {
 		fmt.Fprintf(stderr, `usage: tollgate bench [flags]
 
@@ -32,6 +33,18 @@ default), and prints what each got out of them:
   429s per 100 OK          rate-limit responses the client drew, per successful call
   OK calls/min             successful calls per minute
   p50, p95                 latency of successful calls, retries and waits included
+  cache read / written     prompt tokens the server read from / wrote to its prompt
+                           cache (shown when there are any), and the share of all
+                           prompt tokens read from it; input tokens count against
+                           the input limit as the server counts them (input + cache
+                           writes)
+
+--workload agents runs a coding-agent fleet instead of one-shot prompts: each agent
+holds multi-turn conversations (a shared 6,000-token system prompt, a task, then
+turn after turn the model's reply with a tool call and the tool's result, cached
+with cache_control on the system prompt and the newest turn), max_tokens 8192;
+the fake API then counts output as produced and rounds *-remaining to the nearest
+thousand, as Anthropic's docs say today (--output-rule, --remaining).
 
 flags:
 `)

@@ -30,6 +30,7 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	f := newFleetFlags("demo", DefaultDemoDuration, stderr)
 	upstream := f.fs.String("upstream", "", "run only the tollgate half against this real API base URL (e.g. https://api.anthropic.com), "+
 		"with ANTHROPIC_API_KEY; small defaults: 2 agents, 20s, max_tokens 32, "+upstreamModel)
+	f.addWorkloadFlags()
 	f.fs.Usage = func() {
 		fmt.Fprintf(stderr, `usage: tollgate demo [flags]
 
@@ -57,6 +58,9 @@ flags:
 		}
 		if key = os.Getenv("ANTHROPIC_API_KEY"); key == "" {
 			return usagef("--upstream needs ANTHROPIC_API_KEY in the environment")
+		}
+		if f.agentsWorkload() {
+			return usagef("--workload agents runs against the fake API only (its prompts of 6,000+ tokens would cost real money)")
 		}
 	}
 

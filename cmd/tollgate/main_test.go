@@ -55,6 +55,13 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"bench", "--rpm", "0", "--itpm", "0", "--otpm", "0"}, "no limit set"},
 		{[]string{"bench", "--rpm", "-5"}, "cannot be negative"},
 		{[]string{"bench", "--max-tokens", "9000"}, "exceeds --otpm 8000"},
+		{[]string{"bench", "--workload", "chatty"}, `--workload must be oneshot or agents, not "chatty"`},
+		{[]string{"bench", "--workload", ""}, "--workload must be"},
+		{[]string{"bench", "--output-rule", "later"}, "--output-rule must be reserve or produced"},
+		{[]string{"bench", "--remaining", "up"}, "--remaining must be down, nearest or exact"},
+		{[]string{"bench", "--workload", "agents", "--output-rule", "reserve"}, "--max-tokens 8192 exceeds --otpm 8000"},
+		{[]string{"bench", "--workload", "agents", "--itpm", "5000"}, "below the largest prompt (6"},
+		{[]string{"bench-shared", "--workload", "agents"}, "flag provided but not defined: -workload"},
 		{[]string{"demo", "--itpm", "1000"}, "below the largest prompt"},
 		{[]string{"demo", "--agents", "-3"}, "--agents must be at least 1"},
 		{[]string{"bench-shared", "--processes", "0"}, "--processes must be between 1 and 64"},
@@ -67,6 +74,53 @@ func TestUsageErrors(t *testing.T) {
 		assert.Empty(t, stdout, "%v", tc.args)
 		assert.Contains(t, stderr, tc.want, "%v", tc.args)
 	}
+}
+
+func TestDemoUpstreamRefusesAgents(t *testing.T) {
+	t.Setenv("ANTHROPIC_API_KEY", "not-used")
+	code, stdout, stderr := runCLI(context.Background(), "demo", "--upstream", "https://example.invalid", "--workload", "agents")
+	assert.Equal(t, exitUsage, code)
+	assert.Empty(t, stdout)
+	assert.Contains(t, stderr, "--workload agents runs against the fake API only")
+}
+
+// The agents workload is accepted where the one-shot one would not be
+// (max_tokens 8192 above an 8,000 OTPM: output is counted as produced), and
+// its summary carries the server's rules and the cache figures.
+func TestBenchAgentsJSON(t *testing.T) {
+	args := []string{"bench", "--json", "--workload", "agents", "--clients", "sdk,failsafe", "--duration", "2s", "--agents", "3",
+		"--rpm", "600000", "--itpm", "100000000", "--otpm", "8000", "--latency", "5ms", "--per-token", "0s"}
+	code, stdout, stderr := runCLI(context.Background(), args...)
+	require.Equal(t, exitOK, code, stderr)
+	s := decode(t, stdout)
+	assert.Equal(t, "agents", s.Config.Workload)
+	assert.Equal(t, "produced", s.Config.OutputRule)
+	assert.Equal(t, "nearest", s.Config.Remaining)
+	assert.Equal(t, 8192, s.Config.MaxTokens)
+	assert.Contains(t, stderr, "agent conversations with prompt caching")
+	require.Len(t, s.Results, 2)
+	for _, r := range s.Results {
+		assert.Positive(t, r.OKCalls, r.Client)
+		assert.Positive(t, r.Used.CacheReadInputTokens, r.Client)
+		assert.Positive(t, r.Used.CacheCreationInputTokens, r.Client)
+		assert.Equal(t, r.Used.PromptTokens, r.Used.InputTokens+r.Used.CacheReadInputTokens, "%s: Sonnet: reads do not count", r.Client)
+		assert.InDelta(t, float64(r.Used.CacheReadInputTokens)/float64(r.Used.PromptTokens), r.CacheReadShare, 1e-9)
+		assert.Greater(t, r.OKMeanPromptTokens, 6000.0, "the shared system prompt alone is 6,000 tokens")
+	}
+
+	// The table shows the cache columns; the one-shot table does not.
+	args = []string{"bench", "--workload", "agents", "--output-rule", "reserve", "--remaining", "exact", "--max-tokens", "1000",
+		"--clients", "sdk", "--duration", "1s", "--agents", "2", "--rpm", "600000", "--itpm", "100000000", "--otpm", "10000000",
+		"--latency", "5ms", "--per-token", "0s"}
+	code, stdout, stderr = runCLI(context.Background(), args...)
+	require.Equal(t, exitOK, code, stderr)
+	assert.Contains(t, stdout, "prompt read from cache")
+	assert.Contains(t, stdout, "cache read / written")
+	assert.NotContains(t, stderr+stdout, "counted as produced")
+	assert.Contains(t, stdout+stderr, "remaining exact")
+	code, stdout, stderr = runCLI(context.Background(), append([]string{"bench", "--clients", "sdk"}, fast...)...)
+	require.Equal(t, exitOK, code, stderr)
+	assert.NotContains(t, stdout, "prompt read from cache")
 }
 
 func TestHelp(t *testing.T) {

@@ -35,6 +35,9 @@ type summaryConfig struct {
 	Upstream         string       `json:"upstream,omitempty"`
 	LatencyMS        float64      `json:"fake_latency_ms,omitempty"`
 	PerOutputTokenMS float64      `json:"fake_per_output_token_ms,omitempty"`
+	Workload         string       `json:"workload,omitempty"`
+	OutputRule       string       `json:"output_rule,omitempty"` // the fake API's: reserve | produced
+	Remaining        string       `json:"remaining,omitempty"`   // the fake API's rounding: down | nearest | exact
 }
 
 type summaryResult struct {
@@ -54,6 +57,7 @@ type summaryResult struct {
 	P50MS               float64        `json:"p50_ms"`
 	P95MS               float64        `json:"p95_ms"`
 	OKMeanPromptTokens  float64        `json:"ok_mean_prompt_tokens"`
+	CacheReadShare      float64        `json:"cache_read_share"`
 	Used                fleet.Usage    `json:"used"`
 	Shares              []fleet.Share  `json:"shares"`
 	Source              string         `json:"source"`
@@ -74,7 +78,9 @@ func newSummary(command string, started time.Time, f *fleetFlags, cfg fleet.Conf
 	if cfg.BaseURL == "" {
 		s.Config.LatencyMS = ms(f.latency)
 		s.Config.PerOutputTokenMS = ms(f.perToken)
+		s.Config.OutputRule, s.Config.Remaining = f.outputRule, f.remaining
 	}
+	s.Config.Workload = f.workload
 	for i, r := range results {
 		s.Interrupted = s.Interrupted || r.Interrupted
 		fk := r.FailedByKind
@@ -87,7 +93,7 @@ func newSummary(command string, started time.Time, f *fleetFlags, cfg fleet.Conf
 			OKCalls: r.OK, FailedCalls: r.Failed, CutOffCalls: r.CutOff, FailedByKind: fk,
 			Attempts: r.Attempts, RateLimited: r.RateLimited, RateLimitedPer100OK: r.RateLimitedPer100OK,
 			OKPerMinute: r.OKPerMinute, P50MS: ms(r.P50), P95MS: ms(r.P95), OKMeanPromptTokens: r.OKPromptTokens,
-			Used: r.Used, Shares: r.Shares, Source: r.Source,
+			CacheReadShare: r.CacheReadShare, Used: r.Used, Shares: r.Shares, Source: r.Source,
 		}
 	}
 	return s
@@ -108,15 +114,47 @@ func writeJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-// writeRows prints one row per client (bench).
+// writeRows prints one row per client (bench), with the cache columns when
+// any prompt was cached.
 func writeRows(w io.Writer, results []fleet.Result) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "client\tshare of binding limit\tfailed calls\t429s per 100 OK\tOK calls/min\tp50\tp95\tmean prompt of OK calls\t")
+	cached := anyCached(results)
+	head := "client\tshare of binding limit\tfailed calls\t429s per 100 OK\tOK calls/min\tp50\tp95\tmean prompt of OK calls\t"
+	if cached {
+		head += "cache read / written\tprompt read from cache\t"
+	}
+	fmt.Fprintln(tw, head)
 	for _, r := range results {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%.1f\t%s\t%s\t%.0f\t\n", r.Client, shareString(r.Binding), r.Failed,
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%.1f\t%s\t%s\t%.0f\t", r.Client, shareString(r.Binding), r.Failed,
 			per100(r), r.OKPerMinute, seconds(r.P50), seconds(r.P95), r.OKPromptTokens)
+		if cached {
+			fmt.Fprintf(tw, "%s\t%s\t", cacheTokens(r), cacheShare(r))
+		}
+		fmt.Fprintln(tw)
 	}
 	_ = tw.Flush()
+}
+
+// anyCached reports whether any run read from or wrote to a prompt cache.
+func anyCached(results []fleet.Result) bool {
+	for _, r := range results {
+		if r.Used.CacheReadInputTokens+r.Used.CacheCreationInputTokens > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// cacheTokens is "read / written", e.g. "412k / 61.2k".
+func cacheTokens(r fleet.Result) string {
+	return count(float64(r.Used.CacheReadInputTokens)) + " / " + count(float64(r.Used.CacheCreationInputTokens))
+}
+
+func cacheShare(r fleet.Result) string {
+	if r.Used.PromptTokens == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f %%", 100*r.CacheReadShare)
 }
 
 // writeColumns prints one column per client (demo).
@@ -139,6 +177,10 @@ func writeColumns(w io.Writer, results []fleet.Result) {
 	row("p50 latency", func(r fleet.Result) string { return seconds(r.P50) })
 	row("p95 latency", func(r fleet.Result) string { return seconds(r.P95) })
 	row("mean prompt of OK calls", func(r fleet.Result) string { return fmt.Sprintf("%.0f", r.OKPromptTokens) })
+	if anyCached(results) {
+		row("cache read / written", cacheTokens)
+		row("prompt read from cache", cacheShare)
+	}
 	row("time", func(r fleet.Result) string { return seconds(r.Elapsed) })
 	_ = tw.Flush()
 }
@@ -236,6 +278,9 @@ func progressLine(p fleet.Progress, width int) string {
 	if p.Binding != "" {
 		line += fmt.Sprintf("  %s %s in the last min, limit %s/min (%.0f %% of what was available used)",
 			shortDim(p.Binding), count(p.PerMinute), count(float64(p.Limit)), 100*p.Share)
+	}
+	if p.CacheShare > 0 {
+		line += fmt.Sprintf("  cache %.0f %%", 100*p.CacheShare)
 	}
 	if p.Status != "" {
 		line += "  " + p.Status

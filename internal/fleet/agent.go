@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/anthropics/anthropic-sdk-go/v2"
+	"github.com/anthropics/anthropic-sdk-go/v2/option"
 )
 
 // Call is what one agent's call came to.
@@ -27,8 +28,17 @@ type Call struct {
 	// transport counted them.
 	Attempts     int `json:"attempts"`
 	PromptTokens int `json:"prompt_tokens"` // the prompt's size under tollgatetest.CountTokens
-	InputTokens  int `json:"input_tokens"`  // usage the reply reported
-	OutputTokens int `json:"output_tokens"`
+	// Turn is the call's turn in its conversation, from 1 (the agents
+	// workload); 0 for a one-shot call.
+	Turn int `json:"turn,omitempty"`
+	// InputTokens, CacheReadTokens, CacheCreationTokens and OutputTokens
+	// are the usage the reply reported; InputTokens is input_tokens +
+	// cache_creation_input_tokens, what the input-tokens limit counts on
+	// most models.
+	InputTokens         int `json:"input_tokens"`
+	CacheReadTokens     int `json:"cache_read_tokens,omitempty"`
+	CacheCreationTokens int `json:"cache_creation_tokens,omitempty"`
+	OutputTokens        int `json:"output_tokens"`
 }
 
 // The kinds of unsuccessful calls the fleet tells apart by itself.
@@ -46,33 +56,40 @@ const (
 // agent loops calls until the run stops.
 func (r *run) agent(ctx context.Context, n int) {
 	rng := rand.New(rand.NewPCG(r.cfg.Seed, uint64(n)+1))
+	if r.cfg.Workload == WorkloadAgents {
+		r.converse(ctx, n, rng)
+		return
+	}
 	for !r.stopped.Load() && ctx.Err() == nil {
 		size := r.cfg.MinPromptTokens + rng.IntN(r.cfg.MaxPromptTokens-r.cfg.MinPromptTokens+1)
-		r.record(r.call(ctx, n, Prompt(rng, size)))
+		prompt := Prompt(rng, size)
+		params := anthropic.MessageNewParams{
+			Model:     anthropic.Model(r.cfg.Model),
+			MaxTokens: int64(r.cfg.MaxTokens),
+			Messages:  []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock(prompt))},
+		}
+		c, _ := r.call(ctx, Call{Agent: n, PromptTokens: countWords(prompt)}, params)
+		r.record(c)
 	}
 }
 
-// call makes one call and says what came of it.
-func (r *run) call(ctx context.Context, agent int, prompt string) Call {
+// call makes one call with params and says what came of it, starting from
+// c (its agent, prompt size and turn), and returns the reply when it
+// succeeded. opts are added to the call's request options.
+func (r *run) call(ctx context.Context, c Call, params anthropic.MessageNewParams, opts ...option.RequestOption) (Call, *anthropic.Message) {
 	var attempts atomic.Int32
 	ctx = context.WithValue(ctx, attemptsKey{}, &attempts)
-	params := anthropic.MessageNewParams{
-		Model:     anthropic.Model(r.cfg.Model),
-		MaxTokens: int64(r.cfg.MaxTokens),
-		Messages:  []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock(prompt))},
-	}
-	c := Call{Agent: agent, PromptTokens: countWords(prompt)}
 	t0 := time.Now()
 	c.Start = t0.Sub(r.start)
-	var usage anthropic.Usage
+	var reply *anthropic.Message
 	do := func(ctx context.Context) error {
 		if r.cfg.Stream {
-			return r.stream(ctx, params, &usage)
+			m, err := r.stream(ctx, params, opts)
+			reply = m
+			return err
 		}
-		m, err := r.target.Client.Messages.New(ctx, params)
-		if err == nil {
-			usage = m.Usage
-		}
+		m, err := r.target.Client.Messages.New(ctx, params, opts...)
+		reply = m
 		return err
 	}
 	var err error
@@ -83,36 +100,38 @@ func (r *run) call(ctx context.Context, agent int, prompt string) Call {
 	}
 	c.Latency = time.Since(t0)
 	c.Attempts = int(attempts.Load())
-	if err == nil {
+	if err == nil && reply != nil {
+		u := reply.Usage
 		c.OK = true
-		c.InputTokens = int(usage.InputTokens + usage.CacheCreationInputTokens + usage.CacheReadInputTokens)
-		c.OutputTokens = int(usage.OutputTokens)
-		return c
+		c.InputTokens = int(u.InputTokens + u.CacheCreationInputTokens)
+		c.CacheReadTokens = int(u.CacheReadInputTokens)
+		c.CacheCreationTokens = int(u.CacheCreationInputTokens)
+		c.OutputTokens = int(u.OutputTokens)
+		return c, reply
 	}
 	c.Kind, c.Status = r.classify(ctx, err)
-	return c
+	return c, nil
 }
 
-// stream makes a streaming call and reads every event.
-func (r *run) stream(ctx context.Context, params anthropic.MessageNewParams, usage *anthropic.Usage) error {
-	s := r.target.Client.Messages.NewStreaming(ctx, params)
+// stream makes a streaming call and reads every event into the message.
+func (r *run) stream(ctx context.Context, params anthropic.MessageNewParams, opts []option.RequestOption) (*anthropic.Message, error) {
+	s := r.target.Client.Messages.NewStreaming(ctx, params, opts...)
 	defer s.Close()
 	var msg anthropic.Message
 	events := 0
 	for s.Next() {
 		events++
 		if err := msg.Accumulate(s.Current()); err != nil {
-			return &streamError{err}
+			return nil, &streamError{err}
 		}
 	}
 	if err := s.Err(); err != nil {
 		if events > 0 {
-			return &streamError{err}
+			return nil, &streamError{err}
 		}
-		return err
+		return nil, err
 	}
-	*usage = msg.Usage
-	return nil
+	return &msg, nil
 }
 
 // streamError is an error after the first event of a stream.

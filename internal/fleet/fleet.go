@@ -6,9 +6,11 @@
 // Config, so with the same limits) and its own connection pool, so runs can
 // go side by side in one process without sharing anything but the CPU. Every
 // agent of a run loops: one call through the client (the official SDK's
-// Messages.New, or NewStreaming consuming the whole stream), with a prompt
-// of a size drawn from a seeded generator, so every run sends the same
-// sequence of prompts.
+// Messages.New, or NewStreaming consuming the whole stream) after another,
+// drawn from a generator seeded per agent, so every run sends the same
+// sequence of calls. What the calls are is the Workload: one-shot prompts of
+// a drawn size (the default), or the multi-turn, prompt-cached
+// conversations of a coding-agent fleet (WorkloadAgents; see Conversation).
 //
 // # How a run ends
 //
@@ -33,8 +35,13 @@
 //
 // The denominator is the most the server could have admitted in the elapsed
 // time: its buckets start full (capacity L_d) and refill at L_d per minute.
-// The binding limit is the dimension with the largest share. Latency
-// percentiles are over successful calls, by the nearest-rank method.
+// consumed_d is what the server counted against that limit: for input
+// tokens, input + cache creation tokens (cache reads do not count on most
+// models; see tollgatetest.Stats.InputTokens). The binding limit is the
+// dimension with the largest share. Latency percentiles are over successful
+// calls, by the nearest-rank method. The cache figures are the server's:
+// tokens read from and written to the prompt cache, and the share of all
+// prompt tokens that were read from it.
 package fleet
 
 import (
@@ -93,17 +100,26 @@ type Config struct {
 	Duration time.Duration // how long agents keep starting calls; 0 means DefaultDuration
 	Stream   bool          // use Messages.NewStreaming and read every event
 
-	Model     string // 0: DefaultModel
-	MaxTokens int    // max_tokens of every call; 0: DefaultMaxTokens
+	Model string // 0: DefaultModel
+	// MaxTokens is max_tokens of every call; 0 means DefaultMaxTokens
+	// (DefaultAgentsMaxTokens for WorkloadAgents).
+	MaxTokens int
 
-	// Prompt sizes are drawn uniformly from [MinPromptTokens,
+	// Workload is what the agents send; "" means WorkloadOneShot.
+	Workload Workload
+	// Conversation shapes WorkloadAgents; zero fields take the defaults.
+	Conversation Conversation
+
+	// Prompt sizes (one-shot) are drawn uniformly from [MinPromptTokens,
 	// MaxPromptTokens], counted by tollgatetest.CountTokens; zeros mean the
 	// defaults (300–1500).
 	MinPromptTokens, MaxPromptTokens int
 
-	// Reply lengths are drawn by each server uniformly from
+	// Reply lengths (one-shot) are drawn by each server uniformly from
 	// [MinOutputTokens, MaxOutputTokens] and capped at MaxTokens; zeros mean
-	// MaxTokens/4 and MaxTokens. Ignored when Server.OutputTokensFunc is set.
+	// MaxTokens/4 and MaxTokens. Ignored when Server.OutputTokensFunc is
+	// set, and by the agents workload, whose calls ask for their reply
+	// length.
 	MinOutputTokens, MaxOutputTokens int
 
 	// Seed drives the prompts (per agent) and the reply lengths (per
@@ -145,9 +161,16 @@ func (c Config) withDefaults() Config {
 	if c.Model == "" {
 		c.Model = DefaultModel
 	}
+	if c.Workload == "" {
+		c.Workload = WorkloadOneShot
+	}
 	if c.MaxTokens <= 0 {
 		c.MaxTokens = DefaultMaxTokens
+		if c.Workload == WorkloadAgents {
+			c.MaxTokens = DefaultAgentsMaxTokens
+		}
 	}
+	c.Conversation = c.Conversation.withDefaults()
 	if c.MinPromptTokens <= 0 {
 		c.MinPromptTokens = DefaultMinPromptTokens
 	}
@@ -183,6 +206,10 @@ func (c Config) validate() error {
 		return fmt.Errorf("fleet: reply lengths: min %d > max %d", c.MinOutputTokens, c.MaxOutputTokens)
 	case c.BaseURL != "" && c.APIKey == "":
 		return errors.New("fleet: BaseURL needs an APIKey")
+	case c.Workload != WorkloadOneShot && c.Workload != WorkloadAgents:
+		return fmt.Errorf("fleet: unknown workload %q (known: %s, %s)", c.Workload, WorkloadOneShot, WorkloadAgents)
+	case c.Workload == WorkloadAgents:
+		return c.Conversation.validate()
 	}
 	return nil
 }
@@ -360,11 +387,13 @@ type run struct {
 	target *Target
 	start  time.Time
 
-	stopped atomic.Bool
-	ok      atomic.Int64
-	failed  atomic.Int64
-	inTok   atomic.Int64 // client-side usage of successful calls
-	outTok  atomic.Int64
+	stopped   atomic.Bool
+	ok        atomic.Int64
+	failed    atomic.Int64
+	inTok     atomic.Int64 // client-side usage of successful calls
+	outTok    atomic.Int64
+	readTok   atomic.Int64
+	createTok atomic.Int64
 
 	mu    sync.Mutex
 	calls []Call
@@ -424,6 +453,8 @@ func (r *run) record(c Call) {
 		r.ok.Add(1)
 		r.inTok.Add(int64(c.InputTokens))
 		r.outTok.Add(int64(c.OutputTokens))
+		r.readTok.Add(int64(c.CacheReadTokens))
+		r.createTok.Add(int64(c.CacheCreationTokens))
 	case c.Kind != KindCutOff:
 		r.failed.Add(1)
 	}

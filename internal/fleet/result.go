@@ -47,16 +47,30 @@ type Result struct {
 	// large ones more (they need more of the bucket), so its successful calls
 	// are smaller and more of them fit in the limit.
 	OKPromptTokens float64 `json:"ok_mean_prompt_tokens"`
+	// CacheReadShare is the share of the prompt tokens served that were
+	// read from the prompt cache: Used.CacheReadInputTokens /
+	// Used.PromptTokens; 0 when no prompt was served.
+	CacheReadShare float64 `json:"cache_read_share"`
 
 	// Calls is every call, in the order they ended.
 	Calls []Call `json:"-"`
 }
 
-// Usage is what was consumed in each dimension.
+// Usage is what was consumed in each dimension, and how the prompts were
+// served.
 type Usage struct {
-	Requests     int `json:"requests"`
+	Requests int `json:"requests"`
+	// InputTokens is what the input-tokens limit counted: input + cache
+	// creation tokens (and cache reads for the few models whose reads
+	// count, on the server's side).
 	InputTokens  int `json:"input_tokens"`
 	OutputTokens int `json:"output_tokens"`
+	// CacheReadInputTokens and CacheCreationInputTokens are the prompt
+	// tokens read from and written to the cache; PromptTokens is every
+	// prompt token, cached or not.
+	CacheReadInputTokens     int `json:"cache_read_input_tokens"`
+	CacheCreationInputTokens int `json:"cache_creation_input_tokens"`
+	PromptTokens             int `json:"prompt_tokens"`
 }
 
 // The dimensions of a Share.
@@ -153,6 +167,10 @@ func (r *Result) Summarize() {
 	}
 	r.P50 = Percentile(lat, 50)
 	r.P95 = Percentile(lat, 95)
+	r.CacheReadShare = 0
+	if r.Used.PromptTokens > 0 {
+		r.CacheReadShare = float64(r.Used.CacheReadInputTokens) / float64(r.Used.PromptTokens)
+	}
 }
 
 func (r *run) result(cfg Config, end time.Time, interrupted bool) Result {
@@ -175,17 +193,29 @@ func (r *run) result(cfg Config, end time.Time, interrupted bool) Result {
 	} else {
 		res.Source = "client"
 		res.RateLimited = int(r.base.rateLimited.Load())
-		res.Used = Usage{Requests: int(r.ok.Load()), InputTokens: int(r.inTok.Load()), OutputTokens: int(r.outTok.Load())}
+		res.Used = r.clientUsage()
 	}
 	res.Summarize()
 	return res
 }
 
 // serverUsage is what a fake server admitted: requests that got a 2xx (a
-// limiter 429 takes nothing), the input tokens of those, and the output
-// tokens actually sent (a reservation's unused part is given back).
+// limiter 429 takes nothing), the input tokens of those as the input limit
+// counted them, and the output tokens actually sent (a reservation's unused
+// part is given back); and how the prompts were served.
 func serverUsage(st tollgatetest.Stats) Usage {
-	return Usage{Requests: st.OK, InputTokens: st.InputTokens, OutputTokens: st.OutputTokens}
+	return Usage{Requests: st.OK, InputTokens: st.InputTokens, OutputTokens: st.OutputTokens,
+		CacheReadInputTokens: st.CacheReadInputTokens, CacheCreationInputTokens: st.CacheCreationInputTokens,
+		PromptTokens: st.PromptTokens}
+}
+
+// clientUsage is what the successful calls reported, when there is no fake
+// server to ask: input tokens as most models count them (input + cache
+// creation).
+func (r *run) clientUsage() Usage {
+	in, read := int(r.inTok.Load()), int(r.readTok.Load())
+	return Usage{Requests: int(r.ok.Load()), InputTokens: in, OutputTokens: int(r.outTok.Load()),
+		CacheReadInputTokens: read, CacheCreationInputTokens: int(r.createTok.Load()), PromptTokens: in + read}
 }
 
 // Progress is the live state of one run.
@@ -202,8 +232,11 @@ type Progress struct {
 	PerMinute float64
 	Limit     int
 	Share     float64 // the share of Binding so far
-	Status    string  // the client's own (Target.Status), e.g. a breaker's state
-	Done      bool    // the run is over: this is the last report
+	// CacheShare is the share of the prompt tokens so far that were read
+	// from the cache.
+	CacheShare float64
+	Status     string // the client's own (Target.Status), e.g. a breaker's state
+	Done       bool   // the run is over: this is the last report
 }
 
 func progressOf(runs []*run, now time.Time, done bool) []Progress {
@@ -224,9 +257,12 @@ func progressOf(runs []*run, now time.Time, done bool) []Progress {
 			window = now.Sub(from)
 		} else {
 			p.RateLimited = int(r.base.rateLimited.Load())
-			used = Usage{Requests: p.OK, InputTokens: int(r.inTok.Load()), OutputTokens: int(r.outTok.Load())}
+			used = r.clientUsage()
 			recent = used
 			window = elapsed
+		}
+		if used.PromptTokens > 0 {
+			p.CacheShare = float64(used.CacheReadInputTokens) / float64(used.PromptTokens)
 		}
 		b := Binding(Shares(used, r.cfg.Limits, elapsed))
 		p.Binding, p.Limit, p.Share = b.Dimension, b.Limit, b.Share

@@ -57,6 +57,32 @@ func TestEveryClientRuns(t *testing.T) {
 	}
 }
 
+// Every client runs the agents workload: multi-turn conversations whose
+// prompts the fake API mostly reads from its cache.
+func TestEveryClientRunsAgents(t *testing.T) {
+	var all []fleet.Client
+	for _, n := range Names() {
+		c, err := ByName(n)
+		require.NoError(t, err)
+		all = append(all, c)
+	}
+	cfg := fleet.Config{
+		Agents: 2, Duration: time.Second, Workload: fleet.WorkloadAgents,
+		Conversation: fleet.Conversation{SystemPromptTokens: 1100, MinTaskTokens: 20, MaxTaskTokens: 40,
+			MinReplyTokens: 5, MaxReplyTokens: 20, MinToolResultTokens: 10, MaxToolResultTokens: 50, MinTurns: 2, MaxTurns: 4},
+		Server: tollgatetest.Config{RequestsPerMinute: 600_000, InputTokensPerMinute: 100_000_000, OutputTokensPerMinute: 100_000_000,
+			OutputAccounting: tollgatetest.CountAsProduced, RoundRemaining: tollgatetest.RoundNearest, Latency: 5 * time.Millisecond},
+	}
+	res, err := fleet.Run(context.Background(), cfg, all...)
+	require.NoError(t, err)
+	for _, r := range res {
+		assert.Positive(t, r.OK, r.Client)
+		assert.Zero(t, r.Failed, r.Client)
+		assert.Zero(t, r.RateLimited, r.Client)
+		assert.Greater(t, r.CacheReadShare, 0.3, r.Client)
+	}
+}
+
 // The queue lets n calls through at a time, no more.
 func TestQueueCapsConcurrency(t *testing.T) {
 	srv := tollgatetest.NewServer(tollgatetest.Config{Latency: 50 * time.Millisecond})

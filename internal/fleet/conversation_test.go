@@ -1,0 +1,171 @@
+package fleet
+
+import (
+	"context"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tollgate-go/tollgate/tollgatetest"
+)
+
+// agents is a small agents workload with limits far above what it uses.
+func agents() Config {
+	cfg := small()
+	cfg.Workload = WorkloadAgents
+	cfg.Agents = 3
+	cfg.Duration = time.Second
+	cfg.MaxTokens = 0 // the workload's default
+	cfg.Conversation = Conversation{
+		SystemPromptTokens: 1100, MinTaskTokens: 20, MaxTaskTokens: 40,
+		MinReplyTokens: 5, MaxReplyTokens: 20, MinToolResultTokens: 10, MaxToolResultTokens: 50,
+		MinTurns: 2, MaxTurns: 4,
+	}
+	return cfg
+}
+
+// byAgent splits the calls by agent, in the order they ended (an agent's
+// calls are sequential).
+func byAgent(calls []Call) map[int][]Call {
+	m := map[int][]Call{}
+	for _, c := range calls {
+		m[c.Agent] = append(m[c.Agent], c)
+	}
+	return m
+}
+
+// Each turn reads what the previous one wrote (its whole prompt) and writes
+// only the new blocks; the first turn of a conversation reads the shared
+// tool + system prefix and writes the task. The fleet counts prompts as the
+// server does, and the server's figures are what the result reports.
+func TestAgentsConversationsAreCached(t *testing.T) {
+	for _, stream := range []bool{false, true} {
+		cfg := agents()
+		cfg.Stream = stream
+		res, err := Run(context.Background(), cfg, bare("a", 0))
+		require.NoError(t, err)
+		r := res[0]
+		require.Zero(t, r.Failed)
+		require.Positive(t, r.OK)
+		conv := cfg.Conversation.withDefaults()
+		shared := agentsToolTokens() + conv.SystemPromptTokens
+		sumPrompt, sumIn, sumRead := 0, 0, 0
+		conversations, cold := 0, 0
+		for agent, calls := range byAgent(r.Calls) {
+			var prev *Call
+			for i := range calls {
+				c := calls[i]
+				if !c.OK {
+					continue // cut off at the end
+				}
+				sumPrompt += c.PromptTokens
+				sumIn += c.InputTokens
+				sumRead += c.CacheReadTokens
+				assert.Equal(t, c.PromptTokens, c.InputTokens+c.CacheReadTokens, "agent %d call %d: usage sums to the prompt", agent, i)
+				assert.GreaterOrEqual(t, c.OutputTokens, conv.MinReplyTokens)
+				assert.LessOrEqual(t, c.OutputTokens, conv.MaxReplyTokens, "the reply length the agent asked for")
+				assert.Equal(t, c.InputTokens, c.CacheCreationTokens, "nothing after the last breakpoint")
+				if c.Turn == 1 {
+					conversations++
+					if c.CacheReadTokens == 0 {
+						cold++ // the run's first call admitted: it writes the shared prefix
+						assert.Equal(t, c.PromptTokens, c.CacheCreationTokens)
+					} else {
+						assert.Equal(t, shared, c.CacheReadTokens, "agent %d: a first turn reads tool + system", agent)
+					}
+				} else {
+					require.NotNil(t, prev, "agent %d: turn %d follows a turn", agent, c.Turn)
+					assert.Equal(t, prev.Turn+1, c.Turn)
+					assert.Equal(t, prev.PromptTokens, c.CacheReadTokens, "agent %d turn %d reads the previous prompt", agent, c.Turn)
+					assert.Equal(t, c.PromptTokens-prev.PromptTokens, c.CacheCreationTokens)
+					assert.LessOrEqual(t, c.Turn, conv.MaxTurns)
+				}
+				prev = &calls[i]
+			}
+		}
+		assert.Greater(t, conversations, cfg.Agents, "conversations end and new ones start")
+		assert.Equal(t, 1, cold, "one call, and only one, found the cache empty")
+		assert.Equal(t, r.Used.PromptTokens, sumPrompt, "stream %v", stream)
+		assert.Equal(t, r.Used.InputTokens, sumIn, "the server counted input + creation")
+		assert.Equal(t, r.Used.CacheReadInputTokens, sumRead)
+		assert.InDelta(t, float64(sumRead)/float64(sumPrompt), r.CacheReadShare, 1e-9)
+		assert.Greater(t, r.CacheReadShare, 0.5)
+	}
+}
+
+// Two clients with the same seed send the same conversations.
+func TestAgentsSameSeedSameConversations(t *testing.T) {
+	cfg := agents()
+	res, err := Run(context.Background(), cfg, bare("a", 0), bare("b", 0))
+	require.NoError(t, err)
+	a, b := byAgent(res[0].Calls)[1], byAgent(res[1].Calls)[1]
+	n := min(len(a), len(b))
+	require.Greater(t, n, 2)
+	for i := range n {
+		if a[i].OK && b[i].OK {
+			assert.Equal(t, [3]int{a[i].Turn, a[i].PromptTokens, a[i].OutputTokens}, [3]int{b[i].Turn, b[i].PromptTokens, b[i].OutputTokens}, "call %d", i)
+		}
+	}
+}
+
+// A conversation ends before a turn would take it past
+// MaxConversationTokens.
+func TestAgentsConversationTokenCap(t *testing.T) {
+	cfg := agents()
+	cfg.Conversation.MaxTurns, cfg.Conversation.MinTurns = 50, 50
+	cfg.Conversation.MaxConversationTokens = 1400
+	res, err := Run(context.Background(), cfg, bare("a", 0))
+	require.NoError(t, err)
+	maxTurn := 0
+	for _, c := range res[0].Calls {
+		assert.LessOrEqual(t, c.PromptTokens, 1400)
+		maxTurn = max(maxTurn, c.Turn)
+	}
+	assert.Less(t, maxTurn, 50, "the cap, not the turns, ended the conversations")
+	assert.Greater(t, maxTurn, 1)
+}
+
+// A failed call is recorded and the same turn is sent again.
+func TestAgentsRetryTheTurnAfterAFailure(t *testing.T) {
+	cfg := agents()
+	cfg.Agents = 1
+	cfg.Server.FaultFunc = func(_ *http.Request, n int) *tollgatetest.Fault {
+		if n%3 == 2 {
+			return &tollgatetest.Fault{Status: 529}
+		}
+		return nil
+	}
+	res, err := Run(context.Background(), cfg, bare("a", 0))
+	require.NoError(t, err)
+	calls := res[0].Calls
+	require.Positive(t, res[0].Failed)
+	for i, c := range calls[:len(calls)-1] {
+		if c.OK || c.Kind == KindCutOff {
+			continue
+		}
+		assert.Equal(t, KindOverloaded, c.Kind)
+		next := calls[i+1]
+		assert.Equal(t, c.Turn, next.Turn, "call %d: the same turn again", i)
+		assert.Equal(t, c.PromptTokens, next.PromptTokens)
+	}
+}
+
+func TestAgentsConfigErrors(t *testing.T) {
+	cfg := agents()
+	cfg.Workload = "chatty"
+	_, err := Run(context.Background(), cfg, bare("a", 0))
+	assert.ErrorContains(t, err, `unknown workload "chatty"`)
+	cfg = agents()
+	cfg.Conversation.MinTurns, cfg.Conversation.MaxTurns = 5, 3
+	_, err = Run(context.Background(), cfg, bare("a", 0))
+	assert.ErrorContains(t, err, "turns: min 5 > max 3")
+	cfg = agents()
+	cfg.Conversation.MaxConversationTokens = 1000
+	_, err = Run(context.Background(), cfg, bare("a", 0))
+	assert.ErrorContains(t, err, "exceeds MaxConversationTokens")
+	assert.Equal(t, agentsToolTokens()+DefaultSystemPromptTokens+DefaultMaxTaskTokens, Conversation{}.FirstPromptTokens())
+	assert.Equal(t, DefaultAgentsMaxTokens, agents().withDefaults().MaxTokens)
+}
