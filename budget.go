@@ -289,6 +289,12 @@ type reservation struct {
 	// counted is what the server counted of it, input and output, once
 	// settled.
 	counted [2]int64
+	// What tells the output rule (settle.go): whether it was alone in
+	// flight when admitted, the output level then (-1: unknown), and its
+	// response's output-tokens remaining and limit.
+	alone                  bool
+	outputBefore           float64
+	outRemaining, outLimit float64
 
 	// store is the store that admitted it, stored what that store holds of
 	// it per dimension, and storeSentAt when it may be sent on the store's
@@ -340,6 +346,10 @@ func (p *pool) admit(ctx context.Context, c *call) (*reservation, error) {
 	}
 	clock := p.state.cfg.clock
 	r := &reservation{p: p}
+	if p.unpaced {
+		r.settled = true // nothing to hold, nothing to settle
+		return r, nil
+	}
 	w := &r.waiter
 	w.ctx = ctx
 	var t timer
@@ -534,6 +544,11 @@ func (p *pool) grantLocked(now time.Time, r *reservation, st Store, limits [NumD
 	}
 	r.store = st
 	r.sentAt, r.storeSentAt = now.Add(res.Wait), res.Levels.At.Add(res.Wait)
+	r.alone, r.outputBefore = b.inFlight == 0, -1
+	if b.limits[OutputTokens] > 0 && b.levelKnown[OutputTokens] {
+		// The store's levels are after the charge: the level before it.
+		r.outputBefore = min(b.levelNow(now, int(OutputTokens))+r.stored[OutputTokens], float64(b.limits[OutputTokens]))
+	}
 	r.slot = true
 	b.inFlight++
 	if !b.limitsKnown() {

@@ -1,6 +1,7 @@
 package tollgate
 
 import (
+	"math"
 	"net/http"
 	"time"
 )
@@ -16,6 +17,9 @@ import (
 // a 429, the charge of a limit just learned, or news that less remains
 // than the store held when this process last asked.
 func (p *pool) responded(r *reservation, res response) {
+	if p.unpaced {
+		return
+	}
 	p.mu.Lock()
 	now := p.state.cfg.clock.Now()
 	r.status = res.status
@@ -37,9 +41,12 @@ func (p *pool) responded(r *reservation, res response) {
 // exchanged is called when r's exchange is done: it frees r's slot and
 // settles its charges to the usage the response reported.
 func (r *reservation) exchanged(ex *exchange) {
+	p := r.p
+	if p.unpaced {
+		return
+	}
 	res := ex.result()
 	u, _ := ex.outcome()
-	p := r.p
 	p.mu.Lock()
 	now := p.state.cfg.clock.Now()
 	status := res.status
@@ -55,6 +62,9 @@ func (r *reservation) exchanged(ex *exchange) {
 		r.charged[Tokens], r.charged[InputTokens], r.charged[OutputTokens] = 0, 0, 0
 	default:
 		p.settleUsageLocked(r, status, u)
+		if status < 300 && u.Reported {
+			p.reservedEvidenceLocked(r, float64(u.OutputTokens))
+		}
 	}
 	p.syncLocked(r, true)
 	p.doneLocked(r)
@@ -192,7 +202,68 @@ func (p *pool) learnLocked(r *reservation, h RateLimitHeaders) bool {
 			r.hasFloor[d] = true
 		}
 	}
+	if rd := h.Limits[OutputTokens]; dl.detectOutput && rd.HasRemaining && rd.HasLimit && rd.Limit > 0 {
+		r.outRemaining, r.outLimit = float64(rd.Remaining), float64(rd.Limit)
+		p.producedEvidenceLocked(r, dl.rounding[OutputTokens])
+	}
 	return learned
+}
+
+// The output rule is detected from what a response's output-tokens
+// remaining says at the start of the response, R (rounded to a unit u, up
+// or down), of a limit L, for an attempt with max_tokens M:
+//
+//   - Were M taken at admission, R could never exceed L - M by more than
+//     the rounding: R - u > L - M proves output counted as produced, at once.
+//   - For an attempt that was alone in flight, with the level known to be
+//     B before it (the limit, for a pool's first response), R is near B - M
+//     when M was taken, and within [B - o, B] when output is counted as it
+//     is produced (o, the output, once the body has ended; the headers may
+//     come before or after it). When the first is nearer by more than half a
+//     unit, and M - o is more than a unit, M was taken. Reserving M is the
+//     safe way to be wrong: it costs throughput, never a 429, and a later
+//     response proves the other rule when it can.
+
+// producedEvidenceLocked switches to counting output as produced when r's
+// response proves it.
+func (p *pool) producedEvidenceLocked(r *reservation, u float64) {
+	b := &p.budget
+	if b.outputSource == "option" || b.output != ReserveMaxTokens || r.maxTokens <= 0 {
+		return
+	}
+	if r.outRemaining-u > r.outLimit-float64(r.maxTokens) {
+		b.output, b.outputSource = CountAsProduced, "detected"
+	}
+}
+
+// reservedEvidenceLocked switches to reserving max_tokens when r's
+// response, settled with output out, shows M was taken.
+func (p *pool) reservedEvidenceLocked(r *reservation, out float64) {
+	b := &p.budget
+	dl := dialectOf(p.key.Provider)
+	if b.outputSource == "option" || b.output != CountAsProduced || !dl.detectOutput ||
+		!r.alone || r.outLimit <= 0 || r.maxTokens <= 0 {
+		return
+	}
+	u, m, got := dl.rounding[OutputTokens], float64(r.maxTokens), r.outRemaining
+	before := r.outputBefore
+	if before < 0 {
+		before = r.outLimit // a pool's first attempt: a full bucket
+	}
+	if m-out <= u {
+		return // the two rules look alike within the rounding
+	}
+	taken := math.Abs(got - (before - m))
+	produced := 0.0
+	switch {
+	case got < before-out:
+		produced = before - out - got
+	case got > before:
+		produced = got - before
+	}
+	if taken+u/2 < produced {
+		b.output, b.outputSource = ReserveMaxTokens, "detected"
+	}
 }
 
 func cmpOr(p, q Provider) Provider {
