@@ -167,6 +167,19 @@ type BudgetSnapshot struct {
 	// Fallback reports that the store given by WithStore failed, so that
 	// this Transport paces by its local fallback budget meanwhile.
 	Fallback bool
+	// Output is how output is counted for this Key (ReserveMaxTokens or
+	// CountAsProduced), and OutputSource where tollgate has that from:
+	// "provider" (its documented rule), "option" (WithOutputAccounting) or
+	// "detected" (what a response showed).
+	Output       OutputAccounting
+	OutputSource string
+	// ProducedEstimate is what an attempt reserves of output when it is
+	// counted as produced: what the Key's calls produce, learned from
+	// their usage, with a margin (capped at each attempt's max_tokens).
+	ProducedEstimate float64
+	// CachedPrefixes is how many prompt prefixes the Key's prompt cache is
+	// known to hold.
+	CachedPrefixes int
 }
 
 // DimensionBudget is the Budget layer's view of one dimension of a Key.
@@ -600,13 +613,21 @@ func (p *pool) budgetSnapshotLocked(now time.Time) BudgetSnapshot {
 	b := &p.budget
 	used := b.window.sum(now)
 	snap := BudgetSnapshot{
-		Limits:        limitsOf(b.limits),
-		ColdStart:     !b.limitsKnown() && !b.unpaced,
-		InFlight:      b.inFlight,
-		Waiting:       len(b.queue),
-		BytesPerToken: b.ratio.mean,
-		Tier:          tierOf(p.key.Provider, limitsOf(b.limits)),
-		Fallback:      p.state.guard.isDown(),
+		Limits:         limitsOf(b.limits),
+		ColdStart:      !b.limitsKnown() && !b.unpaced,
+		InFlight:       b.inFlight,
+		Waiting:        len(b.queue),
+		BytesPerToken:  b.ratio.mean,
+		Tier:           tierOf(p.key.Provider, limitsOf(b.limits)),
+		Fallback:       p.state.guard.isDown(),
+		Output:         b.output,
+		OutputSource:   b.outputSource,
+		CachedPrefixes: b.cache.size(),
+	}
+	if est, ok := b.produced.high(); ok {
+		snap.ProducedEstimate = est
+	} else {
+		snap.ProducedEstimate = producedPrior
 	}
 	for d := range snap.Dimensions {
 		db := DimensionBudget{Limit: b.limits[d], Source: b.sources[d], Used: used[d], Reserved: b.held[d]}
