@@ -227,11 +227,16 @@ func (b *budgetState) init(cfg *config, now time.Time) {
 	}
 }
 
-// mirror notes the levels a store reported.
+// mirror notes the levels a store reported. Where the store keeps no
+// bucket, what is known of the level is kept, refilled up to now, since
+// levelAt moves to now for every dimension.
 func (b *budgetState) mirror(now time.Time, l Levels, local bool) {
 	for d, v := range l.Level {
-		if !math.IsNaN(v) {
+		switch {
+		case !math.IsNaN(v):
 			b.level[d], b.levelKnown[d] = v, true
+		case b.levelKnown[d]:
+			b.level[d] = b.levelNow(now, d)
 		}
 	}
 	b.levelAt, b.levelLocal = now, local
