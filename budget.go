@@ -522,7 +522,7 @@ func (p *pool) responded(r *reservation, res response) {
 	p.mu.Lock()
 	now := p.state.cfg.clock.Now()
 	r.status = res.status
-	learned := p.learnLocked(r, res.headers)
+	learned := p.learnLocked(now, r, res.headers)
 	switch {
 	case res.status == http.StatusTooManyRequests:
 		p.refundAllLocked(r)
@@ -667,25 +667,42 @@ func (p *pool) releaseProbeLocked(r *reservation) {
 // (Anthropic's token headers) is read as the top of its interval. The level
 // is only ever lowered: more room on the server's side is the estimates
 // being cautious, which settling corrects.
-func (p *pool) learnLocked(r *reservation, h RateLimitHeaders) bool {
+func (p *pool) learnLocked(now time.Time, r *reservation, h RateLimitHeaders) bool {
 	b := &p.budget
 	dl := dialectOf(cmpOr(h.Provider, p.key.Provider))
 	learned := false
+	var fresh [NumDimensions]bool
 	for d := range NumDimensions {
 		reading := h.Limits[d]
 		if !dl.learn[d] {
 			continue
 		}
 		if reading.HasLimit && reading.Limit > 0 && (b.limits[d] != reading.Limit || b.sources[d] != LimitFromHeaders) {
-			if b.limits[d] <= 0 {
-				b.level[d], b.levelKnown[d] = float64(reading.Limit), true // a bucket the store has not seen starts full
-			}
+			fresh[d] = b.limits[d] <= 0
 			learned = learned || b.limits[d] != reading.Limit
 			b.limits[d], b.sources[d] = reading.Limit, LimitFromHeaders
 		}
 		if reading.HasRemaining && b.limits[d] > 0 {
 			r.floor[d] = min(float64(b.limits[d]), float64(reading.Remaining)+dl.rounding[d])
 			r.hasFloor[d] = true
+		}
+	}
+	if fresh != ([NumDimensions]bool{}) {
+		// A bucket the store has not seen holds, until the store reports
+		// it, what the next admission will start it at (Admission.Start),
+		// or all of it when the response did not say what remains. The
+		// level is kept as of levelAt: it is set back by the refill since.
+		start, has := p.startLevelsLocked(now)
+		for d, f := range fresh {
+			if !f {
+				continue
+			}
+			l := float64(b.limits[d])
+			level := l
+			if has[d] {
+				level = start[d]
+			}
+			b.level[d], b.levelKnown[d] = level-l*max(now.Sub(b.levelAt), 0).Minutes(), true
 		}
 	}
 	return learned
