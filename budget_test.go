@@ -1183,6 +1183,9 @@ func TestBudgetStoreAdmitBlockedStallsNothingElse(t *testing.T) {
 		return &http.Response{StatusCode: 200, Header: h, Body: io.NopCloser(strings.NewReader(stream))}, nil
 	}), tollgate.WithClock(clk), tollgate.WithStore(gate), tollgate.WithStoreTimeout(time.Hour),
 		tollgate.WithLimits(tollgate.Limits{RequestsPerMinute: 1_000, InputTokensPerMinute: 1_000_000, OutputTokensPerMinute: 1_000_000}))
+	var releaseOnce sync.Once
+	release := func() { releaseOnce.Do(func() { close(gate.release) }) }
+	t.Cleanup(release) // a failing test does not leave the Admit blocked
 	ctx := context.Background()
 	haiku := tollgate.Key{Provider: tollgate.ProviderAnthropic, Family: "claude-haiku-4"}
 
@@ -1241,7 +1244,7 @@ func TestBudgetStoreAdmitBlockedStallsNothingElse(t *testing.T) {
 	assert.Equal(t, int64(200), snap.Dimensions[tollgate.OutputTokens].Used, "settled to its usage")
 	assert.Equal(t, int64(200), bgtBudgetOf(s, haiku).Dimensions[tollgate.OutputTokens].Used)
 
-	close(gate.release)
+	release()
 	r := bgtReceive(t, blocked)
 	require.NoError(t, r.err)
 	bgtSettle(r)
