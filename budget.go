@@ -269,8 +269,11 @@ func (b *budgetState) advance(now time.Time) {
 // mirror notes the levels a store reported.
 func (b *budgetState) mirror(now time.Time, l Levels, local bool) {
 	for d, v := range l.Level {
-		if !math.IsNaN(v) {
+		switch {
+		case !math.IsNaN(v):
 			b.level[d], b.levelKnown[d] = v, true
+		case b.levelKnown[d]:
+			b.level[d] = b.levelNow(now, d)
 		}
 	}
 	b.levelAt, b.levelLocal = now, local
@@ -314,6 +317,7 @@ type reservation struct {
 	// clock.
 	store       Store
 	stored      [NumDimensions]float64
+	storeHas    [NumDimensions]bool // the store had a bucket (a limit) for it when it admitted r
 	storeSentAt time.Time
 	// floor holds what a response said remains, per dimension, until it is
 	// given to the store.
@@ -552,6 +556,7 @@ func (p *pool) grantLocked(now time.Time, r *reservation, st Store, limits [NumD
 		r.charged[d] = n
 		if limits[d] > 0 {
 			r.stored[d] = min(r.cost[d], float64(limits[d]))
+			r.storeHas[d] = true
 			b.held[d] += r.stored[d]
 		}
 	}

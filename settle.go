@@ -23,7 +23,7 @@ func (p *pool) responded(r *reservation, res response) {
 	p.mu.Lock()
 	now := p.state.cfg.clock.Now()
 	r.status = res.status
-	learned := p.learnLocked(r, res.headers)
+	learned := p.learnLocked(now, r, res.headers)
 	switch {
 	case res.status == http.StatusTooManyRequests:
 		p.refundAllLocked(r)
@@ -112,10 +112,15 @@ func (p *pool) syncLocked(r *reservation, floors bool) {
 		}
 		if delta := r.charged[d] - r.stored[d]; delta != 0 {
 			s.Charge[d], changed = delta, true
+			if r.storeHas[d] {
+				// What the store will do with the charge, shown at once. A
+				// bucket the store had no limit for when r was admitted is
+				// not the store's yet: it starts from what the server said
+				// remains, which counts r already.
+				b.level[d] = min(b.level[d]-delta, float64(b.limits[d]))
+			}
 			b.held[d] += delta
 			r.stored[d] = r.charged[d]
-			// What the store will do with the charge, shown at once.
-			b.level[d] = min(b.level[d]-delta, float64(b.limits[d]))
 		}
 		if floors && r.hasFloor[d] {
 			s.Floor[d], s.HasFloor[d], changed = r.floor[d], true, true
@@ -181,25 +186,42 @@ func (p *pool) releaseProbeLocked(r *reservation) {
 // (Anthropic's token headers) is read as the top of its interval. The level
 // is only ever lowered: more room on the server's side is the estimates
 // being cautious, which settling corrects.
-func (p *pool) learnLocked(r *reservation, h RateLimitHeaders) bool {
+func (p *pool) learnLocked(now time.Time, r *reservation, h RateLimitHeaders) bool {
 	b := &p.budget
 	dl := dialectOf(cmpOr(h.Provider, p.key.Provider))
 	learned := false
+	var fresh [NumDimensions]bool
 	for d := range NumDimensions {
 		reading := h.Limits[d]
 		if !dl.learn[d] {
 			continue
 		}
 		if reading.HasLimit && reading.Limit > 0 && (b.limits[d] != reading.Limit || b.sources[d] != LimitFromHeaders) {
-			if b.limits[d] <= 0 {
-				b.level[d], b.levelKnown[d] = float64(reading.Limit), true // a bucket the store has not seen starts full
-			}
+			fresh[d] = b.limits[d] <= 0
 			learned = learned || b.limits[d] != reading.Limit
 			b.limits[d], b.sources[d] = reading.Limit, LimitFromHeaders
 		}
 		if reading.HasRemaining && b.limits[d] > 0 {
 			r.floor[d] = min(float64(b.limits[d]), float64(reading.Remaining)+dl.rounding[d])
 			r.hasFloor[d] = true
+		}
+	}
+	if fresh != ([NumDimensions]bool{}) {
+		// A bucket the store has not seen holds, until the store reports
+		// it, what the next admission will start it at (Admission.Start),
+		// or all of it when the response did not say what remains. The
+		// level is kept as of levelAt: it is set back by the refill since.
+		start, has := p.startLevelsLocked(now)
+		for d, f := range fresh {
+			if !f {
+				continue
+			}
+			l := float64(b.limits[d])
+			level := l
+			if has[d] {
+				level = start[d]
+			}
+			b.level[d], b.levelKnown[d] = level-l*max(now.Sub(b.levelAt), 0).Minutes(), true
 		}
 	}
 	if rd := h.Limits[OutputTokens]; dl.detectOutput && rd.HasRemaining && rd.HasLimit && rd.Limit > 0 {
