@@ -211,11 +211,13 @@ type budgetState struct {
 	// level is what the store reported last, at levelAt on this process's
 	// clock, where levelKnown: for Snapshot, to tell when a response's
 	// remaining header is news to the store, and to start a bucket the
-	// store lost. levelLocal says it came from the local fallback.
-	level      [NumDimensions]float64
-	levelKnown [NumDimensions]bool
-	levelAt    time.Time
-	levelLocal bool
+	// store lost. levelLocal says it came from the local fallback, and
+	// levelStoreAt is when it was true on that store's clock.
+	level        [NumDimensions]float64
+	levelKnown   [NumDimensions]bool
+	levelAt      time.Time
+	levelLocal   bool
+	levelStoreAt time.Time
 	// held is what the store holds of the attempts not yet settled.
 	held     [NumDimensions]float64
 	queue    []*reservation // waiting for admission, in arrival order; only the head asks the store
@@ -266,8 +268,13 @@ func (b *budgetState) advance(now time.Time) {
 	b.levelAt = now
 }
 
-// mirror notes the levels a store reported.
+// mirror notes the levels a store reported, unless the same store has
+// reported newer ones since: answers to calls made concurrently (a
+// settlement sent on its own, an admission) can arrive out of order.
 func (b *budgetState) mirror(now time.Time, l Levels, local bool) {
+	if local == b.levelLocal && l.At.Before(b.levelStoreAt) {
+		return
+	}
 	for d, v := range l.Level {
 		switch {
 		case !math.IsNaN(v):
@@ -276,7 +283,7 @@ func (b *budgetState) mirror(now time.Time, l Levels, local bool) {
 			b.level[d] = b.levelNow(now, d)
 		}
 	}
-	b.levelAt, b.levelLocal = now, local
+	b.levelAt, b.levelLocal, b.levelStoreAt = now, local, l.At
 }
 
 // levelAt is the level of d as the store last reported it, refilled since.
