@@ -186,9 +186,9 @@ type BudgetSnapshot struct {
 type DimensionBudget struct {
 	Limit  int64 // per minute; zero when unknown
 	Source LimitSource
-	// Level is what the bucket holds now, as the store last reported it
-	// plus the refill since: the amount an attempt can take without
-	// waiting. It is below zero while the bucket is in debt: settled usage
+	// Level is what the bucket holds now: as the store last reported it,
+	// with what this Transport settled since (on its way to the store), plus
+	// the refill since: the amount an attempt can take without waiting. It is below zero while the bucket is in debt: settled usage
 	// exceeded what was reserved, or a shared store granted attempts ahead
 	// of time. Zero when the limit is unknown.
 	Level float64
@@ -460,10 +460,14 @@ func (p *pool) askLocked(r *reservation, start time.Time) {
 	a := Admission{Limits: p.budget.limits, Cost: r.cost, MaxWait: grantAhead(w.ctx)}
 	a.Start, a.HasStart = p.startLevelsLocked(clock.Now())
 	a.Settle = p.takeSettlementsLocked(st)
+	asked := clock.Now()
 	p.mu.Unlock()
 	res, st, limits, err := g.admit(w.ctx, st, p.name, a)
 	p.mu.Lock()
 	p.returnSettlementsLocked(a.Settle)
+	// The store's waits are from when it answered, at the earliest when it
+	// was asked: waiting from then never waits past what it said, however
+	// long the answer took to come back.
 	now := clock.Now()
 	w.timed = false
 	if err != nil {
@@ -480,7 +484,7 @@ func (p *pool) askLocked(r *reservation, start time.Time) {
 		}
 		w.retryAt, w.timed = now.Add(res.Paused), true
 	case !res.Granted:
-		w.retryAt, w.timed = now.Add(res.Wait), true
+		w.retryAt, w.timed = asked.Add(res.Wait), true
 	default:
 		p.grantLocked(now, r, st, limits, res)
 		w.granted, w.sendAt = true, now.Add(res.Wait)

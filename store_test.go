@@ -502,18 +502,19 @@ func TestStoreThatLostItsBucketsStartsThemFromWhatIsKnown(t *testing.T) {
 	for d := range tollgate.NumDimensions {
 		assert.True(t, math.IsNaN(lv.Level[d]), "Settle creates no bucket: %v is NaN", tollgate.Dimension(d))
 	}
-	assert.Equal(t, 9.0, rig.budget().Dimensions[tollgate.Requests].Level, "a NaN level changes nothing known")
+	assert.Equal(t, 10.0, rig.budget().Dimensions[tollgate.Requests].Level,
+		"the 429 gave its request back, shown at once; a NaN level changes nothing known")
 
-	// The next Admit starts the bucket from what this Transport knew, 9
+	// The next Admit starts the bucket from what this Transport knew, 10
 	// requests left, not from a full one.
 	rig.setReply(func(*http.Request) (*http.Response, error) { return stoReply(200, nil, 10, 10), nil })
-	rig.doN(9, "after")
-	done := rig.start(stoReq(context.Background(), "10th after", 1))
+	rig.doN(10, "after")
+	done := rig.start(stoReq(context.Background(), "11th after", 1))
 	require.True(t, clk.WaitForWaiters(1, 5*time.Second))
 	assert.Equal(t, []time.Duration{1500 * time.Millisecond}, clk.Pending(), "the restarted store's bucket is empty")
 	clk.Advance(1500 * time.Millisecond)
 	stoFinish(stoReceive(t, done))
-	assert.Equal(t, 41, rig.sentCount())
+	assert.Equal(t, 42, rig.sentCount())
 }
 
 // stoHeldSettle is a Store whose every Settle, once done in the store,
@@ -565,12 +566,12 @@ func TestStoreLateAnswerDoesNotSetLevelsBack(t *testing.T) {
 	clk.Advance(time.Second)
 	rig.doN(4, "ok")
 	rig.do(stoReq(context.Background(), "429 second", 1)) // its give-back waits for the first answer
-	assert.Equal(t, 35.0, rig.budget().Dimensions[tollgate.Requests].Level)
+	assert.Equal(t, 36.0, rig.budget().Dimensions[tollgate.Requests].Level, "the give-back is shown at once")
 
 	store.release <- struct{}{} // the first answer arrives, late
 	lv = answer()               // the second 429's give-back is settled
 	assert.Equal(t, 36.0, lv.Level[tollgate.Requests])
-	assert.Equal(t, 35.0, rig.budget().Dimensions[tollgate.Requests].Level,
+	assert.Equal(t, 36.0, rig.budget().Dimensions[tollgate.Requests].Level,
 		"the late answer, older by the store's clock than the admissions', does not set the level back to 40")
 	store.release <- struct{}{}
 	stoWaitFor(t, "the give-back mirrored", func() bool { return rig.budget().Dimensions[tollgate.Requests].Level == 36 })
@@ -777,7 +778,8 @@ func TestStoreGrantAheadWaitsAndRefundsOnCancel(t *testing.T) {
 	clk := fakeclock.New(stoEpoch)
 	store := &stoAhead{Store: tollgate.NewMemoryStore(clk)}
 	rig := stoNewRig(t, clk, tollgate.WithStore(store),
-		tollgate.WithLimits(tollgate.Limits{RequestsPerMinute: 100, OutputTokensPerMinute: 10_000}))
+		tollgate.WithLimits(tollgate.Limits{RequestsPerMinute: 100, OutputTokensPerMinute: 10_000}),
+		tollgate.WithOutputAccounting(tollgate.ReserveMaxTokens)) // each attempt holds its max_tokens
 
 	done := rig.start(stoReq(context.Background(), "1", 100))
 	require.True(t, clk.WaitForWaiters(1, 5*time.Second))
