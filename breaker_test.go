@@ -1183,7 +1183,9 @@ func TestBreakerBlockingStateChangeCallbackStallsNoCall(t *testing.T) {
 		}
 		return brkRespond(200, brkOK), nil
 	}}
-	rig := brkSetup(api, false, tollgate.WithBreakerThreshold(1), tollgate.WithBreakerStateChange(func(ev tollgate.BreakerEvent) {
+	var rig *brkRig
+	rig = brkSetup(api, false, tollgate.WithBreakerThreshold(1), tollgate.WithBreakerStateChange(func(ev tollgate.BreakerEvent) {
+		_ = rig.state.Snapshot() // no lock is held
 		entered <- ev
 		<-release
 	}))
@@ -1418,17 +1420,18 @@ func TestBreakerRefusedAttemptCompletes(t *testing.T) {
 }
 
 // brkFleet runs work(0) … work(n-1) in goroutines on s while playing the
-// fake clock: when every goroutine still running waits, on the clock or
-// for a probe, the clock moves on to the next wait. Time moves only then,
-// so no test sleeps and the simulated minutes take milliseconds.
+// fake clock: when every goroutine still running waits, the clock moves on
+// to the next wait. Time moves only then, so no test sleeps and the
+// simulated minutes take milliseconds.
 //
-// A goroutine waits for a probe when the breaker is half-open with its
-// probe admitted: then every attempt the breaker counts as waiting waits
-// for the probe's verdict (or is about to, without reading the clock).
-// Should a goroutine wait on something else (an attempt queued behind
-// another in the Budget layer), the clock moves on after a few quiet real
-// milliseconds with no request at the server.
-func brkFleet(t *testing.T, clk *fakeclock.Clock, s *tollgate.State, wire *brkWire, n int, work func(i int)) {
+// A goroutine waits on the clock (a think time, a backoff, an open breaker,
+// the head of the Budget layer's queue waiting for a refill), for a probe's
+// verdict, or behind the head of the Budget layer's queue. The last two are
+// read from the snapshot: when the breaker is half-open with its probe
+// admitted, every attempt the breaker counts as waiting waits for the
+// probe's verdict (or is about to, without reading the clock); every
+// attempt queued behind the Budget layer's head waits for it.
+func brkFleet(t *testing.T, clk *fakeclock.Clock, s *tollgate.State, n int, work func(i int)) {
 	t.Helper()
 	var live atomic.Int32
 	live.Store(int32(n))
@@ -1439,22 +1442,22 @@ func brkFleet(t *testing.T, clk *fakeclock.Clock, s *tollgate.State, wire *brkWi
 			work(i)
 		}()
 	}
-	onProbe := func() int {
+	offTheClock := func() int {
 		ks, ok := s.Snapshot().Key(brkKey)
-		if !ok || ks.Breaker.State != tollgate.BreakerHalfOpen || ks.Breaker.Counts.Requests == 0 {
+		if !ok {
 			return 0
 		}
-		return ks.Breaker.Waiting
+		waiting := max(ks.Budget.Waiting-1, 0)
+		if b := ks.Breaker; b.State == tollgate.BreakerHalfOpen && b.Counts.Requests > 0 {
+			waiting += b.Waiting
+		}
+		return waiting
 	}
-	const quiet = 20 * time.Millisecond
-	idle := time.NewTimer(quiet)
-	defer idle.Stop()
 	stuck := time.NewTimer(20 * time.Second) // a guard against a broken test, not a timing assumption
 	defer stuck.Stop()
 	for finished := 0; finished < n; {
 		changed := clk.Changed()
-		pending := len(clk.Pending())
-		if running := live.Load(); running > 0 && pending+onProbe() >= int(running) {
+		if running := live.Load(); running > 0 && len(clk.Pending())+offTheClock() >= int(running) {
 			select {
 			case <-changed: // a wait was added or dropped meanwhile: look again
 			default:
@@ -1462,17 +1465,13 @@ func brkFleet(t *testing.T, clk *fakeclock.Clock, s *tollgate.State, wire *brkWi
 			}
 			continue
 		}
-		idle.Reset(quiet)
 		select {
 		case <-ended:
 			finished++
 		case <-changed:
-		case <-idle.C:
-			if pending > 0 && wire.inFlight.Load() == 0 {
-				clk.AdvanceToNext()
-			}
+		case <-time.After(time.Millisecond): // a goroutine may have started waiting off the clock
 		case <-stuck.C:
-			t.Fatalf("the fleet is stuck: %d running, waits pending %v", live.Load(), clk.Pending())
+			t.Fatalf("the fleet is stuck: %d running, waits pending %v, %d off the clock", live.Load(), clk.Pending(), offTheClock())
 		}
 	}
 }
@@ -1495,16 +1494,13 @@ type brkWireAnswer struct {
 
 // brkWire is a base transport that records every answer.
 type brkWire struct {
-	next     http.RoundTripper
-	clk      *fakeclock.Clock
-	inFlight atomic.Int32
-	mu       sync.Mutex
-	log      []brkWireAnswer
+	next http.RoundTripper
+	clk  *fakeclock.Clock
+	mu   sync.Mutex
+	log  []brkWireAnswer
 }
 
 func (w *brkWire) RoundTrip(req *http.Request) (*http.Response, error) {
-	w.inFlight.Add(1)
-	defer w.inFlight.Add(-1)
 	resp, err := w.next.RoundTrip(req)
 	if err == nil {
 		var ra time.Duration
@@ -1574,10 +1570,13 @@ func TestBreakerFleetBesideADrainingNeighbour(t *testing.T) {
 		t.Cleanup(srv.Close)
 		s, client, wire, events := brkFleetClient(t, clk, breaker)
 		var failed atomic.Int32
-		brkFleet(t, clk, s, wire, agents+1, func(i int) {
+		brkFleet(t, clk, s, agents+1, func(i int) {
 			if i == agents { // the neighbour: every 30s, what is left and 30 requests more
 				for range drains {
-					<-clk.After(30 * time.Second)
+					// Off the round instants the agents' waits end at, so
+					// that a drain never ties with a request on the fake
+					// clock.
+					<-clk.After(30*time.Second + 7*time.Millisecond)
 					srv.Consume(srv.Limits().Requests.Remaining+30, 0, 0)
 				}
 				return
@@ -1639,7 +1638,7 @@ func TestBreakerOverloadStorm(t *testing.T) {
 		t.Cleanup(srv.Close)
 		s, client, wire, events := brkFleetClient(t, clk, breaker)
 		var failed atomic.Int32
-		brkFleet(t, clk, s, wire, agents, func(i int) {
+		brkFleet(t, clk, s, agents, func(i int) {
 			<-clk.After(time.Duration(i) * 100 * time.Millisecond)
 			for ok := 0; ok < successes; {
 				if status, err := brkSend(context.Background(), client, srv.URL+"/v1/messages"); err == nil && status == 200 {
