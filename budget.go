@@ -353,6 +353,10 @@ func (p *pool) admit(ctx context.Context, c *call) (*reservation, error) {
 // askLocked asks the store to admit w's attempt and records the answer in
 // w. p.mu is held on entry and on return, but not during the call.
 func (p *pool) askLocked(w *waiter, start time.Time) {
+	if err := p.awaitSettlingLocked(w.ctx); err != nil {
+		w.timed, w.err = false, err
+		return
+	}
 	clock, g := p.state.cfg.clock, p.state.guard
 	st := g.pick()
 	a := Admission{Limits: p.budget.limits, Cost: w.r.cost, MaxWait: grantAhead(w.ctx)}

@@ -241,6 +241,9 @@ type storeSync struct {
 	// every Transport sharing it waits too.
 	pause    *pause
 	flushing bool // a goroutine is sending what is pending
+	// settling is closed once the settlements a flush took are in the
+	// store; nil while a flush sends none.
+	settling chan struct{}
 }
 
 // A pendingSettlement is a settlement and the store it is for: the one
@@ -291,12 +294,21 @@ func (p *pool) flush() {
 	g := p.state.guard
 	for {
 		p.mu.Lock()
-		pending, pz := p.store.pending, p.store.pause
-		p.store.pending, p.store.pause = nil, nil
+		var pending []pendingSettlement
+		if !p.admissionComingLocked() { // else they ride with it
+			pending, p.store.pending = p.store.pending, nil
+		}
+		pz := p.store.pause
+		p.store.pause = nil
 		if len(pending) == 0 && pz == nil {
 			p.store.flushing = false
 			p.mu.Unlock()
 			return
+		}
+		var settled chan struct{}
+		if len(pending) > 0 {
+			settled = make(chan struct{})
+			p.store.settling = settled
 		}
 		p.mu.Unlock()
 		if pz != nil {
@@ -317,7 +329,32 @@ func (p *pool) flush() {
 				p.mu.Unlock()
 			}
 		}
+		if settled != nil {
+			p.mu.Lock()
+			p.store.settling = nil
+			p.mu.Unlock()
+			close(settled)
+		}
 	}
+}
+
+// awaitSettlingLocked waits, with p.mu released, until the settlements a
+// flush is sending are in the store, so that an admission asked next is
+// charged after them (a response's floor among them), or until ctx is done.
+func (p *pool) awaitSettlingLocked(ctx context.Context) error {
+	for p.store.settling != nil {
+		settled := p.store.settling
+		p.mu.Unlock()
+		select {
+		case <-settled:
+		case <-ctx.Done():
+		}
+		p.mu.Lock()
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // publishPause puts the pause this process took, if any is waiting, into
