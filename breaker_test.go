@@ -1613,7 +1613,11 @@ func TestBreakerFleetBesideADrainingNeighbour(t *testing.T) {
 			}
 		}
 	}
-	assert.LessOrEqual(t, with.server.RateLimited, drains, "at most one 429 per drain")
+	if !assert.LessOrEqual(t, with.server.RateLimited, drains, "at most one 429 per drain") {
+		for _, a := range with.wire {
+			t.Logf("at %s: %d (retry-after %s)", a.at, a.status, a.retryAfter)
+		}
+	}
 	assert.NotEqual(t, tollgate.BreakerOpen, with.breaker.State)
 }
 
