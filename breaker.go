@@ -647,29 +647,28 @@ func (p *pool) breakerSnapshotLocked(now time.Time) BreakerSnapshot {
 }
 
 // unlock releases p.mu after noting what changed — a breaker change, the
-// utilization alerts queued, what waits for the store — and delivers it
-// with no lock held: a breaker change to the call's observer (ctx is the
-// attempt's that caused or noticed it, nil for none), the user's callbacks
-// to the State's notifier, and what waits for the store to a goroutine of
-// its own unless an admission will carry it.
+// utilization alerts queued, what waits for the store — and delivers it:
+// the user's callbacks are queued on the State's notifier before p.mu is
+// released, so that they run in the order the changes happened (the
+// notifier runs them later, with no lock held); a breaker change goes to
+// the call's observer with no lock held (ctx is the attempt's that caused
+// or noticed it, nil for none); what waits for the store goes to a
+// goroutine of its own unless an admission will carry it.
 func (p *pool) unlock(ctx context.Context, c *call) {
 	ev, changed := p.breakerEventLocked(p.state.cfg.clock.Now())
-	alerts := p.budget.alerts
+	if f := p.state.cfg.breaker.onStateChange; changed && f != nil {
+		ev := ev // only a change that happened is copied for the callback
+		p.state.notify.post(func() { f(ev) })
+	}
+	if f := p.budget.cfg.onAlert; f != nil {
+		for _, a := range p.budget.alerts {
+			p.state.notify.post(func() { f(a) })
+		}
+	}
 	p.budget.alerts = nil
 	p.kickFlushLocked()
 	p.mu.Unlock()
-	if changed {
-		if c != nil && c.observer != nil {
-			c.observer.breakerChanged(ctx, ev)
-		}
-		if f := p.state.cfg.breaker.onStateChange; f != nil {
-			ev := ev // only a change that happened is copied for the callback
-			p.state.notify.post(func() { f(ev) })
-		}
-	}
-	if f := p.budget.cfg.onAlert; f != nil {
-		for _, a := range alerts {
-			p.state.notify.post(func() { f(a) })
-		}
+	if changed && c != nil && c.observer != nil {
+		c.observer.breakerChanged(ctx, ev)
 	}
 }

@@ -242,6 +242,11 @@ type storeSync struct {
 	pause    *pause
 	flushing bool         // a goroutine is sending what is pending
 	carry    []Settlement // a buffer for the settlements an admission carries
+	// sending holds the settlements a flush is sending: until they are in
+	// the store, an admission asked meanwhile carries their floors too (a
+	// floor is a pull-down, the same applied twice), so that it is never
+	// charged against a level a response already showed to be lower.
+	sending []pendingSettlement
 }
 
 // A pendingSettlement is a settlement and the store it is for: the one
@@ -257,10 +262,18 @@ func (p *pool) queueSettlementLocked(st Store, s Settlement) {
 }
 
 // takeSettlementsLocked returns the settlements that ride with an
-// admission asked of st, and keeps the others. The slice returned is the
-// pool's to reuse: give it back with returnSettlementsLocked.
+// admission asked of st, and keeps the others; and the floors of those a
+// flush is sending to st. The slice returned is the pool's to reuse: give
+// it back with returnSettlementsLocked.
 func (p *pool) takeSettlementsLocked(st Store) []Settlement {
 	out := p.store.carry[:0]
+	for _, ps := range p.store.sending {
+		if ps.store == st && ps.s.HasFloor != ([NumDimensions]bool{}) {
+			floors := ps.s
+			floors.Charge = [NumDimensions]float64{}
+			out = append(out, floors)
+		}
+	}
 	kept := p.store.pending[:0]
 	for _, ps := range p.store.pending {
 		if ps.store == st {
@@ -306,13 +319,18 @@ func (p *pool) flush() {
 	g := p.state.guard
 	for {
 		p.mu.Lock()
-		pending, pz := p.store.pending, p.store.pause
-		p.store.pending, p.store.pause = nil, nil
+		var pending []pendingSettlement
+		if !p.admissionComingLocked() { // else they ride with it
+			pending, p.store.pending = p.store.pending, nil
+		}
+		pz := p.store.pause
+		p.store.pause = nil
 		if len(pending) == 0 && pz == nil {
 			p.store.flushing = false
 			p.mu.Unlock()
 			return
 		}
+		p.store.sending = pending
 		p.mu.Unlock()
 		if pz != nil {
 			p.sendPause(*pz)
@@ -332,6 +350,9 @@ func (p *pool) flush() {
 				p.mu.Unlock()
 			}
 		}
+		p.mu.Lock()
+		p.store.sending = nil
+		p.mu.Unlock()
 	}
 }
 
