@@ -1,0 +1,191 @@
+package soak
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/tollgate-go/tollgate/internal/redistest"
+	"github.com/tollgate-go/tollgate/redisstore"
+)
+
+var (
+	soakFor = flag.Duration("soak", 0,
+		"run the long soak: each of its two runs (memory store, Redis store; side by side) lasts this long; 0 runs the short soak")
+	soakSeed = flag.Uint64("soak-seed", 0,
+		"seed of the soak's faults, agents and stalls, to replay a failure; 0 draws one (it is logged)")
+	knownBugs = flag.Bool("soak-known-bugs", false,
+		"also run the reproductions of known bugs found by the soak; they fail until the bugs are fixed")
+)
+
+// shortDuration is each run's duration in the short soak: with the calls in
+// progress at its end (each with a deadline of at most 5 s), setup and
+// checks, the package takes about 15 s.
+const shortDuration = 7 * time.Second
+
+// heapTolerance bounds the long soak's heap growth: the median live heap of
+// the last third of the samples may exceed that of the first third by at
+// most this fraction plus heapSlack. A leak of a few hundred bytes per call
+// (tens of thousands of calls) exceeds it; the noise of what the 128
+// agents hold at a sample's instant does not.
+const (
+	heapTolerance = 0.25
+	heapSlack     = 2 << 20
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// TestSoak runs two fleets of DefaultAgents side by side through tollgate.New
+// against the fake API with faults: one Transport with its own memory store,
+// one sharing a Redis store that stalls now and then. See checkRun for what
+// each must keep; after both, no goroutine may be left running and (in the
+// long soak) the heap must be flat.
+func TestSoak(t *testing.T) {
+	d, long := shortDuration, *soakFor > 0
+	if long {
+		d = *soakFor
+	}
+	seed := *soakSeed
+	if seed == 0 {
+		seed = uint64(time.Now().UnixNano())
+	}
+	t.Logf("seed %d (replay with -soak-seed %d); each run %v", seed, seed, d)
+	every := time.Second
+	if long {
+		every = max(time.Second, d/60)
+	}
+	heap := StartHeapSampler(every)
+	t.Run("fleet", func(t *testing.T) {
+		t.Run("memory", func(t *testing.T) {
+			t.Parallel()
+			soakMemory(t, d, seed)
+		})
+		t.Run("redis", func(t *testing.T) {
+			t.Parallel()
+			soakRedis(t, d, seed+1)
+		})
+	})
+	samples := heap.Stop()
+	var b strings.Builder
+	for _, s := range samples {
+		fmt.Fprintf(&b, " %v:%.1fMiB/%dg", s.At.Round(time.Second), float64(s.HeapAlloc)/(1<<20), s.Goroutines)
+	}
+	first, last := HeapThirds(samples)
+	t.Logf("heap samples (after GC; goroutines):%s", b.String())
+	t.Logf("heap: median of the first third %.1f MiB, of the last third %.1f MiB", float64(first)/(1<<20), float64(last)/(1<<20))
+	if long {
+		limit := uint64(float64(first)*(1+heapTolerance)) + heapSlack
+		assert.LessOrEqual(t, last, limit, "the heap grew over the soak: %.1f MiB → %.1f MiB (tolerance %.0f %% + %d MiB)",
+			float64(first)/(1<<20), float64(last)/(1<<20), 100*heapTolerance, heapSlack>>20)
+	}
+	// Everything of ours is closed by now: the runs' servers, transports'
+	// idle connections and Redis clients (in their cleanups).
+	goleak.VerifyNone(t)
+}
+
+// soakMemory runs a fleet on a Transport with its own memory store. After
+// the run its clock jumps a minute ahead: every bucket must then be full,
+// as nothing may still hold part of it.
+func soakMemory(t *testing.T, d time.Duration, seed uint64) {
+	h := NewHarness(Config{Duration: d, Seed: seed})
+	checkRun(t, h)
+	h.Clock.Jump(61 * time.Second)
+	states := KeyStates(h.RT.Snapshot())
+	assert.Empty(t, Unfilled(states), "a minute after the run every bucket is full again")
+	known := 0
+	for _, k := range states {
+		known += len(k.Dims)
+	}
+	assert.Positive(t, known, "limits were learned, so the check above checked something")
+}
+
+// soakRedis runs a fleet on a Transport that shares a redisstore, on a
+// redis-server of its own (Redis's CLIENT PAUSE would stall the tests of
+// other packages on a shared one), paused for 300–800 ms every few seconds.
+// The levels live in Redis, so only what the Transport holds is checked.
+func soakRedis(t *testing.T, d time.Duration, seed uint64) {
+	srv := redistest.Start(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	pauser := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { _ = pauser.Close() })
+	stall := func(ctx context.Context, d time.Duration) error {
+		return pauser.Do(ctx, "CLIENT", "PAUSE", d.Milliseconds(), "ALL").Err()
+	}
+	h := NewHarness(Config{Duration: d, Seed: seed, Stall: stall,
+		Store: redisstore.New(rdb, redisstore.WithPrefix(redistest.Prefix(t)))})
+	r := checkRun(t, h)
+	assert.Positive(t, r.Stalls, "Redis stalled during the run")
+	assert.Zero(t, r.StallErrors)
+}
+
+// checkRun runs h and checks what every run must keep:
+//
+//  1. every call is answered exactly once: RoundTrip returns a response or
+//     an error, never both, never neither, and always returns; a body read
+//     to a clean end is whole; each call gets exactly one usage record;
+//  2. the server saw no more requests than the calls' attempts, and no
+//     call made more than MaxAttempts;
+//  3. no attempt is left in flight or waiting (budget and breaker);
+//  4. every response body of the base transport is closed, the chain never
+//     closed the base transport's idle connections, and once they are
+//     closed no connection to the API is left open.
+func checkRun(t *testing.T, h *Harness) Report {
+	t.Helper()
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			h.Close()
+		}
+	})
+	err := h.Run()
+	var hang *HangError
+	if errors.As(err, &hang) {
+		t.Fatalf("seed %d: %v", h.cfg.Seed, hang)
+	}
+	require.NoError(t, err)
+	r := h.Report()
+	t.Logf("storms at %s", strings.Join(h.Plan.Storms(r.Wall), ", "))
+	t.Logf("report:\n%s", r)
+
+	assert.Empty(t, r.Violations, "contracts broken; see the report")
+	assert.Zero(t, r.LostRecords, "calls without a usage record")
+	assert.Zero(t, r.DuplicateRecords, "calls with more than one usage record")
+	assert.Equal(t, r.Calls, r.Records, "one usage record per call")
+	assert.Greater(t, r.Calls, h.cfg.Agents, "the fleet made calls")
+	assert.Positive(t, r.OK, "some calls succeeded")
+	assert.LessOrEqual(t, r.Server.Requests, r.Attempts, "the server saw no request the records do not count")
+	assert.LessOrEqual(t, r.MaxAttempts, MaxAttempts)
+
+	// The last calls' bodies are closed: nothing may be in flight or
+	// waiting. Settling could in principle lag the close; allow it a second.
+	var outstanding []string
+	deadline := time.Now().Add(time.Second)
+	for {
+		outstanding = Outstanding(KeyStates(h.RT.Snapshot()))
+		if len(outstanding) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	assert.Empty(t, outstanding, "attempts left in flight or waiting after every call ended")
+
+	l := h.Close()
+	closed = true
+	t.Logf("base transport: %d bodies opened, %d closed; API: %d connections accepted",
+		l.BodiesOpened, l.BodiesClosed, l.Conns)
+	assert.Equal(t, l.BodiesOpened, l.BodiesClosed, "response bodies never closed: %v", l.OpenBodies)
+	assert.Zero(t, l.CloseIdleByChain, "the chain closed the caller's idle connections")
+	assert.Empty(t, l.OpenConns, "API connections still open after CloseIdleConnections")
+	assert.Zero(t, l.HandlersInFlight, "API handlers still running")
+	return r
+}
