@@ -161,6 +161,7 @@ func checkRun(t *testing.T, h *Harness) Report {
 	assert.Zero(t, r.LostRecords, "calls without a usage record")
 	assert.Zero(t, r.DuplicateRecords, "calls with more than one usage record")
 	assert.Equal(t, r.Calls, r.Records, "one usage record per call")
+	assert.Zero(t, r.StatusMismatches, "usage records whose Status is not that of the response the caller got")
 	assert.Greater(t, r.Calls, h.cfg.Agents, "the fleet made calls")
 	assert.Positive(t, r.OK, "some calls succeeded")
 	assert.LessOrEqual(t, r.Server.Requests, r.Attempts, "the server saw no request the records do not count")
