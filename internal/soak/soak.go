@@ -71,6 +71,8 @@ const DefaultAgents = 64
 
 // Config configures one run.
 type Config struct {
+	// Name names the run in its report.
+	Name string
 	// Agents is the number of agents calling at once; 0 means DefaultAgents.
 	Agents int
 	// Duration is how long agents start new calls; the run then waits for
@@ -172,7 +174,7 @@ func NewHarness(cfg Config) *Harness {
 	base := http.DefaultTransport.(*http.Transport).Clone()
 	base.Proxy = nil // loopback only
 	base.MaxIdleConnsPerHost = cfg.Agents
-	h.base = &countingTransport{base: base, live: map[*countedBody]string{}}
+	h.base = &countingTransport{base: base, live: map[*countedBody]string{}, onAttempt: h.attempt}
 
 	opts := []tollgate.Option{
 		tollgate.WithClock(h.Clock),
@@ -420,8 +422,11 @@ type callRec struct {
 	deadline time.Time
 	phase    atomic.Pointer[string]
 	records  atomic.Int32
-	status   atomic.Int32 // the usage record's Status
-	attempts atomic.Int32 // the usage record's Attempts
+	status   atomic.Int32                   // the usage record's Status
+	attempts atomic.Int32                   // the usage record's Attempts
+	waits    atomic.Pointer[tollgate.Waits] // the usage record's Waits
+	sent     atomic.Int32                   // attempts the chain handed the base transport
+	returned atomic.Bool                    // RoundTrip has returned
 }
 
 func (c *callRec) setPhase(p string) { c.phase.Store(&p) }
@@ -433,6 +438,7 @@ func (h *Harness) call(agent int, s spec) {
 	defer cancel()
 	c.setPhase("RoundTrip")
 	resp, err := h.RT.RoundTrip(h.request(ctx, s))
+	c.returned.Store(true)
 	outcome := h.answer(c, s, resp, err, cancel)
 	if time.Now().After(c.deadline) {
 		h.tally.overrun(time.Since(c.deadline))
@@ -456,7 +462,18 @@ func (h *Harness) answer(c *callRec, s spec, resp *http.Response, err error, can
 		return "violation"
 	case err != nil:
 		kind := errKind(err)
-		if kind == "other" {
+		var open *tollgate.OpenError
+		switch {
+		case errors.As(err, &open):
+			kind += ": " + open.Reason
+			if !open.Until.IsZero() {
+				var paused time.Duration
+				if w := c.waits.Load(); w != nil {
+					paused = w.Pause
+				}
+				h.tally.openFor(open.Reason, open.Until.Sub(h.Clock.Now()), c.deadline.Sub(time.Now()), paused)
+			}
+		case kind == "other":
 			h.tally.example("RoundTrip error", err.Error())
 		}
 		return "error " + kind
@@ -550,6 +567,21 @@ func errKind(err error) string {
 	return "other"
 }
 
+// attempt accounts for an attempt the chain hands the base transport: its
+// context must carry the caller's, and its call must not have returned yet
+// (a response is never retried once returned; an error ends the call).
+func (h *Harness) attempt(req *http.Request) {
+	c, ok := req.Context().Value(callKey{}).(*callRec)
+	if !ok {
+		h.tally.violation("attempt whose context is not the caller's", req.Method+" "+req.URL.Path)
+		return
+	}
+	c.sent.Add(1)
+	if c.returned.Load() {
+		h.tally.violation("attempt sent after RoundTrip returned", c.desc)
+	}
+}
+
 // record is the usage recorder: it counts the record against its call.
 func (h *Harness) record(ctx context.Context, r tollgate.UsageRecord) {
 	c, ok := ctx.Value(callKey{}).(*callRec)
@@ -559,6 +591,7 @@ func (h *Harness) record(ctx context.Context, r tollgate.UsageRecord) {
 	}
 	c.status.Store(int32(r.Status))
 	c.attempts.Store(int32(r.Attempts))
+	c.waits.Store(&r.Waits)
 	c.records.Add(1)
 	h.tally.recorded(r)
 }
@@ -667,6 +700,7 @@ func Unfilled(states []KeyState) []string {
 
 // Report is what a run counted.
 type Report struct {
+	Name        string
 	Seed        uint64
 	Agents      int
 	Wall, Drain time.Duration // the run, and its part after Duration
@@ -686,6 +720,8 @@ type Report struct {
 	// Attempts sums the records' Attempts; Retries is Attempts minus the
 	// calls that made at least one; MaxAttempts is the most of one call.
 	Attempts, Retries, MaxAttempts int
+	// Sent counts the attempts the chain handed the base transport.
+	Sent int
 	// MaxOverrun is the longest a call went on past its deadline.
 	MaxOverrun                      time.Duration
 	BreakerOpenings, BreakerChanges int
@@ -704,11 +740,12 @@ func (h *Harness) Report() Report {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	r := Report{
-		Seed: h.cfg.Seed, Agents: h.cfg.Agents, Wall: h.wall, Drain: h.drain,
+		Name: h.cfg.Name, Seed: h.cfg.Seed, Agents: h.cfg.Agents, Wall: h.wall, Drain: h.drain,
 		Calls: t.calls, OK: t.outcomes["status 200, complete"],
 		Outcomes: clone(t.outcomes), Violations: clone(t.violations), Examples: map[string][]string{},
 		Records: t.records, DuplicateRecords: t.duplicates, StatusMismatches: t.statusMismatches,
 		Attempts: t.attempts, Retries: t.attempts - t.attempted, MaxAttempts: t.maxAttempts,
+		Sent:            int(h.base.attempts.Load()),
 		MaxOverrun:      t.maxOverrun,
 		BreakerOpenings: int(h.breakerOpenings.Load()), BreakerChanges: int(h.breakerChanges.Load()),
 		StoreFallbacks: int(h.logs.warn.Load()), StoreRecoveries: int(h.logs.info.Load()),
@@ -742,11 +779,11 @@ func clone(m map[string]int) map[string]int {
 // String is the report as lines for t.Log.
 func (r Report) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "seed %d, %d agents, %v (drain %v)\n", r.Seed, r.Agents, r.Wall.Round(time.Millisecond), r.Drain.Round(time.Millisecond))
+	fmt.Fprintf(&b, "%s: seed %d, %d agents, %v (drain %v)\n", r.Name, r.Seed, r.Agents, r.Wall.Round(time.Millisecond), r.Drain.Round(time.Millisecond))
 	fmt.Fprintf(&b, "calls %d, OK (200, body complete) %d, usage records %d (lost %d, duplicate %d, status mismatches %d)\n",
 		r.Calls, r.OK, r.Records, r.LostRecords, r.DuplicateRecords, r.StatusMismatches)
-	fmt.Fprintf(&b, "attempts %d, retries %d, most attempts in a call %d; longest past a deadline %v\n",
-		r.Attempts, r.Retries, r.MaxAttempts, r.MaxOverrun.Round(time.Millisecond))
+	fmt.Fprintf(&b, "attempts %d (sent %d), retries %d, most attempts in a call %d; longest past a deadline %v\n",
+		r.Attempts, r.Sent, r.Retries, r.MaxAttempts, r.MaxOverrun.Round(time.Millisecond))
 	fmt.Fprintf(&b, "breaker openings %d (state changes %d); store fallbacks %d, recoveries %d; store stalls %d (failed %d)\n",
 		r.BreakerOpenings, r.BreakerChanges, r.StoreFallbacks, r.StoreRecoveries, r.Stalls, r.StallErrors)
 	fmt.Fprintf(&b, "outcomes:%s\n", sortedCounts(r.Outcomes))
@@ -834,6 +871,17 @@ func (t *tally) violation(kind, s string) {
 	t.examples[kind] = appendExample(t.examples[kind], s)
 }
 
+// openFor notes, for an *OpenError of the given reason, how long the pause
+// had still to run, how long the call could still have waited and how long
+// it had waited for the breaker already.
+func (t *tally) openFor(reason string, left, callLeft, paused time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	kind := "breaker open: " + reason
+	t.examples[kind] = appendExample(t.examples[kind], fmt.Sprintf("pause left %v, call left %v, waited %v",
+		left.Round(time.Millisecond), callLeft.Round(time.Millisecond), paused.Round(time.Millisecond)))
+}
+
 func (t *tally) overrun(d time.Duration) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -866,6 +914,11 @@ func (t *tally) call(outcome string, c *callRec, resp *http.Response) {
 	case n > 1:
 		t.duplicates++
 		t.examples["duplicate usage record"] = appendExample(t.examples["duplicate usage record"], c.desc)
+	}
+	if sent, recorded := c.sent.Load(), c.attempts.Load(); sent > recorded {
+		const kind = "more attempts sent than recorded"
+		t.violations[kind]++
+		t.examples[kind] = appendExample(t.examples[kind], fmt.Sprintf("%s: sent %d, recorded %d", c.desc, sent, recorded))
 	}
 	if resp != nil && int(c.status.Load()) != resp.StatusCode {
 		t.statusMismatches++
@@ -917,10 +970,12 @@ func (ct *callTable) overdue(now time.Time, grace time.Duration) []string {
 }
 
 // countingTransport is the base transport under tollgate: it counts the
-// response bodies it hands out and those closed, and the calls of its
-// CloseIdleConnections.
+// attempts it is given (and reports each to onAttempt), the response bodies
+// it hands out and those closed, and the calls of its CloseIdleConnections.
 type countingTransport struct {
 	base      *http.Transport
+	onAttempt func(*http.Request)
+	attempts  atomic.Int64
 	opened    atomic.Int64
 	closed    atomic.Int64
 	closeIdle atomic.Int64
@@ -929,6 +984,8 @@ type countingTransport struct {
 }
 
 func (t *countingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	t.attempts.Add(1)
+	t.onAttempt(req)
 	resp, err := t.base.RoundTrip(req)
 	if resp == nil || resp.Body == nil {
 		return resp, err

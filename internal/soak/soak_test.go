@@ -5,7 +5,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/tollgate-go/tollgate"
 	"github.com/tollgate-go/tollgate/internal/redistest"
 	"github.com/tollgate-go/tollgate/redisstore"
 )
@@ -96,7 +102,7 @@ func TestSoak(t *testing.T) {
 // the run its clock jumps a minute ahead: every bucket must then be full,
 // as nothing may still hold part of it.
 func soakMemory(t *testing.T, d time.Duration, seed uint64) {
-	h := NewHarness(Config{Duration: d, Seed: seed})
+	h := NewHarness(Config{Name: "memory store", Duration: d, Seed: seed})
 	checkRun(t, h)
 	h.Clock.Jump(61 * time.Second)
 	states := KeyStates(h.RT.Snapshot())
@@ -121,7 +127,7 @@ func soakRedis(t *testing.T, d time.Duration, seed uint64) {
 	stall := func(ctx context.Context, d time.Duration) error {
 		return pauser.Do(ctx, "CLIENT", "PAUSE", d.Milliseconds(), "ALL").Err()
 	}
-	h := NewHarness(Config{Duration: d, Seed: seed, Stall: stall,
+	h := NewHarness(Config{Name: "Redis store", Duration: d, Seed: seed, Stall: stall,
 		Store: redisstore.New(rdb, redisstore.WithPrefix(redistest.Prefix(t)))})
 	r := checkRun(t, h)
 	assert.Positive(t, r.Stalls, "Redis stalled during the run")
@@ -133,8 +139,9 @@ func soakRedis(t *testing.T, d time.Duration, seed uint64) {
 //  1. every call is answered exactly once: RoundTrip returns a response or
 //     an error, never both, never neither, and always returns; a body read
 //     to a clean end is whole; each call gets exactly one usage record;
-//  2. the server saw no more requests than the calls' attempts, and no
-//     call made more than MaxAttempts;
+//  2. no attempt is sent once its call has returned, or beyond what the
+//     usage records count (per call and in all, down to the server's
+//     count), and no call makes more than MaxAttempts;
 //  3. no attempt is left in flight or waiting (budget and breaker);
 //  4. every response body of the base transport is closed, the chain never
 //     closed the base transport's idle connections, and once they are
@@ -164,7 +171,8 @@ func checkRun(t *testing.T, h *Harness) Report {
 	assert.Zero(t, r.StatusMismatches, "usage records whose Status is not that of the response the caller got")
 	assert.Greater(t, r.Calls, h.cfg.Agents, "the fleet made calls")
 	assert.Positive(t, r.OK, "some calls succeeded")
-	assert.LessOrEqual(t, r.Server.Requests, r.Attempts, "the server saw no request the records do not count")
+	assert.LessOrEqual(t, r.Server.Requests, r.Sent, "the server saw no request the base transport was not given")
+	assert.LessOrEqual(t, r.Sent, r.Attempts, "the base transport was given no attempt the records do not count")
 	assert.LessOrEqual(t, r.MaxAttempts, MaxAttempts)
 
 	// The last calls' bodies are closed: nothing may be in flight or
@@ -189,4 +197,125 @@ func checkRun(t *testing.T, h *Harness) Report {
 	assert.Empty(t, l.OpenConns, "API connections still open after CloseIdleConnections")
 	assert.Zero(t, l.HandlersInFlight, "API handlers still running")
 	return r
+}
+
+// pausingAPI is a Messages endpoint whose first request waits for release
+// and is then answered 429 with retry-after: 5, and whose later requests
+// get a 200. It counts the requests it saw.
+func pausingAPI(t *testing.T) (url string, release func(), seen *atomic.Int32) {
+	seen = new(atomic.Int32)
+	gate := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		if seen.Add(1) == 1 {
+			select {
+			case <-gate:
+			case <-r.Context().Done():
+				return
+			}
+			w.Header().Set("Retry-After", "5")
+			w.WriteHeader(http.StatusTooManyRequests)
+			_, _ = io.WriteString(w, `{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}`)
+			return
+		}
+		_, _ = io.WriteString(w, `{"id":"msg_1","type":"message","role":"assistant","content":[],"usage":{"input_tokens":1,"output_tokens":1}}`)
+	}))
+	var once sync.Once
+	release = func() { once.Do(func() { close(gate) }) }
+	t.Cleanup(func() { release(); srv.Close() })
+	return srv.URL, release, seen
+}
+
+// queuedBehindPause sends call A, which the API holds; once A is at the API
+// it sends call B, with a deadline of 1 s, and waits (at most a second)
+// until B waits in rt's budget queue; then the API answers A 429 with
+// retry-after: 5. It returns what B got, and how many requests the API saw.
+func queuedBehindPause(t *testing.T, opts ...tollgate.Option) (*http.Response, error, int) {
+	url, release, seen := pausingAPI(t)
+	base := http.DefaultTransport.(*http.Transport).Clone()
+	t.Cleanup(base.CloseIdleConnections)
+	rt := tollgate.New(base, append(opts, tollgate.WithMaxWait(2*time.Second))...)
+	call := func(ctx context.Context) (*http.Response, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+"/v1/messages",
+			strings.NewReader(`{"model":"claude-sonnet-4-5","max_tokens":8,"messages":[{"role":"user","content":"Hi"}]}`))
+		require.NoError(t, err)
+		req.Header.Set("X-Api-Key", "sk-ant-test")
+		req.Header.Set("Anthropic-Version", "2023-06-01")
+		resp, err := rt.RoundTrip(req)
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			_ = resp.Body.Close()
+		}
+		return resp, err
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer release()
+	wg.Go(func() {
+		if resp, err := call(context.Background()); err != nil || resp.StatusCode != http.StatusTooManyRequests {
+			t.Errorf("call A: %v, %v; want the server's 429", resp, err)
+		}
+	})
+	require.Eventually(t, func() bool { return seen.Load() == 1 }, time.Second, time.Millisecond, "call A reaches the API")
+	type answer struct {
+		resp *http.Response
+		err  error
+	}
+	b := make(chan answer, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	wg.Go(func() {
+		resp, err := call(ctx)
+		b <- answer{resp, err}
+	})
+	require.Eventually(t, func() bool {
+		for _, k := range KeyStates(rt.Snapshot()) {
+			if k.Waiting > 0 {
+				return true
+			}
+		}
+		return false
+	}, time.Second, time.Millisecond, "call B waits in the budget queue")
+	release()
+	got := <-b
+	return got.resp, got.err, int(seen.Load())
+}
+
+// TestKnownBugQueuedCallGetsOpenError: a call waiting in the budget queue
+// (here for WithMaxConcurrency(1)) when a response of its own Transport
+// brings a 429 with retry-after longer than the call can wait gets an
+// *OpenError{Reason: "retry-after"}, while the documented answer to a pause
+// the server asked for is the server's 429 replayed (ReplayedHeader), which
+// a call arriving a moment later does get. The Transport has no shared
+// store: its own pause, found in its own memory store at the budget's
+// admission, is handled as one "taken by another Transport" (breaker.go,
+// circuit.shared). The soak shows it as "error breaker open: retry-after"
+// in the memory-store run.
+func TestKnownBugQueuedCallGetsOpenError(t *testing.T) {
+	if !*knownBugs {
+		t.Skip("known bug: a queued call gets *OpenError instead of the server's 429 replayed; run with -soak-known-bugs")
+	}
+	resp, err, _ := queuedBehindPause(t,
+		tollgate.WithLimits(tollgate.Limits{RequestsPerMinute: 1000}), tollgate.WithMaxConcurrency(1))
+	require.NoError(t, err, "call B: the server's 429 replayed, not tollgate's error")
+	assert.Equal(t, http.StatusTooManyRequests, resp.StatusCode)
+	assert.Equal(t, "true", resp.Header.Get(tollgate.ReplayedHeader))
+}
+
+// TestKnownBugColdStartIgnoresRetryAfter: during the cold start (no limit
+// known yet, one attempt at a time) the attempt queued behind the first is
+// sent as soon as the first one's response headers arrive, even when they
+// are a 429 with retry-after: the server asked every caller to wait 5 s and
+// gets a second request at once. The next call does find the pause.
+func TestKnownBugColdStartIgnoresRetryAfter(t *testing.T) {
+	if !*knownBugs {
+		t.Skip("known bug: in the cold start the queued attempt is sent despite the first response's 429 retry-after; run with -soak-known-bugs")
+	}
+	resp, err, seen := queuedBehindPause(t)
+	assert.Equal(t, 1, seen, "the API saw a request during the pause it asked for")
+	if assert.NoError(t, err) {
+		assert.Equal(t, http.StatusTooManyRequests, resp.StatusCode)
+		assert.Equal(t, "true", resp.Header.Get(tollgate.ReplayedHeader))
+	}
 }
