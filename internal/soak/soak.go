@@ -42,12 +42,15 @@ import (
 )
 
 // The tollgate options of every run, short so that a run's calls are short:
-// no single wait over MaxWait, at most MaxAttempts attempts per call.
+// no single wait over MaxWait, at most MaxAttempts attempts per call; and a
+// cap of MaxConcurrency attempts in flight per model family, so that
+// concurrency slots are taken and given back too.
 const (
-	MaxWait     = 2 * time.Second
-	BackoffBase = 20 * time.Millisecond
-	BackoffMax  = 200 * time.Millisecond
-	MaxAttempts = 4
+	MaxWait        = 2 * time.Second
+	BackoffBase    = 20 * time.Millisecond
+	BackoffMax     = 200 * time.Millisecond
+	MaxAttempts    = 4
+	MaxConcurrency = 16
 )
 
 // The fake API's limits: high enough that calls flow, low enough that 64
@@ -87,13 +90,16 @@ type Config struct {
 	// store stall for d (e.g. Redis's CLIENT PAUSE); it must return at once.
 	Stall func(ctx context.Context, d time.Duration) error
 	// HangGrace is how long after its deadline a call may still be running
-	// before the run reports a hang; 0 means 5 s.
+	// before the run reports a hang; 0 means 10 s (under -race on a loaded
+	// machine a call has been seen to end 1.6 s past its deadline).
 	HangGrace time.Duration
 }
 
 // Clock is the Transport's clock (tollgate.WithClock): the real clock plus
 // an offset that Jump moves, so that a test can let a minute pass at once
-// after the run. Its waits (After) are real.
+// after the run. Its waits (After) are real, and a Jump does not shorten
+// those in progress. It is the soak's only implementation of
+// tollgate.Clock: should that interface gain a method, it goes here.
 type Clock struct {
 	offset atomic.Int64
 }
@@ -140,7 +146,7 @@ func NewHarness(cfg Config) *Harness {
 		cfg.Agents = DefaultAgents
 	}
 	if cfg.HangGrace <= 0 {
-		cfg.HangGrace = 5 * time.Second
+		cfg.HangGrace = 10 * time.Second
 	}
 	h := &Harness{
 		cfg:   cfg,
@@ -181,6 +187,7 @@ func NewHarness(cfg Config) *Harness {
 		tollgate.WithMaxWait(MaxWait),
 		tollgate.WithBackoff(BackoffBase, BackoffMax),
 		tollgate.WithMaxAttempts(MaxAttempts),
+		tollgate.WithMaxConcurrency(MaxConcurrency),
 		tollgate.WithBreakerStateChange(func(e tollgate.BreakerEvent) {
 			h.breakerChanges.Add(1)
 			if e.To == tollgate.BreakerOpen && e.From != tollgate.BreakerOpen {
@@ -197,9 +204,6 @@ func NewHarness(cfg Config) *Harness {
 	return h
 }
 
-// URL is the fake API's base URL.
-func (h *Harness) URL() string { return h.srv.URL }
-
 // HangError is a run's report of calls still running long after their
 // deadlines, with every goroutine's stack.
 type HangError struct {
@@ -207,6 +211,7 @@ type HangError struct {
 	Stacks string
 }
 
+// Error lists the hung calls and the stacks.
 func (e *HangError) Error() string {
 	return fmt.Sprintf("%d calls hang past their deadline:\n  %s\ngoroutines:\n%s",
 		len(e.Calls), strings.Join(e.Calls, "\n  "), e.Stacks)
@@ -307,6 +312,7 @@ const (
 	cancelEarly                 // read a few bytes, cancel the call's context, read on, close
 )
 
+// String names the mode in reports.
 func (m bodyMode) String() string { return [...]string{"read", "close-early", "cancel-mid-body"}[m] }
 
 // spec is one call an agent makes.
@@ -321,6 +327,7 @@ type spec struct {
 	readFirst int // bytes read before closing early or cancelling
 }
 
+// String describes the call in reports.
 func (s spec) String() string {
 	api := "anthropic"
 	if s.openAI {
@@ -346,15 +353,16 @@ func (h *Harness) agent(ctx context.Context, n int) {
 }
 
 // spec draws a call: half Anthropic, half OpenAI, half streams; prompts of
-// 5–150 tokens, max_tokens 8–64, a deadline of 2–5 s; 70 % of bodies read
-// to the end, 15 % closed early, 15 % cancelled mid-body.
+// 5–150 tokens, max_tokens 8–64, a deadline of 0.5–5 s (the short ones end
+// in the middle of waits); 70 % of bodies read to the end, 15 % closed
+// early, 15 % cancelled mid-body.
 func (h *Harness) spec(rng *rand.Rand) spec {
 	s := spec{
 		openAI:    rng.IntN(2) == 0,
 		stream:    rng.IntN(2) == 0,
 		maxTokens: 8 + rng.IntN(57),
 		prompt:    tollgatetest.GeneratedText(5 + rng.IntN(146)),
-		timeout:   2*time.Second + time.Duration(rng.Int64N(int64(3*time.Second))),
+		timeout:   500*time.Millisecond + time.Duration(rng.Int64N(int64(4500*time.Millisecond))),
 		readFirst: rng.IntN(300),
 	}
 	if s.openAI {
@@ -429,6 +437,7 @@ type callRec struct {
 	returned atomic.Bool                    // RoundTrip has returned
 }
 
+// setPhase records what the call is doing, for the hang report.
 func (c *callRec) setPhase(p string) { c.phase.Store(&p) }
 
 // call makes one call and accounts for everything it returned.
@@ -439,10 +448,9 @@ func (h *Harness) call(agent int, s spec) {
 	c.setPhase("RoundTrip")
 	resp, err := h.RT.RoundTrip(h.request(ctx, s))
 	c.returned.Store(true)
+	h.tally.overrun("RoundTrip", c, time.Since(c.deadline))
 	outcome := h.answer(c, s, resp, err, cancel)
-	if time.Now().After(c.deadline) {
-		h.tally.overrun(time.Since(c.deadline))
-	}
+	h.tally.overrun("closing the body", c, time.Since(c.deadline))
 	h.calls.end(c)
 	h.tally.call(outcome, c, resp)
 }
@@ -506,10 +514,13 @@ func (h *Harness) answer(c *callRec, s spec, resp *http.Response, err error, can
 			tail += ": " + errKind(err)
 		}
 	}
+	h.tally.overrun("reading the body", c, time.Since(c.deadline))
 	c.setPhase("closing the body")
+	start := time.Now()
 	if err := resp.Body.Close(); err != nil {
 		h.tally.example("Close error", err.Error())
 	}
+	h.tally.closed(c, time.Since(start))
 	return head + ", " + tail
 }
 
@@ -542,6 +553,7 @@ func (h *Harness) checkBody(c *callRec, s spec, resp *http.Response, b []byte, e
 	return "complete"
 }
 
+// tailOf is the end of b, for a report.
 func tailOf(b []byte) []byte {
 	return b[max(0, len(b)-120):]
 }
@@ -722,8 +734,9 @@ type Report struct {
 	Attempts, Retries, MaxAttempts int
 	// Sent counts the attempts the chain handed the base transport.
 	Sent int
-	// MaxOverrun is the longest a call went on past its deadline.
-	MaxOverrun                      time.Duration
+	// MaxOverrun is the longest a call went on past its deadline; MaxClose
+	// the longest a response body's Close took.
+	MaxOverrun, MaxClose            time.Duration
 	BreakerOpenings, BreakerChanges int
 	// StoreFallbacks and StoreRecoveries count the Transport's warnings
 	// (fell back to a local budget) and infos (the store answers again).
@@ -745,8 +758,8 @@ func (h *Harness) Report() Report {
 		Outcomes: clone(t.outcomes), Violations: clone(t.violations), Examples: map[string][]string{},
 		Records: t.records, DuplicateRecords: t.duplicates, StatusMismatches: t.statusMismatches,
 		Attempts: t.attempts, Retries: t.attempts - t.attempted, MaxAttempts: t.maxAttempts,
-		Sent:            int(h.base.attempts.Load()),
-		MaxOverrun:      t.maxOverrun,
+		Sent:       int(h.base.attempts.Load()),
+		MaxOverrun: t.maxOverrun, MaxClose: t.maxClose,
 		BreakerOpenings: int(h.breakerOpenings.Load()), BreakerChanges: int(h.breakerChanges.Load()),
 		StoreFallbacks: int(h.logs.warn.Load()), StoreRecoveries: int(h.logs.info.Load()),
 		Stalls: int(h.stalls.Load()), StallErrors: int(h.stallErrors.Load()),
@@ -768,6 +781,7 @@ func (h *Harness) Report() Report {
 	return r
 }
 
+// clone copies a map of counts.
 func clone(m map[string]int) map[string]int {
 	out := make(map[string]int, len(m))
 	for k, v := range m {
@@ -782,8 +796,8 @@ func (r Report) String() string {
 	fmt.Fprintf(&b, "%s: seed %d, %d agents, %v (drain %v)\n", r.Name, r.Seed, r.Agents, r.Wall.Round(time.Millisecond), r.Drain.Round(time.Millisecond))
 	fmt.Fprintf(&b, "calls %d, OK (200, body complete) %d, usage records %d (lost %d, duplicate %d, status mismatches %d)\n",
 		r.Calls, r.OK, r.Records, r.LostRecords, r.DuplicateRecords, r.StatusMismatches)
-	fmt.Fprintf(&b, "attempts %d (sent %d), retries %d, most attempts in a call %d; longest past a deadline %v\n",
-		r.Attempts, r.Sent, r.Retries, r.MaxAttempts, r.MaxOverrun.Round(time.Millisecond))
+	fmt.Fprintf(&b, "attempts %d (sent %d), retries %d, most attempts in a call %d; longest past a deadline %v, slowest Close %v\n",
+		r.Attempts, r.Sent, r.Retries, r.MaxAttempts, r.MaxOverrun.Round(time.Millisecond), r.MaxClose.Round(time.Millisecond))
 	fmt.Fprintf(&b, "breaker openings %d (state changes %d); store fallbacks %d, recoveries %d; store stalls %d (failed %d)\n",
 		r.BreakerOpenings, r.BreakerChanges, r.StoreFallbacks, r.StoreRecoveries, r.Stalls, r.StallErrors)
 	fmt.Fprintf(&b, "outcomes:%s\n", sortedCounts(r.Outcomes))
@@ -805,6 +819,7 @@ func (r Report) String() string {
 	return b.String()
 }
 
+// intKeys turns counts by number into counts by string.
 func intKeys(m map[int]int) map[string]int {
 	out := make(map[string]int, len(m))
 	for k, v := range m {
@@ -842,12 +857,13 @@ type tally struct {
 	statusMismatches     int
 	attempts, attempted  int
 	maxAttempts          int
-	maxOverrun           time.Duration
+	maxOverrun, maxClose time.Duration
 	unrecorded           []*callRec // calls whose record had not come when they ended
 }
 
 const maxExamples = 4
 
+// appendExample appends s, shortened, to list unless it holds maxExamples.
 func appendExample(list []string, s string) []string {
 	if len(list) >= maxExamples {
 		return list
@@ -858,12 +874,14 @@ func appendExample(list []string, s string) []string {
 	return append(list, s)
 }
 
+// example keeps s as an example of kind (an odd error, not a violation).
 func (t *tally) example(kind, s string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.examples[kind] = appendExample(t.examples[kind], s)
 }
 
+// violation counts a broken contract of kind, with s as an example.
 func (t *tally) violation(kind, s string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -882,12 +900,32 @@ func (t *tally) openFor(reason string, left, callLeft, paused time.Duration) {
 		left.Round(time.Millisecond), callLeft.Round(time.Millisecond), paused.Round(time.Millisecond)))
 }
 
-func (t *tally) overrun(d time.Duration) {
+// closed notes how long closing c's body took.
+func (t *tally) closed(c *callRec, d time.Duration) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.maxOverrun = max(t.maxOverrun, d)
+	if d > t.maxClose {
+		t.maxClose = d
+		t.examples["slowest Close"] = []string{fmt.Sprintf("%v for %s", d.Round(time.Millisecond), c.desc)}
+	}
 }
 
+// overrun notes that what (RoundTrip, or the body's reading and closing)
+// ended d past c's deadline (d <= 0: in time).
+func (t *tally) overrun(what string, c *callRec, d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if d > t.maxOverrun {
+		t.maxOverrun = d
+		t.examples["longest past a deadline"] = []string{fmt.Sprintf("%s ended %v past the deadline of %s",
+			what, d.Round(time.Millisecond), c.desc)}
+	}
+}
+
+// recorded counts a usage record and its attempts.
 func (t *tally) recorded(r tollgate.UsageRecord) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -934,6 +972,7 @@ type callTable struct {
 	live   map[int64]*callRec
 }
 
+// begin registers a call about to start.
 func (ct *callTable) begin(agent int, s spec) *callRec {
 	ct.mu.Lock()
 	defer ct.mu.Unlock()
@@ -945,6 +984,7 @@ func (ct *callTable) begin(agent int, s spec) *callRec {
 	return c
 }
 
+// end removes a call that has ended.
 func (ct *callTable) end(c *callRec) {
 	ct.mu.Lock()
 	defer ct.mu.Unlock()
@@ -983,6 +1023,8 @@ type countingTransport struct {
 	live      map[*countedBody]string
 }
 
+// RoundTrip counts the attempt and hands req to the base transport,
+// wrapping the response body to count its Close.
 func (t *countingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	t.attempts.Add(1)
 	t.onAttempt(req)
@@ -1002,6 +1044,7 @@ func (t *countingTransport) RoundTrip(req *http.Request) (*http.Response, error)
 // CloseIdleConnections counts the call: the chain must never make it.
 func (t *countingTransport) CloseIdleConnections() { t.closeIdle.Add(1) }
 
+// counts returns the bodies opened and closed, and those still open.
 func (t *countingTransport) counts() (opened, closed int64, open []string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -1012,12 +1055,14 @@ func (t *countingTransport) counts() (opened, closed int64, open []string) {
 	return t.opened.Load(), t.closed.Load(), open
 }
 
+// countedBody is a response body whose first Close is counted.
 type countedBody struct {
 	io.ReadCloser
 	t    *countingTransport
 	once sync.Once
 }
 
+// Close counts the body closed (once) and closes it.
 func (b *countedBody) Close() error {
 	b.once.Do(func() {
 		b.t.closed.Add(1)
@@ -1035,6 +1080,8 @@ type connTracker struct {
 	open     map[net.Conn]http.ConnState
 }
 
+// hook is the server's ConnState: it follows each connection until it is
+// closed or hijacked.
 func (c *connTracker) hook(conn net.Conn, st http.ConnState) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -1066,9 +1113,13 @@ func (c *connTracker) counts() (int, map[string]int) {
 // (the store answers again).
 type logCounter struct{ warn, info atomic.Int64 }
 
+// Enabled, WithAttrs and WithGroup make logCounter a slog.Handler that
+// sees every record.
 func (l *logCounter) Enabled(context.Context, slog.Level) bool { return true }
 func (l *logCounter) WithAttrs([]slog.Attr) slog.Handler       { return l }
 func (l *logCounter) WithGroup(string) slog.Handler            { return l }
+
+// Handle counts r by level.
 func (l *logCounter) Handle(_ context.Context, r slog.Record) error {
 	if r.Level >= slog.LevelWarn {
 		l.warn.Add(1)
@@ -1209,6 +1260,7 @@ func (p *FaultPlan) Storms(d time.Duration) []string {
 	return out
 }
 
+// inStorm reports whether a storm blows at now.
 func (p *FaultPlan) inStorm(now time.Time) bool {
 	start := p.start.Load()
 	if start == nil {
@@ -1226,6 +1278,7 @@ func (p *FaultPlan) Counts() map[string]int {
 	return clone(p.counts)
 }
 
+// count counts a fault handed out.
 func (p *FaultPlan) count(kind string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
