@@ -73,7 +73,7 @@ type Fault struct {
 	// MidStreamDeltas is how many text deltas (OpenAI: content chunks) a
 	// stream with MidStreamError or DropMidBody sends before it fails:
 	//   - 0 (the default): about half of them, at least one when there are
-	//     any, as before this field existed;
+	//     any;
 	//   - n > 0: the first n, or all of them when the reply has fewer (the
 	//     error or the drop then comes where content_block_stop, or the
 	//     finish_reason chunk, would have);
