@@ -1213,22 +1213,28 @@ func (s *HeapSampler) Stop() []HeapSample {
 	return s.samples
 }
 
-// HeapThirds returns the median heap of the first and of the last third of
-// samples.
+// HeapThirds returns the lower quartile of the live heap over the first
+// and over the last third of samples, leaving out the first sample (taken
+// before the fleet started). The lower quartile follows the heap's floor,
+// which a leak raises, rather than the peaks of the moments when many calls
+// are in progress, which are noisy (under -race especially).
 func HeapThirds(samples []HeapSample) (first, last uint64) {
+	if len(samples) > 0 {
+		samples = samples[1:]
+	}
 	n := len(samples) / 3
 	if n == 0 {
 		return 0, 0
 	}
-	median := func(ss []HeapSample) uint64 {
+	quartile := func(ss []HeapSample) uint64 {
 		v := make([]uint64, len(ss))
 		for i, s := range ss {
 			v[i] = s.HeapAlloc
 		}
 		slices.Sort(v)
-		return v[len(v)/2]
+		return v[len(v)/4]
 	}
-	return median(samples[:n]), median(samples[len(samples)-n:])
+	return quartile(samples[:n]), quartile(samples[len(samples)-n:])
 }
 
 // FaultPlan chooses the fake API's fault for each request
