@@ -28,7 +28,7 @@ import (
 
 var (
 	soakFor = flag.Duration("soak", 0,
-		"run the long soak: each of its two runs (memory store, Redis store; side by side) lasts this long; 0 runs the short soak")
+		"run the long soak: each of its two runs (memory store, Redis store; side by side) lasts this long; 0 runs the short soak (6 s each, one after the other)")
 	soakSeed = flag.Uint64("soak-seed", 0,
 		"seed of the soak's faults, agents and stalls, to replay a failure; 0 draws one (it is logged)")
 	knownBugs = flag.Bool("soak-known-bugs", false,
@@ -37,8 +37,8 @@ var (
 
 // shortDuration is each run's duration in the short soak: with the calls in
 // progress at its end (each with a deadline of at most 5 s), setup and
-// checks, the package's tests take about 10 s, under -race too.
-const shortDuration = 7 * time.Second
+// checks, the two runs one after the other take about 15 s, under -race too.
+const shortDuration = 6 * time.Second
 
 // heapTolerance bounds the long soak's heap growth: the live heap's lower
 // quartile over the last third of the samples (HeapThirds) may exceed that
@@ -55,9 +55,10 @@ const (
 // TestMain checks, after every test, that no goroutine is left running.
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// TestSoak runs two fleets of DefaultAgents side by side through tollgate.New
-// against the fake API with faults: one Transport with its own memory store,
-// one sharing a Redis store that stalls now and then. See checkRun for what
+// TestSoak runs two fleets of DefaultAgents through tollgate.New against the
+// fake API with faults (side by side in the long soak, one after the other
+// in the short one): one Transport with its own memory store, one sharing a
+// Redis store that stalls now and then. See checkRun for what
 // each must keep; after both, no goroutine may be left running and (in the
 // long soak) the heap must be flat.
 func TestSoak(t *testing.T) {
@@ -75,13 +76,22 @@ func TestSoak(t *testing.T) {
 		every = max(time.Second, d/60)
 	}
 	heap := StartHeapSampler(every)
+	// The long soak runs its fleets side by side. The short one runs them
+	// one after the other: go test runs packages in parallel, and two fleets
+	// under -race take enough of a 2-core machine to starve the timing of
+	// other packages' tests (internal/procfleet's 100 ms store timeout).
+	parallel := func(t *testing.T) {
+		if long {
+			t.Parallel()
+		}
+	}
 	t.Run("fleet", func(t *testing.T) {
 		t.Run("memory", func(t *testing.T) {
-			t.Parallel()
+			parallel(t)
 			soakMemory(t, d, seed)
 		})
 		t.Run("redis", func(t *testing.T) {
-			t.Parallel()
+			parallel(t)
 			soakRedis(t, d, seed+1)
 		})
 	})
