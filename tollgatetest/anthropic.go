@@ -232,6 +232,9 @@ func (x *exchange) dropMidBody(v any) {
 	x.w.WriteHeader(http.StatusOK)
 	_, _ = x.w.Write(b[:len(b)/2])
 	_ = http.NewResponseController(x.w).Flush()
+	if x.fault.BodyDelay > 0 {
+		x.wait(x.fault.BodyDelay)
+	}
 	panic(http.ErrAbortHandler)
 }
 
@@ -250,7 +253,7 @@ func (x *exchange) anthropicStream(t *ticket, msg *anthropicMessageBody, u promp
 	deltas := chunks(n, cfg.chunkTokens())
 	failing := x.fault != nil && (x.fault.MidStreamError || x.fault.DropMidBody)
 	for i, c := range deltas {
-		if failing && i == failAfter(len(deltas)) {
+		if failing && i == failAfter(len(deltas), x.fault.MidStreamDeltas) {
 			break
 		}
 		k := c[1] - c[0]

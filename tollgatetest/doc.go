@@ -214,7 +214,7 @@
 //
 // Config.Now drives the buckets, reset headers and Stats timeline (Clock is a
 // ready-made manual clock). Config.Latency, StreamEventDelay and
-// TimePerOutputToken, and Fault.Delay, are real waits; every wait ends early
+// TimePerOutputToken, and Fault.Delay and BodyDelay, are real waits; every wait ends early
 // when the client goes away or Close is called, and the handler then returns
 // (a reservation is settled to the tokens actually sent).
 //
@@ -223,7 +223,9 @@
 // Server.Inject queues a Fault for the next n requests; Config.FaultFunc can
 // choose one per request. Faults simulate overload (529 and other statuses,
 // with the provider's error body), retry headers, the spend cap, errors in
-// the middle of a stream, dropped connections and slow responses; see Fault.
+// the middle of a stream (after as many text deltas as a test wants, none
+// included), dropped connections and truncated bodies, slow headers and
+// slow bodies, and any extra or malformed header (Fault.Header); see Fault.
 //
 // # Stats
 //

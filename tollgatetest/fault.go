@@ -1,6 +1,7 @@
 package tollgatetest
 
 import (
+	"net/http"
 	"strconv"
 	"time"
 )
@@ -20,8 +21,8 @@ import (
 //
 // Only the "success variants" of step 5 consume rate-limit budget; the
 // others never touch the buckets. The retry headers (RetryAfter,
-// RetryAfterMS, ShouldRetry) are added to whatever response is sent,
-// including a 200. Every fault is counted in Stats.Faults under its Kind,
+// RetryAfterMS, ShouldRetry) and Header are added to whatever response is
+// sent, including a 200, and BodyDelay slows whatever body is sent. Every fault is counted in Stats.Faults under its Kind,
 // whether or not it ends up visible (a MidStreamError on a request that got
 // a 429 is still counted).
 type Fault struct {
@@ -65,8 +66,23 @@ type Fault struct {
 	//   data: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}
 	// OpenAI: data: {"error":{"message":"…","type":"server_error",…}} with no
 	// [DONE]. ErrorType and Message override the error's type and message.
-	// Non-streaming requests are served normally.
+	// MidStreamDeltas changes how many text deltas go first. Non-streaming
+	// requests are served normally.
 	MidStreamError bool
+
+	// MidStreamDeltas is how many text deltas (OpenAI: content chunks) a
+	// stream with MidStreamError or DropMidBody sends before it fails:
+	//   - 0 (the default): about half of them, at least one when there are
+	//     any;
+	//   - n > 0: the first n, or all of them when the reply has fewer (the
+	//     error or the drop then comes where content_block_stop, or the
+	//     finish_reason chunk, would have);
+	//   - negative: none; the stream fails right after its opening events
+	//     (message_start, content_block_start and ping; OpenAI: the role
+	//     chunk), before any text.
+	// It changes nothing without MidStreamError or DropMidBody, nor for a
+	// non-streaming reply (DropMidBody still sends half of its JSON).
+	MidStreamDeltas int
 
 	// DropConnection closes the connection before any response byte is
 	// written; the client sees a connection error (EOF / reset).
@@ -81,12 +97,31 @@ type Fault struct {
 
 	// Delay is waited before anything else.
 	Delay time.Duration
+
+	// BodyDelay slows the body of the response sent, whatever it is: a
+	// stream waits BodyDelay before each event after the first (on top of
+	// Config.StreamEventDelay); a JSON body (a reply, an error, a 429) is
+	// written in two halves, the first flushed with the headers and the rest
+	// BodyDelay later (DropMidBody: its half, then BodyDelay, then the
+	// abort). The request stays in flight meanwhile, and a client that goes
+	// away ends the wait, as for Delay.
+	BodyDelay time.Duration
+
+	// Header holds extra response headers, set verbatim on whatever response
+	// is sent, after the server's own (rate-limit headers, request id, the
+	// retry headers above and the limiter's retry-after), so they override
+	// them: e.g. {"Anthropic-Ratelimit-Requests-Remaining": {"-5"}} or a
+	// reset of "yesterday", to see how a client copes with malformed
+	// headers. Names are canonicalized; a name with no values removes the
+	// server's header. The body's framing headers (Content-Type,
+	// Content-Length, Cache-Control) stay the server's.
+	Header http.Header
 }
 
 // Kind names the fault for Stats.Faults, by the first of these that applies:
 // "drop_connection", "spend_limit", "status_<Status>" (e.g. "status_529"),
-// "drop_mid_body", "mid_stream_error", "delay", and "none" for a fault that
-// changes nothing but headers.
+// "drop_mid_body", "mid_stream_error", "delay", "body_delay", and "none"
+// for a fault that changes nothing but headers (RetryAfter, Header, …).
 func (f Fault) Kind() string {
 	switch {
 	case f.DropConnection:
@@ -101,6 +136,8 @@ func (f Fault) Kind() string {
 		return "mid_stream_error"
 	case f.Delay > 0:
 		return "delay"
+	case f.BodyDelay > 0:
+		return "body_delay"
 	}
 	return "none"
 }

@@ -289,3 +289,152 @@ func TestFaultKind(t *testing.T) {
 		assert.Equal(t, want, f.Kind())
 	}
 }
+
+// streamBody is a Messages body asking for a stream.
+func streamBody(prompt string, maxTokens int) string {
+	return strings.Replace(msg(prompt, maxTokens), `"max_tokens"`, `"stream":true,"max_tokens"`, 1)
+}
+
+func TestMidStreamDeltas(t *testing.T) {
+	// 40 tokens in deltas of 10: four deltas.
+	srv := newServer(t, tollgatetest.Config{OutputTokens: 40, StreamChunkTokens: 10})
+	rc := raw(t, srv)
+	for _, c := range []struct{ deltas, want int }{{-1, 0}, {0, 2}, {1, 1}, {3, 3}, {4, 4}, {9, 4}} {
+		srv.Inject(1, tollgatetest.Fault{MidStreamError: true, MidStreamDeltas: c.deltas})
+		before := srv.Stats().OutputTokens
+		_, body := rc.post("/v1/messages", streamBody("hi", 100))
+		assert.Equal(t, c.want, strings.Count(body, "event: content_block_delta"), "MidStreamDeltas %d: %s", c.deltas, body)
+		assert.True(t, strings.HasPrefix(body, "event: message_start"), body)
+		assert.True(t, strings.HasSuffix(body, "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n"), body)
+		assert.NotContains(t, body, "message_stop")
+		assert.Equal(t, 10*c.want, srv.Stats().OutputTokens-before, "MidStreamDeltas %d", c.deltas)
+
+		// OpenAI: content chunks (the role chunk carries no text).
+		srv.Inject(1, tollgatetest.Fault{MidStreamError: true, MidStreamDeltas: c.deltas})
+		_, body = rc.post("/v1/chat/completions", chat("hi", `,"stream":true`))
+		assert.Equal(t, c.want, strings.Count(body, `"delta":{"content":"`), "OpenAI, MidStreamDeltas %d: %s", c.deltas, body)
+		assert.Contains(t, body, `"role":"assistant"`)
+		assert.Contains(t, body, `"type":"server_error"`)
+		assert.NotContains(t, body, "[DONE]")
+	}
+
+	// DropMidBody honours it too: no text at all, then the connection ends.
+	srv.Inject(1, tollgatetest.Fault{DropMidBody: true, MidStreamDeltas: -1})
+	resp, err := httpClient(t).Post(srv.URL+"/v1/messages", "application/json", strings.NewReader(streamBody("hi", 100)))
+	require.NoError(t, err)
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.ErrorIs(t, err, io.ErrUnexpectedEOF)
+	assert.Contains(t, string(b), "event: ping")
+	assert.NotContains(t, string(b), "content_block_delta")
+
+	// Without a stream failure it changes nothing.
+	srv.Inject(1, tollgatetest.Fault{MidStreamDeltas: -1})
+	_, body := rc.post("/v1/messages", streamBody("hi", 100))
+	assert.Equal(t, 4, strings.Count(body, "event: content_block_delta"))
+	assert.Contains(t, body, "event: message_stop")
+}
+
+func TestFaultBodyDelay(t *testing.T) {
+	const delay = 150 * time.Millisecond
+	srv := newServer(t, tollgatetest.Config{OutputTokens: 8, StreamChunkTokens: 4})
+	c := httpClient(t)
+	post := func(path, body string) (*http.Response, time.Time) {
+		t.Helper()
+		start := time.Now()
+		resp, err := c.Post(srv.URL+path, "application/json", strings.NewReader(body))
+		require.NoError(t, err)
+		t.Cleanup(func() { resp.Body.Close() })
+		return resp, start
+	}
+
+	// JSON: the headers and the first half come at once, the rest after the
+	// delay; the request is in flight until then.
+	srv.Inject(1, tollgatetest.Fault{BodyDelay: delay})
+	resp, start := post("/v1/messages", msg("hi", 100))
+	require.Equal(t, 200, resp.StatusCode)
+	assert.Equal(t, 1, srv.Stats().InFlight, "the rest of the body is still to come")
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, time.Since(start), delay)
+	var m struct{ Type string }
+	require.NoError(t, json.Unmarshal(b, &m), "the whole document arrives: %s", b)
+	assert.Equal(t, "message", m.Type)
+
+	// An error body is slowed as well.
+	srv.Inject(1, tollgatetest.Fault{Status: 529, BodyDelay: delay})
+	resp, start = post("/v1/chat/completions", chat("hi", ""))
+	require.Equal(t, 529, resp.StatusCode)
+	b, err = io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, time.Since(start), delay)
+	assert.Contains(t, string(b), `"type":"server_error"`)
+
+	// A stream waits before each event after the first: message_start,
+	// content_block_start, ping, two deltas, content_block_stop,
+	// message_delta, message_stop make seven waits.
+	const eventDelay = 30 * time.Millisecond
+	srv.Inject(1, tollgatetest.Fault{BodyDelay: eventDelay})
+	resp, start = post("/v1/messages", streamBody("hi", 100))
+	b, err = io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, time.Since(start), 7*eventDelay)
+	assert.Equal(t, 8, strings.Count(string(b), "event: "), string(b))
+
+	// A client that goes away ends the wait.
+	srv.Inject(1, tollgatetest.Fault{BodyDelay: time.Hour})
+	resp, _ = post("/v1/messages", msg("hi", 100))
+	require.Equal(t, 200, resp.StatusCode)
+	resp.Body.Close()
+	require.Eventually(t, func() bool { return srv.Stats().InFlight == 0 }, 5*time.Second, 5*time.Millisecond)
+
+	assert.Equal(t, 3, srv.Stats().Faults["body_delay"])
+	assert.Equal(t, "body_delay", tollgatetest.Fault{BodyDelay: time.Second, RetryAfter: "1"}.Kind())
+	assert.Equal(t, "delay", tollgatetest.Fault{BodyDelay: time.Second, Delay: time.Second}.Kind())
+}
+
+func TestFaultHeader(t *testing.T) {
+	clock := tollgatetest.NewClock(t0)
+	srv := newServer(t, tollgatetest.Config{Now: clock.Now, RequestsPerMinute: 2})
+	rc := raw(t, srv)
+	f := tollgatetest.Fault{Header: http.Header{
+		"anthropic-ratelimit-requests-remaining": {"-5"}, // lower case: canonicalized
+		"Anthropic-Ratelimit-Requests-Reset":     {"yesterday"},
+		"X-Extra":                                {"a", "b"},
+		"Request-Id":                             nil, // removed
+		"Content-Type":                           {"text/plain"},
+	}}
+	srv.Inject(1, f)
+	resp, body := rc.post("/v1/messages", msg("hi", 10))
+	require.Equal(t, 200, resp.StatusCode)
+	assert.Equal(t, []string{"-5"}, resp.Header.Values("anthropic-ratelimit-requests-remaining"), "overrides the server's")
+	assert.Equal(t, "yesterday", resp.Header.Get("anthropic-ratelimit-requests-reset"))
+	assert.Equal(t, "2", resp.Header.Get("anthropic-ratelimit-requests-limit"), "the others stay")
+	assert.Equal(t, []string{"a", "b"}, resp.Header.Values("x-extra"))
+	assert.Empty(t, resp.Header.Values("request-id"))
+	assert.Equal(t, "application/json", resp.Header.Get("Content-Type"), "framing headers are the server's")
+	assert.Contains(t, body, `"type":"message"`)
+
+	// On a stream, a limiter 429 (whose retry-after it overrides) and an
+	// injected error.
+	srv.Inject(1, f)
+	resp, body = rc.post("/v1/messages", streamBody("hi", 10))
+	require.Equal(t, 200, resp.StatusCode)
+	assert.Equal(t, "-5", resp.Header.Get("anthropic-ratelimit-requests-remaining"))
+	assert.Equal(t, "text/event-stream; charset=utf-8", resp.Header.Get("Content-Type"))
+	assert.Contains(t, body, "event: message_stop")
+
+	srv.Inject(1, tollgatetest.Fault{Header: http.Header{"Retry-After": {"abc"}}})
+	resp, _ = rc.post("/v1/messages", msg("hi", 10))
+	require.Equal(t, 429, resp.StatusCode, "two requests a minute are spent")
+	assert.Equal(t, "abc", resp.Header.Get("retry-after"))
+	assert.Equal(t, 1, srv.Stats().RateLimited)
+
+	srv.Inject(1, tollgatetest.Fault{Status: 529, Header: http.Header{"X-Ratelimit-Remaining-Requests": {"99999999999999999999999"}}})
+	resp, _ = rc.post("/v1/chat/completions", chat("hi", ""))
+	require.Equal(t, 529, resp.StatusCode)
+	assert.Equal(t, "99999999999999999999999", resp.Header.Get("x-ratelimit-remaining-requests"))
+	assert.Equal(t, "2", resp.Header.Get("x-ratelimit-limit-requests"))
+
+	assert.Equal(t, 3, srv.Stats().Faults["none"], "a fault that changes only headers")
+}

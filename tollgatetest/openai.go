@@ -218,7 +218,7 @@ func (x *exchange) openAIStream(t *ticket, id string, created int64, model strin
 	deltas := chunks(n, cfg.chunkTokens())
 	failing := x.fault != nil && (x.fault.MidStreamError || x.fault.DropMidBody)
 	for i, c := range deltas {
-		if failing && i == failAfter(len(deltas)) {
+		if failing && i == failAfter(len(deltas), x.fault.MidStreamDeltas) {
 			break
 		}
 		k := c[1] - c[0]

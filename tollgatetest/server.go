@@ -506,6 +506,12 @@ func (x *exchange) setHeaders() {
 		if f.ShouldRetry != "" {
 			h.Set("x-should-retry", f.ShouldRetry)
 		}
+		for name, values := range f.Header {
+			h.Del(name)
+			for _, v := range values {
+				h.Add(name, v)
+			}
+		}
 	}
 }
 
@@ -600,6 +606,16 @@ func (x *exchange) writeJSON(status int, v any) {
 	h.Set("Content-Type", "application/json")
 	h.Set("Content-Length", strconv.Itoa(len(b)))
 	x.w.WriteHeader(status)
+	if f := x.fault; f != nil && f.BodyDelay > 0 {
+		// Fault.BodyDelay: the first half now, the rest after the delay.
+		half := len(b) / 2
+		_, _ = x.w.Write(b[:half])
+		_ = http.NewResponseController(x.w).Flush()
+		if !x.wait(f.BodyDelay) {
+			return
+		}
+		b = b[half:]
+	}
 	x.end()
 	_, _ = x.w.Write(b)
 }
@@ -916,6 +932,9 @@ func (st *sse) write(name string, data any, extra time.Duration, last *ticket) b
 	d := extra
 	if st.count > 0 {
 		d += st.x.s.cfg.StreamEventDelay
+		if f := st.x.fault; f != nil {
+			d += f.BodyDelay
+		}
 	}
 	if !st.x.wait(d) {
 		return false
@@ -955,10 +974,14 @@ func chunks(n, size int) [][2]int {
 }
 
 // failAfter is how many deltas a stream with a MidStreamError or DropMidBody
-// fault sends before failing: about half, at least one when there are any.
-func failAfter(deltas int) int {
-	if deltas == 0 {
+// fault sends before failing: what Fault.MidStreamDeltas says (want), and by
+// default about half, at least one when there are any.
+func failAfter(deltas, want int) int {
+	switch {
+	case want < 0 || deltas == 0:
 		return 0
+	case want > 0:
+		return min(want, deltas)
 	}
 	return max(1, deltas/2)
 }
