@@ -40,6 +40,7 @@ import (
 // Observe layer is put under the layer when next has none of s's inside it.
 func Breaker(s *State) Middleware {
 	s = orNewState(s)
+	s.pausing.Store(true)
 	return func(next http.RoundTripper) http.RoundTripper {
 		return &breakerLayer{state: s, next: s.observed(next)}
 	}
@@ -176,16 +177,7 @@ func (l *breakerLayer) RoundTrip(req *http.Request) (resp *http.Response, err er
 	p, ctx := c.pool, req.Context()
 	ticket, probe, err := p.admitBreaker(ctx, c)
 	if err != nil {
-		closeRequestBody(req)
-		if rp, ok := err.(*replay); ok {
-			resp := rp.response(req)
-			ex.responded(response{status: resp.StatusCode, headers: parseHeaders(resp.Header, rp.now), apiErr: rp.answer.apiErr},
-				rp.answer.body)
-			ex.fail(nil)
-			return resp, nil
-		}
-		ex.fail(err)
-		return nil, err
+		return refuse(req, ex, err)
 	}
 	defer func() {
 		if ticket != nil { // next panicked: free the probe slot
@@ -446,21 +438,11 @@ func (p *pool) judge(ctx context.Context, ex *exchange, resp *http.Response, err
 		}
 		return verdict{err: errFailure, failure: "connection failure"}
 	}
-	now := p.state.cfg.clock.Now()
 	r := ex.result()
-	p.mu.Lock()
-	typical := p.circuit.typical
-	p.mu.Unlock()
-	wait, short := refillPause(r.headers, typical, cmp.Or(ex.sendTime(), now), now)
-	switch tooMany := r.status == http.StatusTooManyRequests; {
-	case tooMany && isSpendCap(r.apiErr):
-		return verdict{err: errPause, pause: &pause{until: now.Add(p.state.cfg.breaker.spendLimitPause),
-			reason: "spend limit reached", cause: r.apiErr, refuse: true}}
-	case tooMany && r.headers.HasRetryAfter:
-		return verdict{err: errPause, pause: &pause{until: now.Add(r.headers.RetryAfter), reason: "retry-after",
-			answer: answerOf(ex, resp)}}
-	case wait > 0 && (tooMany || r.status < 400):
-		return verdict{err: errPause, pause: &pause{until: now.Add(wait), reason: Dimension(short).String() + " refill"}}
+	tooMany := r.status == http.StatusTooManyRequests
+	switch q := ex.pauseTaken(); {
+	case q != nil:
+		return verdict{err: errPause, pause: q}
 	case tooMany && r.headers.ShouldRetry == ShouldRetryFalse:
 		return verdict{err: errExcluded} // this request can never go (larger than the limit)
 	case tooMany:
@@ -473,6 +455,27 @@ func (p *pool) judge(ctx context.Context, ex *exchange, resp *http.Response, err
 		return verdict{err: errExcluded}
 	}
 	return verdict{}
+}
+
+// pauseFor returns the pause a response asks every caller of the pool to
+// take, nil for none: the spend cap, a 429's retry-after, or a limit short
+// of what the next typical request needs (on a success or a 429). It is
+// taken where the headers are read (Observe), before anything else of the
+// pool can admit another attempt. answer is the server's 429 to replay;
+// nil when its error document is not known whole.
+func (p *pool) pauseForLocked(r response, sentAt, now time.Time, answer *serverAnswer) *pause {
+	tooMany := r.status == http.StatusTooManyRequests
+	switch {
+	case tooMany && isSpendCap(r.apiErr):
+		return &pause{until: now.Add(p.state.cfg.breaker.spendLimitPause), reason: "spend limit reached", cause: r.apiErr, refuse: true}
+	case tooMany && r.headers.HasRetryAfter:
+		return &pause{until: now.Add(r.headers.RetryAfter), reason: "retry-after", answer: answer}
+	case tooMany || r.status < 400:
+		if wait, short := refillPause(r.headers, p.circuit.typical, sentAt, now); wait > 0 {
+			return &pause{until: now.Add(wait), reason: Dimension(short).String() + " refill"}
+		}
+	}
+	return nil
 }
 
 func serverWait(h RateLimitHeaders) *time.Duration {
@@ -570,8 +573,8 @@ func refillPause(h RateLimitHeaders, typical typicalCost, sentAt, now time.Time)
 			continue
 		}
 		r := h.Limits[d]
-		if !r.HasRemaining {
-			continue
+		if !r.HasRemaining || r.HasLimit && r.Limit <= 0 {
+			continue // a limit of zero is none to pace by, as for the budget
 		}
 		available := float64(r.Remaining) + rounding[d]
 		if r.HasLimit && r.Limit > 0 {

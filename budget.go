@@ -51,9 +51,7 @@ func (b *budgeter) RoundTrip(req *http.Request) (*http.Response, error) {
 	p := c.pool
 	r, err := p.admit(req.Context(), c)
 	if err != nil {
-		closeRequestBody(req)
-		ex.fail(err)
-		return nil, err
+		return refuse(req, ex, err)
 	}
 	ex.whenDone(r)
 	resp, err := b.next.RoundTrip(req)
@@ -391,7 +389,16 @@ func (p *pool) admit(ctx context.Context, c *call) (*reservation, error) {
 	p.budget.queue = append(p.budget.queue, r)
 	for {
 		now := clock.Now()
-		if w.err == nil && p.mayAskLocked(r) {
+		switch {
+		case w.err != nil || !p.mayAskLocked(r):
+		case p.pause.until.After(now):
+			// The pool is paused: nothing is asked of the store until the
+			// pause is over, and a caller that cannot wait it out is
+			// answered as the Breaker answers it.
+			w.woken = false
+			w.err = p.hopelessLocked(ctx, now, start)
+			w.retryAt, w.timed = p.pause.until, true
+		default:
 			w.woken = false
 			p.askLocked(r, start) // unlocks around the store call
 			now = clock.Now()

@@ -180,7 +180,8 @@ type exchange struct {
 	status      int       // 0 when no response arrived
 	headers     RateLimitHeaders
 	apiErr      *APIError // the error document of a non-2xx response, when it had one
-	errorBody   []byte    // the start (up to maxErrorBody) of a non-2xx response's body
+	errorBody   []byte    // a non-2xx response's error document, when read whole
+	pause       *pause // the pause the response asked for, taken when its headers were read
 	usage       usage.Usage
 	err         error // transport error, refusal, or the error that ended the body
 	output      bool  // the body showed output, or ended
@@ -297,7 +298,22 @@ func (ex *exchange) result() response {
 	return response{ex.status, ex.headers, ex.apiErr}
 }
 
-// errorDocument returns the start of an error response's body.
+// tookPause records the pause the response asked for (nil for none).
+func (ex *exchange) tookPause(q *pause) {
+	ex.mu.Lock()
+	ex.pause = q
+	ex.mu.Unlock()
+}
+
+// pauseTaken returns the pause the response asked for, nil for none.
+func (ex *exchange) pauseTaken() *pause {
+	ex.mu.Lock()
+	defer ex.mu.Unlock()
+	return ex.pause
+}
+
+// errorDocument returns an error response's whole error document; nil when
+// it was not read whole.
 func (ex *exchange) errorDocument() []byte {
 	ex.mu.Lock()
 	defer ex.mu.Unlock()

@@ -72,17 +72,25 @@ func (o *observer) RoundTrip(req *http.Request) (*http.Response, error) {
 		ex.fail(err)
 		return nil, err
 	}
-	r := response{status: resp.StatusCode, headers: parseHeaders(resp.Header, clock.Now())}
-	var head []byte
+	now := clock.Now()
+	r := response{status: resp.StatusCode, headers: parseHeaders(resp.Header, now)}
+	var document []byte // the error document, when read whole
 	if resp.StatusCode >= 300 && resp.Body != nil {
-		head, _ = io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+		head, err := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 		if e, ok := usage.ParseError(head); ok {
 			r.apiErr = (*APIError)(&e)
 		}
+		if err == nil && len(head) < maxErrorBody {
+			document = head
+		}
 		resp.Body = readCloser{io.MultiReader(bytes.NewReader(head), resp.Body), resp.Body}
 	}
-	ex.responded(r, head)
-	c.pool.observe(resp.StatusCode, r.headers)
+	ex.responded(r, document)
+	var answer *serverAnswer
+	if r.status == http.StatusTooManyRequests && document != nil {
+		answer = &serverAnswer{status: r.status, header: resp.Header.Clone(), body: document, apiErr: r.apiErr}
+	}
+	ex.tookPause(c.pool.observe(req.Context(), c, r, ex.sendTime(), answer))
 
 	if resp.Body == nil || resp.StatusCode == http.StatusSwitchingProtocols {
 		ex.finish(usage.Usage{}, nil)

@@ -92,9 +92,21 @@ type serverAnswer struct {
 	apiErr *APIError
 }
 
-// answerOf keeps what resp said: its status, headers and error body.
-func answerOf(ex *exchange, resp *http.Response) *serverAnswer {
-	return &serverAnswer{status: resp.StatusCode, header: resp.Header.Clone(), body: ex.errorDocument(), apiErr: ex.result().apiErr}
+
+// refuse answers an attempt a layer will not send: with the server's 429
+// replayed, recorded as the attempt's response, when err is a *replay; else
+// with err. Either way the attempt is complete.
+func refuse(req *http.Request, ex *exchange, err error) (*http.Response, error) {
+	closeRequestBody(req)
+	if rp, ok := err.(*replay); ok {
+		resp := rp.response(req)
+		ex.responded(response{status: resp.StatusCode, headers: parseHeaders(resp.Header, rp.now), apiErr: rp.answer.apiErr},
+			rp.answer.body)
+		ex.fail(nil)
+		return resp, nil
+	}
+	ex.fail(err)
+	return nil, err
 }
 
 // replay is the breaker's refusal in wait mode of a pause the server asked

@@ -1,6 +1,7 @@
 package tollgate
 
 import (
+	"context"
 	"net/http"
 	"sync"
 	"time"
@@ -56,10 +57,27 @@ func newPool(s *State, k Key, ep *endpoint) *pool {
 	return p
 }
 
-// observe records one response's headers and status.
-func (p *pool) observe(status int, h RateLimitHeaders) {
+// observe records one response's headers and status and, when the State
+// has a Breaker layer, takes the pause the response asks for, if any, which
+// it returns: as the headers are read, before anything else of the pool can
+// admit another attempt. ctx and c are the attempt's.
+func (p *pool) observe(ctx context.Context, c *call, r response, sentAt time.Time, answer *serverAnswer) *pause {
 	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.recordLocked(r.status, r.headers)
+	var q *pause
+	if p.state.pausing.Load() {
+		q = p.pauseForLocked(r, sentAt, p.state.cfg.clock.Now(), answer)
+		if q != nil {
+			p.extendLocked(*q, false)
+		}
+	}
+	p.unlock(ctx, c)
+	return q
+}
+
+// recordLocked merges one response's headers into the readings and counts
+// its status.
+func (p *pool) recordLocked(status int, h RateLimitHeaders) {
 	merged := &p.readings
 	for d := range merged.Limits {
 		merged.Limits[d] = merged.Limits[d].merge(h.Limits[d])

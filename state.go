@@ -27,6 +27,10 @@ type State struct {
 
 	telOnce sync.Once
 	tel     *telemetry // the Trace layer's instruments, made on first use
+
+	// pausing says a Breaker layer of this State exists: the pauses
+	// responses ask for are then taken as their headers are read.
+	pausing atomic.Bool
 }
 
 // maxCachedFamilies bounds the cache, so that requests naming ever new
