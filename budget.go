@@ -53,6 +53,10 @@ func (b *budgeter) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return refuse(req, ex, err)
 	}
+	ex.account(func(a *accounting) {
+		a.known, a.output = true, r.output
+		a.estInput, a.estCachedInput, a.estOutput = int64(r.cost[InputTokens]), r.cachedTokens, int64(r.cost[OutputTokens])
+	})
 	ex.whenDone(r)
 	resp, err := b.next.RoundTrip(req)
 	if resp != nil {
@@ -305,8 +309,10 @@ type reservation struct {
 	model       string
 	// blocks is the prompt in cache order when it has breakpoints;
 	// cachedBytes the part of it predicted read from the cache.
-	blocks      []reqscan.Block
-	cachedBytes int64
+	blocks       []reqscan.Block
+	cachedBytes  int64
+	cachedTokens int64            // cachedBytes at the learned ratio
+	output       OutputAccounting // how its output is counted
 	// counted is what the server counted of it, input and output, once
 	// settled.
 	counted [2]int64

@@ -181,13 +181,39 @@ type exchange struct {
 	headers     RateLimitHeaders
 	apiErr      *APIError // the error document of a non-2xx response, when it had one
 	errorBody   []byte    // a non-2xx response's error document, when read whole
-	pause       *pause // the pause the response asked for, taken when its headers were read
+	pause       *pause    // the pause the response asked for, taken when its headers were read
+	accounting  accounting
 	usage       usage.Usage
 	err         error // transport error, refusal, or the error that ended the body
 	output      bool  // the body showed output, or ended
 	done        bool
 	onOutput    hooks
 	onDone      hooks
+}
+
+// accounting is what the Budget layer estimated an attempt would cost and
+// what the server counted, for the Trace layer.
+type accounting struct {
+	known                               bool // the Budget layer admitted the attempt
+	estInput, estCachedInput, estOutput int64
+	output                              OutputAccounting
+	counted                             bool // the attempt was settled to reported usage
+	countedInput, countedOutput         int64
+}
+
+// account records what the Budget layer estimated, or (counted) what the
+// server counted.
+func (ex *exchange) account(f func(*accounting)) {
+	ex.mu.Lock()
+	f(&ex.accounting)
+	ex.mu.Unlock()
+}
+
+// accounted returns what account recorded.
+func (ex *exchange) accounted() accounting {
+	ex.mu.Lock()
+	defer ex.mu.Unlock()
+	return ex.accounting
 }
 
 // An exchangeHook is told of a moment in an exchange's life: its first

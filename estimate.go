@@ -175,11 +175,13 @@ func (p *pool) estimateLocked(r *reservation, info *requestInfo) {
 		r.cachedBytes, _ = b.cache.predict(p.state.cfg.clock.Now(), info.Blocks)
 	}
 	in := math.Ceil(float64(info.PromptBytes-r.cachedBytes)/b.ratio.divisor()) + float64(info.Images)*imageTokens
+	r.cachedTokens = int64(math.Round(float64(r.cachedBytes) / b.ratio.mean))
 	maxOut := float64(DefaultOutputTokens)
 	if info.MaxTokens > 0 {
 		maxOut = float64(info.MaxTokens)
 	}
 	out := maxOut
+	r.output = b.output
 	if b.output == CountAsProduced {
 		est, ok := b.produced.high()
 		if !ok {

@@ -72,6 +72,7 @@ type instruments struct {
 	wait        metric.Float64Histogram
 	retries     metric.Int64Counter
 	rateLimited metric.Int64Counter
+	estimate    metric.Int64Histogram
 }
 
 // telemetry returns s's telemetry, creating its tracer and instruments on
@@ -85,6 +86,8 @@ func (s *State) telemetry() *telemetry {
 var (
 	durationBuckets = []float64{0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92}
 	tokenBuckets    = []float64{1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864}
+	// estimateBuckets span an estimate's error either way, in tokens.
+	estimateBuckets = []float64{-16384, -4096, -1024, -256, -64, -16, 0, 16, 64, 256, 1024, 4096, 16384}
 )
 
 func newTelemetry(s *State) *telemetry {
@@ -120,6 +123,11 @@ func newTelemetry(s *State) *telemetry {
 	in.rateLimited, err = m.Int64Counter("tollgate.rate_limited", metric.WithUnit("{response}"),
 		metric.WithDescription("429 responses, by the limit that was exhausted."))
 	keep(err)
+	in.estimate, err = m.Int64Histogram("tollgate.estimate.error", metric.WithUnit("{token}"),
+		metric.WithDescription("What the budget charged an attempt before it was sent, less what the server counted, "+
+			"by token type (input, output): above zero the attempt held more than it needed, below zero less."),
+		metric.WithExplicitBucketBoundaries(estimateBuckets...))
+	keep(err)
 	keep(registerGauges(m, s))
 	if err := errors.Join(errs...); err != nil {
 		otel.Handle(fmt.Errorf("tollgate: creating instruments: %w", err))
@@ -138,6 +146,9 @@ func (in *instruments) orNoop() {
 	}
 	if in.rateLimited == nil {
 		in.rateLimited, _ = n.Int64Counter("")
+	}
+	if in.estimate == nil {
+		in.estimate, _ = n.Int64Histogram("")
 	}
 }
 
@@ -205,6 +216,7 @@ type poolSets struct {
 	key       attribute.Set // provider, family
 	dimension [NumDimensions]attribute.Set
 	wait      map[string]attribute.Set // by cause
+	estimate  [2]attribute.Set         // input, output
 	reasons   sync.Map                 // retry or rate-limit reason → attribute.Set
 	count     atomic.Int32
 }
@@ -224,6 +236,7 @@ func (p *pool) metricSets() *poolSets {
 		for _, cause := range []string{"budget", "pause", "backoff"} {
 			s.wait[cause] = with(waitCauseKey.String(cause))
 		}
+		s.estimate = [2]attribute.Set{with(semconv.GenAITokenTypeInput), with(semconv.GenAITokenTypeOutput)}
 		p.sets = s
 	})
 	return p.sets
@@ -324,6 +337,14 @@ const (
 	breakerFromKey   = attribute.Key("tollgate.breaker.from")
 	breakerToKey     = attribute.Key("tollgate.breaker.to")
 	breakerReasonKey = attribute.Key("tollgate.breaker.reason")
+	// What the budget charged the last attempt before it was sent, and what
+	// the server counted of it (tokens), and how output was counted.
+	estInputKey      = attribute.Key("tollgate.estimate.input_tokens")
+	estCachedKey     = attribute.Key("tollgate.estimate.cache_read.input_tokens")
+	estOutputKey     = attribute.Key("tollgate.estimate.output_tokens")
+	countedInputKey  = attribute.Key("tollgate.counted.input_tokens")
+	countedOutputKey = attribute.Key("tollgate.counted.output_tokens")
+	outputAccountKey = attribute.Key("tollgate.output.accounting")
 )
 
 // dimensionAttrs are the span attribute keys of each dimension's reading,

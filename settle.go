@@ -64,6 +64,8 @@ func (r *reservation) exchanged(ex *exchange) {
 		p.settleUsageLocked(r, status, u)
 		if status < 300 && u.Reported {
 			p.reservedEvidenceLocked(r, float64(u.OutputTokens))
+			in, out := r.counted[0], r.counted[1]
+			defer ex.account(func(a *accounting) { a.counted, a.countedInput, a.countedOutput = true, in, out })
 		}
 	}
 	p.syncLocked(r, true)

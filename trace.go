@@ -322,11 +322,13 @@ func (ct *callTrace) end(status int, err error) {
 		u         usage.Usage
 		bodyErr   error
 		firstByte time.Time
+		acct      accounting
 	)
 	if ex := c.lastExchange(); ex != nil {
 		r = ex.result()
 		u, bodyErr = ex.outcome()
 		firstByte = ex.firstByte()
+		acct = ex.accounted()
 	}
 	if r.status == 0 {
 		r.status = status
@@ -342,11 +344,16 @@ func (ct *callTrace) end(status int, err error) {
 	// A span nobody records (the no-op provider, the default) is not worth
 	// its attributes: this runs once per call.
 	if span.IsRecording() {
-		ct.annotate(now, err, errType, r, attempts, waits, u, ttfc)
+		ct.annotate(now, err, errType, r, attempts, waits, u, ttfc, acct)
 	}
 	span.End(trace.WithTimestamp(now))
 
 	ct.recordMetrics(u, errType, now.Sub(c.start), ttfc)
+	if acct.known && acct.counted {
+		sets := c.pool.metricSets()
+		ct.tel.inst.estimate.Record(ct.ctx, acct.estInput-acct.countedInput, metric.WithAttributeSet(sets.estimate[0]))
+		ct.tel.inst.estimate.Record(ct.ctx, acct.estOutput-acct.countedOutput, metric.WithAttributeSet(sets.estimate[1]))
+	}
 	if record := c.state.cfg.telemetry.recordUsage; record != nil {
 		record(ct.ctx, c.usageRecord(now, r, u, errType, attempts, waits))
 	}
@@ -403,7 +410,7 @@ func endRefused(span trace.Span, now time.Time, err error) {
 
 // annotate sets the attributes and the status of a finished call's span.
 func (ct *callTrace) annotate(now time.Time, err error, errType string, r response, attempts int,
-	waits Waits, u usage.Usage, ttfc time.Duration) {
+	waits Waits, u usage.Usage, ttfc time.Duration, acct accounting) {
 	buf := getAttrs()
 	defer putAttrs(buf)
 	attrs := append(*buf,
@@ -445,6 +452,7 @@ func (ct *callTrace) annotate(now time.Time, err error, errType string, r respon
 		}
 	}
 	attrs = append(attrs, tierKey.String(ct.call.pool.tier()))
+	attrs = acct.appendAttrs(attrs)
 	span := ct.span
 	if errType != "" {
 		attrs = append(attrs, semconv.ErrorTypeKey.String(errType))
@@ -455,6 +463,19 @@ func (ct *callTrace) annotate(now time.Time, err error, errType string, r respon
 	}
 	span.SetAttributes(attrs...)
 	*buf = attrs
+}
+
+// appendAttrs appends the span attributes of what the budget estimated and
+// what the server counted.
+func (a accounting) appendAttrs(attrs []attribute.KeyValue) []attribute.KeyValue {
+	if a.known {
+		attrs = append(attrs, estInputKey.Int64(a.estInput), estCachedKey.Int64(a.estCachedInput),
+			estOutputKey.Int64(a.estOutput), outputAccountKey.String(a.output.String()))
+	}
+	if a.counted {
+		attrs = append(attrs, countedInputKey.Int64(a.countedInput), countedOutputKey.Int64(a.countedOutput))
+	}
+	return attrs
 }
 
 // recordMetrics records the GenAI client metrics of a finished call; ttfc
