@@ -300,6 +300,7 @@ func (b *budgetState) limitsKnown() bool { return b.limits != [NumDimensions]int
 // admission until it is settled.
 type reservation struct {
 	p           *pool
+	info        *requestInfo           // the request's
 	cost        [NumDimensions]float64 // what the attempt asks for
 	charged     [NumDimensions]float64 // what it is charged now
 	sentAt      time.Time              // when it may be sent, on this process's clock
@@ -391,7 +392,7 @@ func (p *pool) admit(ctx context.Context, c *call) (*reservation, error) {
 			c.addWait("budget", clock.Now().Sub(start))
 		}
 	}()
-	p.estimateLocked(r, &c.info)
+	r.info = &c.info
 	p.budget.queue = append(p.budget.queue, r)
 	for {
 		now := clock.Now()
@@ -470,6 +471,10 @@ func (p *pool) askLocked(r *reservation, start time.Time) {
 	w := &r.waiter
 	clock, g := p.state.cfg.clock, p.state.guard
 	st := g.pick()
+	// Estimated when it asks, not when it queued: what the pool has learned
+	// meanwhile (the bytes per token, the prompt cache, what calls produce)
+	// counts.
+	p.estimateLocked(r, r.info)
 	a := Admission{Limits: p.budget.limits, Cost: r.cost, MaxWait: grantAhead(w.ctx)}
 	a.Start, a.HasStart = p.startLevelsLocked(clock.Now())
 	a.Settle = p.takeSettlementsLocked(st)

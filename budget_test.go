@@ -69,7 +69,10 @@ func newBgtRigOn(t *testing.T, clk *fakeclock.Clock, opts ...tollgate.Option) *b
 		rig.records[seq] = rec
 		rig.mu.Unlock()
 	})
-	rig.s = tollgate.NewState(append([]tollgate.Option{tollgate.WithClock(rig.clk), record}, opts...)...)
+	rig.s = tollgate.NewState(append([]tollgate.Option{tollgate.WithClock(rig.clk), record,
+		// Each attempt holds its max_tokens of output: the figures below are
+		// whole numbers of them. (Tests of the other rule say so.)
+		tollgate.WithOutputAccounting(tollgate.ReserveMaxTokens)}, opts...)...)
 	base := bgtBase(func(req *http.Request) (*http.Response, error) {
 		rig.mu.Lock()
 		rig.sent = append(rig.sent, req.Header.Get("X-Seq"))

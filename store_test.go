@@ -51,7 +51,10 @@ func stoNewRig(t *testing.T, clk *fakeclock.Clock, opts ...tollgate.Option) *sto
 		rig.records = append(rig.records, rec)
 		rig.mu.Unlock()
 	})
-	rig.s = tollgate.NewState(append([]tollgate.Option{tollgate.WithClock(clk), record}, opts...)...)
+	rig.s = tollgate.NewState(append([]tollgate.Option{tollgate.WithClock(clk), record,
+		// Each attempt holds its max_tokens of output: the figures below are
+		// whole numbers of them. (Tests of the other rule say so.)
+		tollgate.WithOutputAccounting(tollgate.ReserveMaxTokens)}, opts...)...)
 	base := stoBase(func(req *http.Request) (*http.Response, error) {
 		rig.mu.Lock()
 		rig.sent++

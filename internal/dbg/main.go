@@ -30,13 +30,14 @@ func main() {
 			OutputAccounting: tollgatetest.CountAsProduced, RoundRemaining: tollgatetest.RoundNearest,
 			Latency: 500 * time.Millisecond, TimePerOutputToken: 10 * time.Millisecond}}
 	go func() {
-		for range time.Tick(5 * time.Second) {
+		for range time.Tick(2 * time.Second) {
 			if t := rt.Load(); t != nil {
 				for _, k := range t.Snapshot().Keys {
 					b := k.Budget
-					fmt.Fprintf(os.Stderr, "%s out=%s/%s est=%.0f bpt=%.2f prefixes=%d inflight=%d waiting=%d lvl in=%.0f out=%.0f\n",
-						k.Key, b.Output, b.OutputSource, b.ProducedEstimate, b.BytesPerToken, b.CachedPrefixes, b.InFlight, b.Waiting,
-						b.Dimensions[tollgate.InputTokens].Level, b.Dimensions[tollgate.OutputTokens].Level)
+					fmt.Fprintf(os.Stderr, "brk=%s/%s typ=%.0f/%.0f out=%s est=%.0f bpt=%.2f prefixes=%d inflight=%d waiting=%d lvl rq=%.1f in=%.0f out=%.0f\n",
+						k.Breaker.State, k.Breaker.Reason, k.Breaker.TypicalInputTokens, k.Breaker.TypicalOutputTokens,
+						b.Output, b.ProducedEstimate, b.BytesPerToken, b.CachedPrefixes, b.InFlight, b.Waiting,
+						b.Dimensions[tollgate.Requests].Level, b.Dimensions[tollgate.InputTokens].Level, b.Dimensions[tollgate.OutputTokens].Level)
 				}
 			}
 		}
