@@ -92,7 +92,6 @@ type serverAnswer struct {
 	apiErr *APIError
 }
 
-
 // refuse answers an attempt a layer will not send: with the server's 429
 // replayed, recorded as the attempt's response, when err is a *replay; else
 // with err. Either way the attempt is complete.
