@@ -24,7 +24,7 @@ func main() {
 		return &fleet.Target{Client: anthropic.NewClient(option.WithBaseURL(env.BaseURL), option.WithAPIKey(env.APIKey),
 			option.WithHTTPClient(&http.Client{Transport: t}), option.WithMaxRetries(0))}, nil
 	}}
-	cfg := fleet.Config{Agents: 16, Duration: 90 * time.Second, Workload: fleet.WorkloadAgents, MaxTokens: 8192, Seed: 1,
+	cfg := fleet.Config{Agents: 16, Duration: 60 * time.Second, Workload: fleet.WorkloadAgents, MaxTokens: 8192, Seed: 1,
 		Limits: fleet.Tier1,
 		Server: tollgatetest.Config{RequestsPerMinute: 50, InputTokensPerMinute: 30000, OutputTokensPerMinute: 8000,
 			OutputAccounting: tollgatetest.CountAsProduced, RoundRemaining: tollgatetest.RoundNearest,
