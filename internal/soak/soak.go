@@ -158,7 +158,7 @@ func NewHarness(cfg Config) *Harness {
 		conns: &connTracker{open: map[net.Conn]http.ConnState{}},
 		logs:  &logCounter{},
 		calls: &callTable{live: map[int64]*callRec{}},
-		tally: &tally{outcomes: map[string]int{}, violations: map[string]int{}, knownBugs: map[string]int{},
+		tally: &tally{outcomes: map[string]int{}, violations: map[string]int{},
 			examples: map[string][]string{}},
 	}
 	h.API = tollgatetest.NewHandler(tollgatetest.Config{
@@ -742,9 +742,6 @@ type Report struct {
 	// each, and of odd errors.
 	Violations map[string]int
 	Examples   map[string][]string
-	// KnownBugs counts broken contracts that known bugs explain, by the
-	// bug's KnownBug… name.
-	KnownBugs map[string]int
 	// Records counts usage records; LostRecords the calls without one,
 	// DuplicateRecords those with more than one.
 	Records, LostRecords, DuplicateRecords int
@@ -778,8 +775,7 @@ func (h *Harness) Report() Report {
 		Name: h.cfg.Name, Seed: h.cfg.Seed, Agents: h.cfg.Agents, Wall: h.wall, Drain: h.drain,
 		Calls: t.calls, OK: t.outcomes["status 200, complete"],
 		Outcomes: clone(t.outcomes), Violations: clone(t.violations), Examples: map[string][]string{},
-		KnownBugs: clone(t.knownBugs),
-		Records:   t.records, DuplicateRecords: t.duplicates, StatusMismatches: t.statusMismatches,
+		Records: t.records, DuplicateRecords: t.duplicates, StatusMismatches: t.statusMismatches,
 		Attempts: t.attempts, Retries: t.attempts - t.attempted, MaxAttempts: t.maxAttempts,
 		Sent:       int(h.base.attempts.Load()),
 		MaxOverrun: t.maxOverrun, MaxClose: t.maxClose,
@@ -831,9 +827,6 @@ func (r Report) String() string {
 	if len(r.Violations) > 0 {
 		fmt.Fprintf(&b, "VIOLATIONS:%s\n", sortedCounts(r.Violations))
 	}
-	if len(r.KnownBugs) > 0 {
-		fmt.Fprintf(&b, "known bugs:%s\n", sortedCounts(r.KnownBugs))
-	}
 	keys := make([]string, 0, len(r.Examples))
 	for k := range r.Examples {
 		keys = append(keys, k)
@@ -878,7 +871,6 @@ type tally struct {
 	mu                   sync.Mutex
 	calls                int
 	outcomes, violations map[string]int
-	knownBugs            map[string]int
 	examples             map[string][]string
 	records, duplicates  int
 	statusMismatches     int
@@ -914,15 +906,6 @@ func (t *tally) violation(kind, s string) {
 	defer t.mu.Unlock()
 	t.violations[kind]++
 	t.examples[kind] = appendExample(t.examples[kind], s)
-}
-
-// knownBug counts a broken contract that a known bug explains, with s as an
-// example.
-func (t *tally) knownBug(kind, s string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.knownBugs[kind]++
-	t.examples["known bug: "+kind] = appendExample(t.examples["known bug: "+kind], s)
 }
 
 // openFor notes, for an *OpenError of the given reason, how long the pause
