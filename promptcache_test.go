@@ -490,7 +490,8 @@ func BenchmarkPromptCacheEstimate(b *testing.B) {
 	}
 }
 
-// accStatic answers every request with the same Messages response.
+// accStatic answers every request with the same Messages response, under
+// limits no benchmark comes near.
 type accStatic string
 
 func (s accStatic) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -498,5 +499,12 @@ func (s accStatic) RoundTrip(req *http.Request) (*http.Response, error) {
 		_, _ = io.Copy(io.Discard, req.Body)
 		_ = req.Body.Close()
 	}
-	return accJSONResponse(req, http.StatusOK, string(s)), nil
+	resp := accJSONResponse(req, http.StatusOK, string(s))
+	reset := time.Now().Add(time.Second).UTC().Format(time.RFC3339)
+	for _, d := range []string{"requests", "input-tokens", "output-tokens"} {
+		resp.Header.Set("anthropic-ratelimit-"+d+"-limit", "100000000")
+		resp.Header.Set("anthropic-ratelimit-"+d+"-remaining", "99999000")
+		resp.Header.Set("anthropic-ratelimit-"+d+"-reset", reset)
+	}
+	return resp, nil
 }
