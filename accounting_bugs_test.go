@@ -106,6 +106,27 @@ func TestPromptCacheOddRequestsErrHigh(t *testing.T) {
 			status: http.StatusBadRequest,
 		},
 		{
+			name: "a 1h breakpoint after a 5m one",
+			odd: func(c *accConvo) string {
+				// The system block's (the last in the body, whose keys are sorted) asks 5m.
+				b := c.body(true, "1h")
+				i := strings.LastIndex(b, `"ttl":"1h"`)
+				return b[:i] + `"ttl":"5m"` + b[i+len(`"ttl":"1h"`):]
+			},
+			plain:  func(c *accConvo) string { return c.body(false, "") },
+			status: http.StatusBadRequest,
+		},
+		{
+			name: "cache_control on an empty text block",
+			odd: func(c *accConvo) string {
+				return accWithEmptyBlock(c, accMarked(accText(""), ""))
+			},
+			plain: func(c *accConvo) string {
+				return accWithEmptyBlock(c, accText(""))
+			},
+			status: http.StatusBadRequest,
+		},
+		{
 			name: "cache_control on a thinking block",
 			odd: func(c *accConvo) string {
 				return accWithThinkingTurn(c, accMarked(accThinking(), ""))
@@ -144,5 +165,14 @@ func accWithThinkingTurn(c *accConvo, thinking accBlock) string {
 	turns := append(append([]accTurn(nil), c.turns...),
 		accTurn{Role: "assistant", Content: []accBlock{thinking, accText(accWords("answer", 100))}},
 		accTurn{Role: "user", Content: []accBlock{accText(accWords("more", 50))}})
+	return accRequest(c.model, c.maxTokens, []accBlock{accText(c.system)}, turns...)
+}
+
+// accWithEmptyBlock is the conversation's request, unmarked, with empty
+// appended to its newest turn.
+func accWithEmptyBlock(c *accConvo, empty accBlock) string {
+	turns := append([]accTurn(nil), c.turns...)
+	newest := &turns[len(turns)-1]
+	newest.Content = append(append([]accBlock(nil), newest.Content...), empty)
 	return accRequest(c.model, c.maxTokens, []accBlock{accText(c.system)}, turns...)
 }
