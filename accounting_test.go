@@ -612,6 +612,34 @@ func TestOutputReservedMaxTokensIsDetectedAndReserved(t *testing.T) {
 	}
 }
 
+// The rule follows the server: a pool that detected max_tokens reserved
+// switches back to output counted as produced when a response proves it —
+// an output-tokens remaining at its start that max_tokens cannot have been
+// taken from, rounding allowed for.
+func TestOutputRuleFollowsTheServerBackToCountAsProduced(t *testing.T) {
+	rig := newAccRig(t, accTier1(tollgatetest.Config{OutputAccounting: tollgatetest.ReserveMaxTokens,
+		RoundRemaining: tollgatetest.RoundNearest}))
+	const maxTokens = 2048
+	rig.ok(rig.messages(accSmall("claude-sonnet-4-5", maxTokens, "first")))
+	b := rig.budget(accSonnet)
+	require.Equal(t, tollgate.ReserveMaxTokens, b.Output)
+	require.Equal(t, "detected", b.OutputSource)
+
+	// The account's requests now reach a server that counts output as it is
+	// produced.
+	produced := tollgatetest.NewServer(accTier1(tollgatetest.Config{OutputAccounting: tollgatetest.CountAsProduced,
+		RoundRemaining: tollgatetest.RoundNearest, Now: rig.clk.Now}))
+	t.Cleanup(produced.Close)
+	c := rig.ok(rig.to(produced.URL, rig.messages(accSmall("claude-sonnet-4-5", maxTokens, "second"))))
+	assert.Equal(t, "reserve_max_tokens", c.str(accOutputRule), "sent under the rule it had")
+	b = rig.budget(accSonnet)
+	assert.Equal(t, tollgate.CountAsProduced, b.Output)
+	assert.Equal(t, "detected", b.OutputSource)
+	c = rig.ok(rig.to(produced.URL, rig.messages(accSmall("claude-sonnet-4-5", maxTokens, "third"))))
+	assert.Equal(t, "count_as_produced", c.str(accOutputRule))
+	assert.Less(t, c.int(accEstOutput), int64(maxTokens))
+}
+
 // WithOutputAccounting states the rule: what the server shows does not
 // change it.
 func TestOutputAccountingOptionIsNotOverridden(t *testing.T) {
