@@ -1,0 +1,783 @@
+package tollgate_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"math"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel/attribute"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/tollgate-go/tollgate"
+	"github.com/tollgate-go/tollgate/internal/fakeclock"
+	"github.com/tollgate-go/tollgate/tollgatetest"
+)
+
+// The tests of issue 12's accounting: how output is counted (here), what the
+// prompt cache takes off an estimate (promptcache_test.go), which endpoints
+// draw on which pool (endpoints_test.go), and what the telemetry says of it
+// (here). They drive the whole chain of New against tollgatetest on one fake
+// clock, and read what tollgate estimated from the call span's attributes
+// and the Snapshot.
+
+var accEpoch = time.Date(2026, 3, 2, 9, 0, 0, 0, time.UTC)
+
+var accSonnet = tollgate.Key{Provider: tollgate.ProviderAnthropic, Family: "claude-sonnet-4"}
+
+// accTier1 is the tier the issue's fleet ran at: 50 RPM, 30k input and 8k
+// output tokens a minute.
+func accTier1(cfg tollgatetest.Config) tollgatetest.Config {
+	cfg.RequestsPerMinute, cfg.InputTokensPerMinute, cfg.OutputTokensPerMinute = 50, 30_000, 8_000
+	return cfg
+}
+
+// accRoomy are limits no test call comes near, for tests about what an
+// attempt is charged rather than when it goes.
+func accRoomy(cfg tollgatetest.Config) tollgatetest.Config {
+	cfg.RequestsPerMinute, cfg.InputTokensPerMinute, cfg.OutputTokensPerMinute = 4_000, 2_000_000, 400_000
+	return cfg
+}
+
+// The span attributes of what the budget estimated and what the server
+// counted.
+const (
+	accEstInput     = "tollgate.estimate.input_tokens"
+	accEstCached    = "tollgate.estimate.cache_read.input_tokens"
+	accEstOutput    = "tollgate.estimate.output_tokens"
+	accCountedIn    = "tollgate.counted.input_tokens"
+	accCountedOut   = "tollgate.counted.output_tokens"
+	accOutputRule   = "tollgate.output.accounting"
+	accUsageInput   = "gen_ai.usage.input_tokens" // every prompt token, cached or not
+	accUsageRead    = "gen_ai.usage.cache_read.input_tokens"
+	accUsageCreated = "gen_ai.usage.cache_creation.input_tokens"
+	accUsageOutput  = "gen_ai.usage.output_tokens"
+)
+
+// accRig is New's whole chain on a fake clock in front of a tollgatetest
+// server on the same clock. It records spans, metrics and usage records;
+// its base keeps every request body as sent and can hold requests at a
+// gate.
+type accRig struct {
+	t      *testing.T
+	clk    *fakeclock.Clock
+	srv    *tollgatetest.Server
+	url    string // where requests go: the server's URL
+	rt     *tollgate.Transport
+	base   *accBase
+	spans  *tracetest.InMemoryExporter
+	reader *sdkmetric.ManualReader
+
+	mu      sync.Mutex
+	records []tollgate.UsageRecord
+}
+
+// newAccRig starts a tollgatetest server for cfg (its clock set to the
+// rig's) and a Transport in front of it.
+func newAccRig(t *testing.T, cfg tollgatetest.Config, opts ...tollgate.Option) *accRig {
+	t.Helper()
+	clk := fakeclock.New(accEpoch)
+	cfg.Now = clk.Now
+	srv := tollgatetest.NewServer(cfg)
+	t.Cleanup(srv.Close)
+	httpBase := &http.Transport{}
+	t.Cleanup(httpBase.CloseIdleConnections)
+	rig := newAccRigOn(t, clk, httpBase, opts...)
+	rig.srv, rig.url = srv, srv.URL
+	return rig
+}
+
+// newAccRigOn is a rig whose base sends through next; it has no server
+// (its requests name an address nobody listens on, for next to answer).
+func newAccRigOn(t *testing.T, clk *fakeclock.Clock, next http.RoundTripper, opts ...tollgate.Option) *accRig {
+	t.Helper()
+	rig := &accRig{t: t, clk: clk, url: "http://127.0.0.1:9", base: &accBase{next: next},
+		spans: tracetest.NewInMemoryExporter(), reader: sdkmetric.NewManualReader()}
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(rig.spans))
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(rig.reader))
+	t.Cleanup(func() {
+		_ = tp.Shutdown(context.Background())
+		_ = mp.Shutdown(context.Background())
+	})
+	rig.rt = tollgate.New(rig.base, append([]tollgate.Option{
+		tollgate.WithClock(clk), tollgate.WithTracerProvider(tp), tollgate.WithMeterProvider(mp),
+		tollgate.WithUsageRecorder(func(_ context.Context, r tollgate.UsageRecord) {
+			rig.mu.Lock()
+			rig.records = append(rig.records, r)
+			rig.mu.Unlock()
+		}),
+	}, opts...)...)
+	return rig
+}
+
+// accBase is the rig's base transport: it reads each request body (keeping
+// a copy), optionally holds the request at a gate, and sends it on.
+type accBase struct {
+	next http.RoundTripper
+
+	mu      sync.Mutex
+	bodies  [][]byte
+	gate    chan struct{} // non-nil: requests wait until it is closed
+	arrived chan struct{} // a value per request that reached the gate
+}
+
+func (b *accBase) RoundTrip(req *http.Request) (*http.Response, error) {
+	var body []byte
+	if req.Body != nil && req.Body != http.NoBody {
+		var err error
+		body, err = io.ReadAll(req.Body)
+		_ = req.Body.Close()
+		if err != nil {
+			return nil, err
+		}
+		req = req.Clone(req.Context())
+		req.Body = io.NopCloser(bytes.NewReader(body))
+		req.ContentLength = int64(len(body))
+	}
+	b.mu.Lock()
+	b.bodies = append(b.bodies, body)
+	gate, arrived := b.gate, b.arrived
+	b.mu.Unlock()
+	if gate != nil {
+		arrived <- struct{}{}
+		select {
+		case <-gate:
+		case <-req.Context().Done():
+			return nil, req.Context().Err()
+		}
+	}
+	return b.next.RoundTrip(req)
+}
+
+// hold makes the requests that reach the base from now on wait until
+// release is called (which a test also registers as a cleanup). arrived
+// receives a value for each.
+func (b *accBase) hold() (arrived <-chan struct{}, release func()) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	gate, ch := make(chan struct{}), make(chan struct{}, 256)
+	b.gate, b.arrived = gate, ch
+	var once sync.Once
+	return ch, func() {
+		once.Do(func() {
+			b.mu.Lock()
+			b.gate, b.arrived = nil, nil
+			b.mu.Unlock()
+			close(gate)
+		})
+	}
+}
+
+// sent returns the bodies of the requests the base sent, in order.
+func (b *accBase) sent() [][]byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([][]byte(nil), b.bodies...)
+}
+
+// messages is a Messages request to the rig's server.
+func (rig *accRig) messages(body string) *http.Request {
+	return rig.anthropic(http.MethodPost, "/v1/messages", body)
+}
+
+// anthropic is a request to path of the rig's server, as the Anthropic SDK
+// sends it.
+func (rig *accRig) anthropic(method, path, body string) *http.Request {
+	rig.t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, rig.url+path, rd)
+	require.NoError(rig.t, err)
+	req.Header.Set("anthropic-version", "2023-06-01")
+	req.Header.Set("x-api-key", "test-key")
+	if body != "" {
+		req.Header.Set("content-type", "application/json")
+	}
+	return req
+}
+
+// chat is an OpenAI chat completions request to the rig's server.
+func (rig *accRig) chat(body string) *http.Request {
+	rig.t.Helper()
+	req, err := http.NewRequest(http.MethodPost, rig.url+"/v1/chat/completions", strings.NewReader(body))
+	require.NoError(rig.t, err)
+	req.Header.Set("authorization", "Bearer test-key")
+	req.Header.Set("content-type", "application/json")
+	return req
+}
+
+// to sends req to the server at base instead: the same account, pool and
+// Transport, another server.
+func (rig *accRig) to(base string, req *http.Request) *http.Request {
+	rig.t.Helper()
+	u, err := url.Parse(base)
+	require.NoError(rig.t, err)
+	req.URL.Scheme, req.URL.Host, req.Host = u.Scheme, u.Host, ""
+	return req
+}
+
+// another returns a rig with a Transport of its own (a second process) in
+// front of the same server, on the same clock.
+func (rig *accRig) another(opts ...tollgate.Option) *accRig {
+	rig.t.Helper()
+	httpBase := &http.Transport{}
+	rig.t.Cleanup(httpBase.CloseIdleConnections)
+	other := newAccRigOn(rig.t, rig.clk, httpBase, opts...)
+	other.srv, other.url = rig.srv, rig.url
+	return other
+}
+
+type accResult struct {
+	resp *http.Response
+	err  error
+}
+
+// start sends req on a goroutine of its own.
+func (rig *accRig) start(req *http.Request) <-chan accResult {
+	done := make(chan accResult, 1)
+	go func() {
+		resp, err := rig.rt.RoundTrip(req)
+		done <- accResult{resp, err}
+	}()
+	return done
+}
+
+// accGuard bounds how long a test waits for something that needs no fake
+// time: a guard against a broken test hanging, not a timing assumption.
+const accGuard = 5 * time.Second
+
+// send waits for a call started with start, playing the fake clock through
+// every wait the call starts on it (a wait fires at once), and returns the
+// result and the waits it played.
+func (rig *accRig) send(done <-chan accResult) (accResult, []time.Duration) {
+	rig.t.Helper()
+	var waits []time.Duration
+	guard := time.After(accGuard)
+	for {
+		changed := rig.clk.Changed()
+		if p := rig.clk.Pending(); len(p) > 0 {
+			waits = append(waits, p[0])
+			rig.clk.AdvanceToNext()
+			continue
+		}
+		select {
+		case r := <-done:
+			return r, waits
+		case <-changed:
+		case <-guard:
+			rig.t.Fatal("the call neither ended nor waited on the fake clock")
+		}
+	}
+}
+
+// receive is send for a call that must not wait on the fake clock: one that
+// does fails the test (and is played through to its end).
+func (rig *accRig) receive(done <-chan accResult) accResult {
+	rig.t.Helper()
+	r, waits := rig.send(done)
+	assert.Empty(rig.t, waits, "the call went without waiting on the clock")
+	return r
+}
+
+// awaitSent waits until n requests have reached the base's gate (see
+// hold). It fails the test when an attempt waits on the fake clock first.
+func (rig *accRig) awaitSent(arrived <-chan struct{}, n int) {
+	rig.t.Helper()
+	guard := time.After(accGuard)
+	for i := 0; i < n; {
+		changed := rig.clk.Changed()
+		if p := rig.clk.Pending(); len(p) > 0 {
+			rig.t.Errorf("only %d of %d calls were sent before one waited on the clock (%v)", i, n, p)
+			return
+		}
+		select {
+		case <-arrived:
+			i++
+		case <-changed:
+		case <-guard:
+			rig.t.Fatalf("only %d of %d calls were sent", i, n)
+		}
+	}
+}
+
+// accCall is a finished call: its status, body and call span's attributes.
+type accCall struct {
+	t      *testing.T
+	status int
+	body   string
+	span   map[string]any
+}
+
+// do sends req and reads its response to the end, without moving the fake
+// clock, and returns the call with the span it ended.
+func (rig *accRig) do(req *http.Request) accCall {
+	rig.t.Helper()
+	before := len(rig.callSpans())
+	r := rig.receive(rig.start(req))
+	require.NoError(rig.t, r.err)
+	body := accReadAll(rig.t, r.resp)
+	spans := rig.callSpans()
+	require.Len(rig.t, spans, before+1, "the call span ends with the body")
+	return accCall{t: rig.t, status: r.resp.StatusCode, body: body, span: accAttrs(spans[before].Attributes)}
+}
+
+// quiet is do for a call that must succeed, without looking at its span.
+func (rig *accRig) quiet(req *http.Request) {
+	rig.t.Helper()
+	r := rig.receive(rig.start(req))
+	require.NoError(rig.t, r.err)
+	require.Equal(rig.t, http.StatusOK, r.resp.StatusCode)
+	accReadAll(rig.t, r.resp)
+}
+
+// ok is do for a call that must succeed.
+func (rig *accRig) ok(req *http.Request) accCall {
+	rig.t.Helper()
+	c := rig.do(req)
+	require.Equal(rig.t, http.StatusOK, c.status, "%s", c.body)
+	return c
+}
+
+func accReadAll(t *testing.T, resp *http.Response) string {
+	t.Helper()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.NoError(t, resp.Body.Close())
+	return string(b)
+}
+
+// callSpans returns the ended call spans (not the attempts'), in end order.
+func (rig *accRig) callSpans() tracetest.SpanStubs {
+	var out tracetest.SpanStubs
+	for _, s := range rig.spans.GetSpans() {
+		if _, attempt := accAttrs(s.Attributes)["tollgate.attempt"]; !attempt {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func accAttrs(kvs []attribute.KeyValue) map[string]any {
+	m := make(map[string]any, len(kvs))
+	for _, kv := range kvs {
+		m[string(kv.Key)] = kv.Value.AsInterface()
+	}
+	return m
+}
+
+// int returns the span's integer attribute key, failing the test when the
+// span has none.
+func (c accCall) int(key string) int64 {
+	c.t.Helper()
+	v, ok := c.span[key]
+	require.True(c.t, ok, "the call span has %s", key)
+	n, ok := v.(int64)
+	require.True(c.t, ok, "%s is an integer: %v", key, v)
+	return n
+}
+
+func (c accCall) str(key string) string {
+	c.t.Helper()
+	v, ok := c.span[key]
+	require.True(c.t, ok, "the call span has %s", key)
+	s, _ := v.(string)
+	return s
+}
+
+// budget returns the Budget layer's view of the first Key of k's provider
+// and family, failing the test when the State does not know it.
+func (rig *accRig) budget(k tollgate.Key) tollgate.BudgetSnapshot {
+	rig.t.Helper()
+	ks, ok := rig.rt.Snapshot().Key(k)
+	require.True(rig.t, ok, "the State knows %s", k)
+	return ks.Budget
+}
+
+func (rig *accRig) usageRecords() []tollgate.UsageRecord {
+	rig.mu.Lock()
+	defer rig.mu.Unlock()
+	return append([]tollgate.UsageRecord(nil), rig.records...)
+}
+
+// accWords returns n words of four letters or digits each: tollgatetest's
+// tokenizer counts each as one token, five prompt bytes with its space.
+// Texts of different seeds differ.
+func accWords(seed string, n int) string {
+	const digits = "abcdefghijklmnopqrstuvwxyz0123456789"
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(seed))
+	off := int(h.Sum32() % (36 * 36 * 36 * 36))
+	var b strings.Builder
+	b.Grow(n * 5)
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		x := (off + i*7919) % (36 * 36 * 36 * 36)
+		b.WriteByte(digits[x/(36*36*36)%36])
+		b.WriteByte(digits[x/(36*36)%36])
+		b.WriteByte(digits[x/36%36])
+		b.WriteByte(digits[x%36])
+	}
+	return b.String()
+}
+
+// accBlock is one content block of a Messages request.
+type accBlock = map[string]any
+
+func accText(s string) accBlock { return accBlock{"type": "text", "text": s} }
+
+// accMarked returns a copy of b with cache_control, asking for ttl ("" for
+// the default).
+func accMarked(b accBlock, ttl string) accBlock {
+	out := make(accBlock, len(b)+1)
+	for k, v := range b {
+		out[k] = v
+	}
+	cc := map[string]any{"type": "ephemeral"}
+	if ttl != "" {
+		cc["ttl"] = ttl
+	}
+	out["cache_control"] = cc
+	return out
+}
+
+// accTurn is one message of a Messages request.
+type accTurn struct {
+	Role    string     `json:"role"`
+	Content []accBlock `json:"content"`
+}
+
+// accRequest is a Messages request body.
+func accRequest(model string, maxTokens int, system []accBlock, turns ...accTurn) string {
+	req := map[string]any{"model": model, "max_tokens": maxTokens, "messages": turns}
+	if system != nil {
+		req["system"] = system
+	}
+	b, err := json.Marshal(req)
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}
+
+// accConvo is a conversation as agent harnesses keep it: a system prompt,
+// then turn after turn; each request marks the system prompt and the
+// newest turn's last block with cache_control.
+type accConvo struct {
+	model     string
+	maxTokens int
+	system    string
+	turns     []accTurn // unmarked
+}
+
+func (c *accConvo) say(role string, texts ...string) *accConvo {
+	turn := accTurn{Role: role}
+	for _, s := range texts {
+		turn.Content = append(turn.Content, accText(s))
+	}
+	c.turns = append(c.turns, turn)
+	return c
+}
+
+// body is the conversation's next request: with cache_control asking ttl
+// on the system block and the newest turn's last block when marked, with
+// none when not.
+func (c *accConvo) body(marked bool, ttl string) string {
+	system := []accBlock{accText(c.system)}
+	turns := append([]accTurn(nil), c.turns...)
+	if marked {
+		system[0] = accMarked(system[0], ttl)
+		last := &turns[len(turns)-1]
+		content := append([]accBlock(nil), last.Content...)
+		content[len(content)-1] = accMarked(content[len(content)-1], ttl)
+		last.Content = content
+	}
+	return accRequest(c.model, c.maxTokens, system, turns...)
+}
+
+// accSmall is a short one-turn Messages request for model.
+func accSmall(model string, maxTokens int, seed string) string {
+	return accRequest(model, maxTokens, nil, accTurn{Role: "user", Content: []accBlock{accText(accWords(seed, 50))}})
+}
+
+// ---- Output accounting ----
+
+// Against a server that counts output as it is produced, an attempt
+// reserves what the pool's calls are learned to produce, never its
+// max_tokens: calls asking 8,192 tokens each under an 8,000-a-minute output
+// limit go out together, and the rule in force is the provider's, which
+// nothing the server shows contradicts, whatever the rounding.
+func TestOutputCountedAsProducedReservesALearnedEstimateNotMaxTokens(t *testing.T) {
+	for _, rounding := range []tollgatetest.RemainingRounding{tollgatetest.RoundNearest, tollgatetest.RoundDown, tollgatetest.Exact} {
+		t.Run(fmt.Sprint("rounding=", rounding), func(t *testing.T) {
+			rig := newAccRig(t, accTier1(tollgatetest.Config{
+				OutputAccounting: tollgatetest.CountAsProduced, RoundRemaining: rounding}))
+			const maxTokens = 8192
+			rig.ok(rig.messages(accSmall("claude-sonnet-4-5", maxTokens, "first")))
+			b := rig.budget(accSonnet)
+			assert.Equal(t, tollgate.CountAsProduced, b.Output)
+			assert.Equal(t, "provider", b.OutputSource, "Anthropic's documented rule, which the response did not contradict")
+
+			const together = 4
+			arrived, release := rig.base.hold()
+			t.Cleanup(release)
+			var calls []<-chan accResult
+			for i := range together {
+				calls = append(calls, rig.start(rig.messages(accSmall("claude-sonnet-4-5", maxTokens, fmt.Sprint("call", i)))))
+			}
+			rig.awaitSent(arrived, together)
+			b = rig.budget(accSonnet)
+			assert.Equal(t, together, b.InFlight)
+			perCall := math.Ceil(b.ProducedEstimate)
+			assert.Less(t, perCall, float64(maxTokens))
+			assert.Equal(t, together*perCall, b.Dimensions[tollgate.OutputTokens].Reserved,
+				"each attempt in flight holds the learned estimate of its output")
+			release()
+
+			before := len(rig.callSpans())
+			for _, c := range calls {
+				r := rig.receive(c)
+				require.NoError(t, r.err)
+				assert.Equal(t, http.StatusOK, r.resp.StatusCode)
+				accReadAll(t, r.resp)
+			}
+			for _, s := range rig.callSpans()[before:] {
+				c := accCall{t: t, span: accAttrs(s.Attributes)}
+				assert.Equal(t, int64(perCall), c.int(accEstOutput))
+				assert.Equal(t, "count_as_produced", c.str(accOutputRule))
+			}
+			b = rig.budget(accSonnet)
+			assert.Equal(t, tollgate.CountAsProduced, b.Output, "still the rule in force after calls in flight together")
+			assert.Zero(t, b.Dimensions[tollgate.OutputTokens].Reserved, "all settled")
+			assert.Zero(t, rig.srv.Stats().RateLimited)
+		})
+	}
+}
+
+// Against a server that takes max_tokens at admission, the first response
+// shows it — the output-tokens remaining at its start is the limit less
+// max_tokens, however it is rounded — and from then on each attempt
+// reserves its max_tokens, without the server's rounding ever making it
+// look like the other rule.
+func TestOutputReservedMaxTokensIsDetectedAndReserved(t *testing.T) {
+	for _, rounding := range []tollgatetest.RemainingRounding{tollgatetest.RoundNearest, tollgatetest.RoundDown, tollgatetest.Exact} {
+		t.Run(fmt.Sprint("rounding=", rounding), func(t *testing.T) {
+			rig := newAccRig(t, accTier1(tollgatetest.Config{
+				OutputAccounting: tollgatetest.ReserveMaxTokens, RoundRemaining: rounding}))
+			const maxTokens = 2048 // as the issue's fleet under the older rule
+			first := rig.ok(rig.messages(accSmall("claude-sonnet-4-5", maxTokens, "first")))
+			assert.Equal(t, "count_as_produced", first.str(accOutputRule), "the first call starts from Anthropic's documented rule")
+			b := rig.budget(accSonnet)
+			assert.Equal(t, tollgate.ReserveMaxTokens, b.Output)
+			assert.Equal(t, "detected", b.OutputSource)
+
+			_, release := rig.base.hold()
+			t.Cleanup(release)
+			held := rig.start(rig.messages(accSmall("claude-sonnet-4-5", maxTokens, "second")))
+			require.True(t, bgtEventually(func() bool { return rig.budget(accSonnet).InFlight == 1 }), "the second call is admitted")
+			assert.Equal(t, float64(maxTokens), rig.budget(accSonnet).Dimensions[tollgate.OutputTokens].Reserved,
+				"an attempt in flight holds its max_tokens")
+			release()
+			r := rig.receive(held)
+			require.NoError(t, r.err)
+			accReadAll(t, r.resp)
+
+			for i := range 5 {
+				c := rig.ok(rig.messages(accSmall("claude-sonnet-4-5", maxTokens, fmt.Sprint("later", i))))
+				assert.Equal(t, int64(maxTokens), c.int(accEstOutput))
+				assert.Equal(t, "reserve_max_tokens", c.str(accOutputRule))
+			}
+			b = rig.budget(accSonnet)
+			assert.Equal(t, tollgate.ReserveMaxTokens, b.Output, "later responses, rounded, never look like output counted as produced")
+			assert.Equal(t, "detected", b.OutputSource)
+			assert.Zero(t, rig.srv.Stats().RateLimited)
+		})
+	}
+}
+
+// The rule follows the server: a pool that detected max_tokens reserved
+// switches back to output counted as produced when a response proves it —
+// an output-tokens remaining at its start that max_tokens cannot have been
+// taken from, rounding allowed for.
+func TestOutputRuleFollowsTheServerBackToCountAsProduced(t *testing.T) {
+	rig := newAccRig(t, accTier1(tollgatetest.Config{OutputAccounting: tollgatetest.ReserveMaxTokens,
+		RoundRemaining: tollgatetest.RoundNearest}))
+	const maxTokens = 2048
+	rig.ok(rig.messages(accSmall("claude-sonnet-4-5", maxTokens, "first")))
+	b := rig.budget(accSonnet)
+	require.Equal(t, tollgate.ReserveMaxTokens, b.Output)
+	require.Equal(t, "detected", b.OutputSource)
+
+	// The account's requests now reach a server that counts output as it is
+	// produced.
+	produced := tollgatetest.NewServer(accTier1(tollgatetest.Config{OutputAccounting: tollgatetest.CountAsProduced,
+		RoundRemaining: tollgatetest.RoundNearest, Now: rig.clk.Now}))
+	t.Cleanup(produced.Close)
+	c := rig.ok(rig.to(produced.URL, rig.messages(accSmall("claude-sonnet-4-5", maxTokens, "second"))))
+	assert.Equal(t, "reserve_max_tokens", c.str(accOutputRule), "sent under the rule it had")
+	b = rig.budget(accSonnet)
+	assert.Equal(t, tollgate.CountAsProduced, b.Output)
+	assert.Equal(t, "detected", b.OutputSource)
+	c = rig.ok(rig.to(produced.URL, rig.messages(accSmall("claude-sonnet-4-5", maxTokens, "third"))))
+	assert.Equal(t, "count_as_produced", c.str(accOutputRule))
+	assert.Less(t, c.int(accEstOutput), int64(maxTokens))
+}
+
+// WithOutputAccounting states the rule: what the server shows does not
+// change it.
+func TestOutputAccountingOptionIsNotOverridden(t *testing.T) {
+	tests := []struct {
+		name   string
+		option tollgate.OutputAccounting
+		server tollgatetest.OutputAccounting
+	}{
+		{"count as produced against a server that reserves", tollgate.CountAsProduced, tollgatetest.ReserveMaxTokens},
+		{"reserve against a server that counts as produced", tollgate.ReserveMaxTokens, tollgatetest.CountAsProduced},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			rig := newAccRig(t, accTier1(tollgatetest.Config{OutputAccounting: tc.server, RoundRemaining: tollgatetest.Exact}),
+				tollgate.WithOutputAccounting(tc.option))
+			const maxTokens = 4096
+			for i := range 4 {
+				c := rig.ok(rig.messages(accSmall("claude-sonnet-4-5", maxTokens, fmt.Sprint("call", i))))
+				assert.Equal(t, tc.option.String(), c.str(accOutputRule))
+				if tc.option == tollgate.ReserveMaxTokens {
+					assert.Equal(t, int64(maxTokens), c.int(accEstOutput))
+				} else {
+					assert.Less(t, c.int(accEstOutput), int64(maxTokens))
+				}
+				b := rig.budget(accSonnet)
+				assert.Equal(t, tc.option, b.Output, "call %d", i)
+				assert.Equal(t, "option", b.OutputSource, "call %d", i)
+			}
+		})
+	}
+}
+
+// OpenAI counts max_tokens when the request is made: by default an
+// attempt reserves its max_tokens, or DefaultOutputTokens when it sets
+// none.
+func TestOutputOpenAIReservesMaxTokensByDefault(t *testing.T) {
+	rig := newAccRig(t, tollgatetest.Config{RequestsPerMinute: 500, TokensPerMinute: 90_000})
+	withMax := rig.ok(rig.chat(`{"model":"gpt-4o","max_tokens":1000,"messages":[{"role":"user","content":"Hello there"}]}`))
+	assert.Equal(t, int64(1000), withMax.int(accEstOutput))
+	assert.Equal(t, "reserve_max_tokens", withMax.str(accOutputRule))
+	without := rig.ok(rig.chat(`{"model":"gpt-4o","messages":[{"role":"user","content":"Hello again"}]}`))
+	assert.Equal(t, int64(tollgate.DefaultOutputTokens), without.int(accEstOutput))
+
+	b := rig.budget(tollgate.Key{Provider: tollgate.ProviderOpenAI, Family: "gpt-4o"})
+	assert.Equal(t, tollgate.ReserveMaxTokens, b.Output)
+	assert.Equal(t, "provider", b.OutputSource)
+}
+
+// ---- Telemetry ----
+
+// The call span says what the budget estimated (input, the cache reads it
+// predicted, output), what the server counted (input as its limit counts
+// it, output), and how output is counted; the usage attributes say what
+// the server reported, cache reads included. JSON and streams alike.
+func TestTelemetryCallSpanCarriesEstimatedAndCountedTokens(t *testing.T) {
+	rig := newAccRig(t, accRoomy(tollgatetest.Config{OutputAccounting: tollgatetest.CountAsProduced}))
+	convo := &accConvo{model: "claude-sonnet-4-5", maxTokens: 2048, system: accWords("system", 2000)}
+	convo.say("user", accWords("task", 100))
+	var calls []accCall
+	for i := range 3 {
+		body := convo.body(true, "")
+		if i == 2 {
+			body = strings.Replace(body, `"max_tokens":2048`, `"max_tokens":2048,"stream":true`, 1)
+		}
+		calls = append(calls, rig.ok(rig.messages(body)))
+		convo.say("assistant", accWords(fmt.Sprint("reply", i), 150)).say("user", accWords(fmt.Sprint("result", i), 400))
+	}
+	for i, c := range calls {
+		read, created := c.int(accUsageRead), c.int(accUsageCreated)
+		assert.Equal(t, c.int(accUsageInput)-read, c.int(accCountedIn),
+			"call %d: Sonnet's input limit counts input and cache writes, not reads", i)
+		assert.Equal(t, c.int(accUsageOutput), c.int(accCountedOut), "call %d", i)
+		assert.Positive(t, created, "call %d writes its newest turn", i)
+		assert.Positive(t, c.int(accEstInput), "call %d", i)
+		assert.Positive(t, c.int(accEstOutput), "call %d", i)
+		assert.Equal(t, "count_as_produced", c.str(accOutputRule), "call %d", i)
+		if i == 0 {
+			assert.Zero(t, c.int(accEstCached), "nothing is cached yet")
+			assert.Zero(t, read)
+		} else {
+			assert.Positive(t, read, "call %d reads the conversation so far", i)
+			assert.InEpsilon(t, read, c.int(accEstCached), 0.1, "call %d: the predicted cache read is about what was read", i)
+		}
+	}
+}
+
+// tollgate.estimate.error records, per token type, one point for each call
+// the server counted: what was estimated less what was counted. A call
+// the server refused with no usage records none.
+func TestTelemetryEstimateErrorHistogramRecordsEachCountedCall(t *testing.T) {
+	rig := newAccRig(t, accRoomy(tollgatetest.Config{OutputAccounting: tollgatetest.CountAsProduced}))
+	convo := &accConvo{model: "claude-sonnet-4-5", maxTokens: 1024, system: accWords("system", 1500)}
+	convo.say("user", accWords("task", 100))
+	var calls []accCall
+	for i := range 4 {
+		calls = append(calls, rig.ok(rig.messages(convo.body(true, ""))))
+		convo.say("assistant", accWords(fmt.Sprint("reply", i), 100)).say("user", accWords(fmt.Sprint("result", i), 300))
+	}
+	refused := rig.do(rig.messages(`{"model":"claude-sonnet-4-5","max_tokens":0,"messages":[{"role":"user","content":"hi"}]}`))
+	require.Equal(t, http.StatusBadRequest, refused.status)
+
+	want := map[string]struct {
+		count uint64
+		sum   int64
+	}{}
+	for _, c := range calls {
+		in, out := want["input"], want["output"]
+		in.count, in.sum = in.count+1, in.sum+c.int(accEstInput)-c.int(accCountedIn)
+		out.count, out.sum = out.count+1, out.sum+c.int(accEstOutput)-c.int(accCountedOut)
+		want["input"], want["output"] = in, out
+	}
+	var rm metricdata.ResourceMetrics
+	require.NoError(t, rig.reader.Collect(context.Background(), &rm))
+	var got map[string]struct {
+		count uint64
+		sum   int64
+	}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if m.Name != "tollgate.estimate.error" {
+				continue
+			}
+			assert.Equal(t, "{token}", m.Unit)
+			got = map[string]struct {
+				count uint64
+				sum   int64
+			}{}
+			for _, dp := range m.Data.(metricdata.Histogram[int64]).DataPoints {
+				typ, _ := dp.Attributes.Value("gen_ai.token.type")
+				family, _ := dp.Attributes.Value("tollgate.model_family")
+				assert.Equal(t, accSonnet.Family, family.AsString())
+				got[typ.AsString()] = struct {
+					count uint64
+					sum   int64
+				}{dp.Count, dp.Sum}
+			}
+		}
+	}
+	require.NotNil(t, got, "tollgate.estimate.error is recorded")
+	assert.Equal(t, want, got)
+}
