@@ -10,6 +10,7 @@ import (
 	"math"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -780,4 +781,78 @@ func TestTelemetryEstimateErrorHistogramRecordsEachCountedCall(t *testing.T) {
 	}
 	require.NotNil(t, got, "tollgate.estimate.error is recorded")
 	assert.Equal(t, want, got)
+}
+
+// Where max_tokens is reserved, the server takes it when the request is
+// admitted and gives back what the reply did not use when it ends. The
+// remaining a response reports at its start counts the whole max_tokens;
+// once the response has ended, the budget must know the unused part is
+// back: its level is at least that reading plus max_tokens less the
+// output, and a next call that fits on the server goes at once.
+func TestOutputReservedUnusedMaxTokensAreGivenBackWhenTheResponseEnds(t *testing.T) {
+	tests := []struct {
+		name     string
+		cfg      tollgatetest.Config
+		dim      tollgate.Dimension
+		key      tollgate.Key
+		request  func(rig *accRig, maxTokens int) *http.Request
+		maxToken int
+		next     int // the next call's max_tokens: it fits on the server
+		warm     bool
+	}{
+		{
+			name: "anthropic, a call after the first", dim: tollgate.OutputTokens, key: accSonnet,
+			cfg: accTier1(tollgatetest.Config{OutputAccounting: tollgatetest.ReserveMaxTokens, RoundRemaining: tollgatetest.Exact}),
+			request: func(rig *accRig, maxTokens int) *http.Request {
+				return rig.messages(accSmall("claude-sonnet-4-5", maxTokens, "call"))
+			},
+			maxToken: 4096, next: 5000, warm: true,
+		},
+		{
+			name: "anthropic, the first call", dim: tollgate.OutputTokens, key: accSonnet,
+			cfg: accTier1(tollgatetest.Config{OutputAccounting: tollgatetest.ReserveMaxTokens, RoundRemaining: tollgatetest.Exact}),
+			request: func(rig *accRig, maxTokens int) *http.Request {
+				return rig.messages(accSmall("claude-sonnet-4-5", maxTokens, "call"))
+			},
+			maxToken: 4096, next: 5000,
+		},
+		{
+			name: "openai, a call after the first", dim: tollgate.Tokens,
+			key: tollgate.Key{Provider: tollgate.ProviderOpenAI, Family: "gpt-4o"},
+			cfg: tollgatetest.Config{RequestsPerMinute: 500, TokensPerMinute: 10_000},
+			request: func(rig *accRig, maxTokens int) *http.Request {
+				return rig.chat(`{"model":"gpt-4o","max_tokens":` + strconv.Itoa(maxTokens) + `,"messages":[{"role":"user","content":"Hello there"}]}`)
+			},
+			maxToken: 4000, next: 6000, warm: true,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			rig := newAccRig(t, tc.cfg, tollgate.WithOutputAccounting(tollgate.ReserveMaxTokens))
+			if tc.warm {
+				rig.ok(tc.request(rig, tc.maxToken))
+				rig.clk.Advance(time.Minute) // every bucket full again, on both sides
+			}
+			c := rig.ok(tc.request(rig, tc.maxToken))
+			var reading int64
+			if tc.dim == tollgate.Tokens {
+				reading = c.int("tollgate.ratelimit.tokens.remaining")
+			} else {
+				reading = c.int("tollgate.ratelimit.output_tokens.remaining")
+			}
+			out := c.int(accCountedOut)
+			require.Less(t, out, int64(tc.maxToken), "the reply used less than max_tokens")
+			level := rig.budget(tc.key).Dimensions[tc.dim].Level
+			assert.GreaterOrEqual(t, level, float64(reading+int64(tc.maxToken)-out),
+				"the level knows the %d tokens of max_tokens the reply did not use are back (the server's reading at the start of the response was %d)",
+				int64(tc.maxToken)-out, reading)
+
+			left := rig.srv.Limits()
+			require.GreaterOrEqual(t, max(left.OutputTokens.Remaining, left.Tokens.Remaining), tc.next+100, "the next call fits on the server")
+			r, waits := rig.send(rig.start(tc.request(rig, tc.next)))
+			require.NoError(t, r.err)
+			accReadAll(t, r.resp)
+			assert.Empty(t, waits, "a call that fits on the server goes at once")
+		})
+	}
 }

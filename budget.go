@@ -175,9 +175,10 @@ type BudgetSnapshot struct {
 	// "detected" (what a response showed).
 	Output       OutputAccounting
 	OutputSource string
-	// ProducedEstimate is what an attempt reserves of output when it is
-	// counted as produced: what the Key's calls produce, learned from
-	// their usage, with a margin (capped at each attempt's max_tokens).
+	// ProducedEstimate is what the Key's calls produce, learned from their
+	// usage: an attempt whose output is counted as produced is charged it
+	// (capped at its max_tokens), and admitted while the output bucket
+	// holds a margin for the attempts in flight (Admission.Need).
 	ProducedEstimate float64
 	// CachedPrefixes is how many prompt prefixes the Key's prompt cache is
 	// known to hold.
@@ -221,7 +222,15 @@ type budgetState struct {
 	levelLocal   bool
 	levelStoreAt time.Time
 	// held is what the store holds of the attempts not yet settled.
-	held     [NumDimensions]float64
+	held [NumDimensions]float64
+	// reading is the newest response that said what remains: the bound it
+	// puts on the levels, as of when it arrived.
+	reading struct {
+		from  *reservation
+		floor [NumDimensions]float64
+		has   [NumDimensions]bool
+		at    time.Time
+	}
 	queue    []*reservation // waiting for admission, in arrival order; only the head asks the store
 	inFlight int
 	probing  bool // cold start: one attempt awaits its response headers
@@ -314,6 +323,9 @@ type reservation struct {
 	cachedBytes  int64
 	cachedTokens int64            // cachedBytes at the learned ratio
 	output       OutputAccounting // how its output is counted
+	// need is what the buckets must hold to admit it, where not its cost
+	// (Admission.Need).
+	need [NumDimensions]float64
 	// counted is what the server counted of it, input and output, once
 	// settled.
 	counted [2]int64
@@ -332,9 +344,16 @@ type reservation struct {
 	storeHas    [NumDimensions]bool // the store had a bucket (a limit) for it when it admitted r
 	storeSentAt time.Time
 	// floor holds what a response said remains, per dimension, until it is
-	// given to the store.
-	floor    [NumDimensions]float64
-	hasFloor [NumDimensions]bool
+	// given to the store; outAtReading is the output the server had
+	// counted of r when it said so.
+	floor        [NumDimensions]float64
+	hasFloor     [NumDimensions]bool
+	outAtReading float64
+	// started: the bucket of the dimension started from what r's response
+	// said remains, so what the server gave back of r after it counts
+	// there; credited is how much of that the level has.
+	started  [NumDimensions]bool
+	credited [NumDimensions]float64
 
 	status   int  // the response status, once headers arrived
 	slot     bool // holds a place among the attempts in flight
@@ -410,6 +429,9 @@ func (p *pool) admit(ctx context.Context, c *call) (*reservation, error) {
 			p.askLocked(r, start) // unlocks around the store call
 			now = clock.Now()
 		}
+		if w.err == nil && w.granted && ctx.Err() != nil {
+			w.err = ctx.Err() // ended as it was granted: not sent
+		}
 		switch {
 		case w.err != nil:
 			p.leaveLocked(r)
@@ -475,7 +497,7 @@ func (p *pool) askLocked(r *reservation, start time.Time) {
 	// meanwhile (the bytes per token, the prompt cache, what calls produce)
 	// counts.
 	p.estimateLocked(r, r.info)
-	a := Admission{Limits: p.budget.limits, Cost: r.cost, MaxWait: grantAhead(w.ctx)}
+	a := Admission{Limits: p.budget.limits, Cost: r.cost, Need: r.need, MaxWait: grantAhead(w.ctx)}
 	a.Start, a.HasStart = p.startLevelsLocked(clock.Now())
 	a.Settle = p.takeSettlementsLocked(st)
 	asked := clock.Now()
@@ -512,11 +534,11 @@ func (p *pool) askLocked(r *reservation, start time.Time) {
 // startLevelsLocked returns what this process knows of the levels now,
 // for a store that has lost them (or never had them): the levels a store
 // last reported (the local fallback's read as this process's share of the
-// whole), and what the server last said remains, each refilled since,
-// whichever is lower.
+// whole), and what the server last said remains (with what it gave back
+// since of the attempt that said so), each refilled since, whichever is
+// lower.
 func (p *pool) startLevelsLocked(now time.Time) (start [NumDimensions]float64, has [NumDimensions]bool) {
 	b := &p.budget
-	rounding := dialectOf(p.key.Provider).rounding
 	for d, l := range b.limits {
 		if l <= 0 {
 			continue
@@ -529,9 +551,9 @@ func (p *pool) startLevelsLocked(now time.Time) (start [NumDimensions]float64, h
 			}
 			level = known + float64(l)*max(now.Sub(b.levelAt), 0).Minutes()
 		}
-		if r := p.readings.Limits[d]; r.HasRemaining && !p.readings.Observed.IsZero() {
-			refill := float64(l) * max(now.Sub(p.readings.Observed), 0).Minutes()
-			level = min(level, float64(r.Remaining)+rounding[d]+refill)
+		if rd := &b.reading; rd.has[d] {
+			refill := float64(l) * max(now.Sub(rd.at), 0).Minutes()
+			level = min(level, rd.floor[d]+rd.from.afterReading(d)+refill)
 		}
 		if !math.IsInf(level, 1) {
 			start[d], has[d] = min(level, float64(l)), true
@@ -658,8 +680,8 @@ func (p *pool) budgetSnapshotLocked(now time.Time) BudgetSnapshot {
 		OutputSource:   b.outputSource,
 		CachedPrefixes: b.cache.size(),
 	}
-	if est, ok := b.produced.high(); ok {
-		snap.ProducedEstimate = est
+	if b.produced.samples > 0 {
+		snap.ProducedEstimate = b.produced.mean
 	} else {
 		snap.ProducedEstimate = producedPrior
 	}

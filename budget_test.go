@@ -817,23 +817,23 @@ func TestBudgetLevelOfALimitJustLearned(t *testing.T) {
 	require.NoError(t, r.err)
 	// requests: 20 left; output: 3000 left, read as up to 4000 (rounded to
 	// the thousand).
-	want := bgtLevels{tollgate.Requests: 20, tollgate.OutputTokens: 4_000}
-	rig.waitLevels(want, "at the headers")
+	rig.waitLevels(bgtLevels{tollgate.Requests: 20, tollgate.OutputTokens: 4_000}, "at the headers")
 	bgtSettle(r)
 	// The settlements of the first attempt (its charge at the headers, then
 	// its usage) find no bucket in the store; the second one answering means
-	// the first answer has been taken in.
+	// the first answer has been taken in. The reading counted its 100
+	// tokens of max_tokens, of which the server gave 50 back when it ended.
 	for range 2 {
 		assert.True(t, math.IsNaN(bgtReceive(t, store.settled).Level[tollgate.Requests]))
 	}
-	rig.waitLevels(want, "after the store's answers")
+	rig.waitLevels(bgtLevels{tollgate.Requests: 20, tollgate.OutputTokens: 4_050}, "after the store's answers")
 	clk.Advance(10 * time.Second)
-	rig.waitLevels(bgtLevels{tollgate.Requests: 30, tollgate.OutputTokens: 5_000}, "refilling")
+	rig.waitLevels(bgtLevels{tollgate.Requests: 30, tollgate.OutputTokens: 5_050}, "refilling")
 
 	release <- bgtReply(200, nil, 0, 100)
 	next := rig.start(bgtReq(context.Background(), "next", "", 100))
 	rig.waitSent(2)
-	rig.waitLevels(bgtLevels{tollgate.Requests: 29, tollgate.OutputTokens: 4_900}, "the next admission starts the buckets there")
+	rig.waitLevels(bgtLevels{tollgate.Requests: 29, tollgate.OutputTokens: 4_950}, "the next admission starts the buckets there")
 	bgtSettle(bgtReceive(t, next))
 }
 

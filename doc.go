@@ -40,11 +40,23 @@
 // the State's Store: requests, input tokens and output tokens per minute,
 // and tokens per minute (input and output combined) where the provider
 // reports that instead, as OpenAI does. An attempt costs one request, its
-// estimated input tokens and, reserved up front, its max_tokens of output
-// (DefaultOutputTokens when the request sets none). A cost larger than a
-// bucket's capacity waits for a full bucket and takes all of it. Waiters
-// are served in arrival order per Key, so a small attempt never overtakes
-// a bigger one that came first.
+// estimated input tokens, and its output as the server counts it
+// (OutputAccounting): where max_tokens is reserved (OpenAI; Anthropic's
+// older rule), its max_tokens (DefaultOutputTokens when the request sets
+// none); where output is counted as it is produced (Anthropic today), what
+// the Key's calls are learned to produce, plus a margin for the attempts in
+// flight together: their excesses add up as independent draws do, so it
+// grows with the square root of their number, three learned deviations of
+// one call's output times √n. tollgate starts from the provider's rule and
+// switches when a response's output-tokens-remaining, read at its start,
+// proves the other. A cost larger than a bucket's capacity waits for a full
+// bucket and takes all of it. Waiters are served in arrival order per Key,
+// so a small attempt never overtakes a bigger one that came first.
+//
+// Each endpoint is charged what the server charges it (the provider table in
+// dialect.go): count_tokens has a pool of its own, paced by its own
+// requests-per-minute limit; Message Batches, model listing and files are
+// not paced by the messages limits at all.
 //
 // When an attempt's body has been read to the end or closed (or the attempt
 // failed), its reservation is settled to the usage the response reported,
@@ -62,7 +74,21 @@
 // estimate short of the server's count would draw a 429, while one too high
 // only holds tokens until the attempt settles. Which tokens the input limit
 // counts follows the provider: Anthropic counts input and cache creation
-// but not cache reads; OpenAI counts every prompt token.
+// but not cache reads (except on the models its docs mark, such as Haiku
+// 3.5); OpenAI counts every prompt token.
+//
+// Where cache reads are free, the budget predicts them: it reads the
+// request's cache_control breakpoints (tools, system, messages; at most 4),
+// remembers the prefixes this Transport has seen the server cache (a hash
+// of the content, never the text) for the time to live the breakpoint asks,
+// refreshed on a hit, looks back up to 20 blocks before a breakpoint as the
+// server does, and skips prefixes shorter than the model's minimum
+// cacheable length. What it predicts read is not charged; the usage checks
+// the prediction (a prefix predicted but not read is forgotten, one read but
+// not predicted is learned), and the bytes per token are learned from the
+// part of the prompt the server did not read. A request whose breakpoints
+// the provider refuses is predicted nothing. The memory is per Transport and
+// bounded (4,096 prefixes, the oldest dropped).
 //
 // Limits come from WithLimits or from the *-limit response headers; headers
 // win. When an attempt's headers arrive, each bucket whose level is above
@@ -70,11 +96,14 @@
 // other processes may share the Key. The reading is taken as the most the
 // level can be — the refill since the attempt was sent added, a value rounded
 // to the thousand (Anthropic's token headers) read as the top of its
-// interval, nothing sent meanwhile subtracted — so a level is never pulled
-// further down than the server's count requires. Until any limit is known
-// for a Key, its attempts are admitted one at a time; a Key whose
-// successful responses carry no limit headers (a gateway that strips them)
-// ends its cold start with that response and is not paced.
+// interval, nothing sent meanwhile subtracted, the max_tokens the server
+// gave back of the attempt once it ended added — so a level is never pulled
+// further down than the server's count requires. The usage bounds the level
+// too: the bucket held at most its limit before the server counted the
+// attempt. Until any limit is known for a Key, its attempts are admitted one
+// at a time; a Key whose successful responses carry no limit headers (a
+// gateway that strips them) ends its cold start with that response and is
+// not paced.
 //
 // # Pausing: the breaker
 //

@@ -146,10 +146,10 @@ func (e *tokenEstimate) learn(sample float64) {
 	e.variance = (1 - weight) * (e.variance + weight*diff*diff)
 }
 
-// high is the mean plus estimateMargin deviations (the deviation at least
-// initialRatioDeviation of the mean until minRatioSamples are in): a count
-// nearly every call stays under. ok is false before any sample.
-func (e *tokenEstimate) high() (float64, bool) {
+// deviation is the learned standard deviation, at least
+// initialRatioDeviation of the mean until minRatioSamples are in. ok is
+// false before any sample.
+func (e *tokenEstimate) deviation() (float64, bool) {
 	if e.samples == 0 {
 		return 0, false
 	}
@@ -157,7 +157,7 @@ func (e *tokenEstimate) high() (float64, bool) {
 	if e.samples < minRatioSamples {
 		deviation = max(deviation, initialRatioDeviation*e.mean)
 	}
-	return e.mean + estimateMargin*deviation, true
+	return deviation, true
 }
 
 // estimateLocked fills r's cost from the request, the learned ratio, the
@@ -180,16 +180,37 @@ func (p *pool) estimateLocked(r *reservation, info *requestInfo) {
 	if info.MaxTokens > 0 {
 		maxOut = float64(info.MaxTokens)
 	}
-	out := maxOut
+	out, need := maxOut, 0.0
 	r.output = b.output
 	if b.output == CountAsProduced {
-		est, ok := b.produced.high()
-		if !ok {
-			est = producedPrior
-		}
-		out = min(maxOut, math.Ceil(max(est, 1)))
+		out, need = p.producedEstimateLocked()
+		out = min(maxOut, out)
 	}
 	r.cost = [NumDimensions]float64{Requests: 1, Tokens: in + out, InputTokens: in, OutputTokens: out}
+	r.need = [NumDimensions]float64{}
+	if need > 0 {
+		r.need[OutputTokens], r.need[Tokens] = need, in+need
+	}
+}
+
+// producedEstimateLocked returns what an attempt whose output is counted as
+// produced costs, and what the output bucket must hold to admit it. The
+// server admits a request while one output token is left and counts output
+// as it comes, so the attempt is charged what its pool's calls produce on
+// average, and admitted as the server would, with a margin: what can draw a
+// 429 is not its own output but the attempts in flight, together, having
+// produced more than they were charged. Their excesses add up as
+// independent draws do, so the margin grows with the square root of their
+// number: estimateMargin deviations of one call times √n. Before anything
+// was learned, the prior is charged and needed in full (need 0: the cost).
+func (p *pool) producedEstimateLocked() (cost, need float64) {
+	b := &p.budget
+	deviation, ok := b.produced.deviation()
+	if !ok {
+		return producedPrior, 0
+	}
+	margin := estimateMargin * deviation * math.Sqrt(float64(b.inFlight))
+	return math.Ceil(max(b.produced.mean, 1)), 1 + math.Ceil(margin)
 }
 
 // settleUsageLocked sets r's token charges to the usage its response
@@ -214,8 +235,16 @@ func (p *pool) settleUsageLocked(r *reservation, status int, u usage.Usage) {
 		in = float64(counted)
 		uncached := r.promptBytes
 		if r.blocks != nil && status < 300 {
+			// Where the read ended is found at this prompt's own bytes per
+			// token, not the learned ratio: a ratio that is off would put
+			// the end at the wrong block, and the sample learned from the
+			// rest would put the ratio further off.
+			perToken := defaultBytesPerToken
+			if text := u.TotalInputTokens() - r.images*imageTokens; text > 0 {
+				perToken = float64(r.promptBytes) / float64(text)
+			}
 			read := b.cache.learn(p.state.cfg.clock.Now(), r.blocks, u.CacheReadInputTokens, u.CacheCreationInputTokens,
-				b.ratio.mean, dialectOf(p.key.Provider).minCached(model))
+				perToken, dialectOf(p.key.Provider).minCached(model))
 			uncached -= read
 		}
 		text := u.InputTokens + u.CacheCreationInputTokens - r.images*imageTokens

@@ -508,3 +508,88 @@ func (s accStatic) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	return resp, nil
 }
+
+// Requests whose cache_control the server refuses — an unknown ttl, a
+// breakpoint on a thinking block — and bodies the estimator cannot parse go
+// through unchanged and are charged no less than without cache_control:
+// no cache read is predicted for a request the server will not read the
+// cache for.
+func TestPromptCacheOddRequestsErrHigh(t *testing.T) {
+	for _, tc := range []accOddRequest{
+		{
+			name:   "an unknown ttl",
+			odd:    func(c *accConvo) string { return c.body(true, "2h") },
+			plain:  func(c *accConvo) string { return c.body(false, "") },
+			status: http.StatusBadRequest,
+		},
+		{
+			name: "a 1h breakpoint after a 5m one",
+			odd: func(c *accConvo) string {
+				// The system block's (the last in the body, whose keys are sorted) asks 5m.
+				b := c.body(true, "1h")
+				i := strings.LastIndex(b, `"ttl":"1h"`)
+				return b[:i] + `"ttl":"5m"` + b[i+len(`"ttl":"1h"`):]
+			},
+			plain:  func(c *accConvo) string { return c.body(false, "") },
+			status: http.StatusBadRequest,
+		},
+		{
+			name: "cache_control on an empty text block",
+			odd: func(c *accConvo) string {
+				return accWithEmptyBlock(c, accMarked(accText(""), ""))
+			},
+			plain: func(c *accConvo) string {
+				return accWithEmptyBlock(c, accText(""))
+			},
+			status: http.StatusBadRequest,
+		},
+		{
+			name: "cache_control on a thinking block",
+			odd: func(c *accConvo) string {
+				return accWithThinkingTurn(c, accMarked(accThinking(), ""))
+			},
+			plain: func(c *accConvo) string {
+				return accWithThinkingTurn(c, accThinking())
+			},
+			status: http.StatusBadRequest,
+		},
+		{
+			name:   "a body cut short",
+			odd:    func(c *accConvo) string { b := c.body(true, ""); return b[:len(b)-1] },
+			plain:  func(c *accConvo) string { return c.body(false, "") },
+			status: http.StatusBadRequest,
+		},
+		{
+			name: "a body with a stray comma",
+			odd: func(c *accConvo) string {
+				return strings.Replace(c.body(true, ""), `"messages":[`, `"messages":[,`, 1)
+			},
+			plain:  func(c *accConvo) string { return c.body(false, "") },
+			status: http.StatusBadRequest,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) { accCheckOddRequest(t, tc) })
+	}
+}
+
+func accThinking() accBlock {
+	return accBlock{"type": "thinking", "thinking": accWords("thought", 200), "signature": "c2lnbmF0dXJl"}
+}
+
+// accWithThinkingTurn is the conversation with an assistant turn that
+// begins with thinking, and a user turn after it.
+func accWithThinkingTurn(c *accConvo, thinking accBlock) string {
+	turns := append(append([]accTurn(nil), c.turns...),
+		accTurn{Role: "assistant", Content: []accBlock{thinking, accText(accWords("answer", 100))}},
+		accTurn{Role: "user", Content: []accBlock{accText(accWords("more", 50))}})
+	return accRequest(c.model, c.maxTokens, []accBlock{accText(c.system)}, turns...)
+}
+
+// accWithEmptyBlock is the conversation's request, unmarked, with empty
+// appended to its newest turn.
+func accWithEmptyBlock(c *accConvo, empty accBlock) string {
+	turns := append([]accTurn(nil), c.turns...)
+	newest := &turns[len(turns)-1]
+	newest.Content = append(append([]accBlock(nil), newest.Content...), empty)
+	return accRequest(c.model, c.maxTokens, []accBlock{accText(c.system)}, turns...)
+}

@@ -62,6 +62,9 @@ func (r *reservation) exchanged(ex *exchange) {
 		r.charged[Tokens], r.charged[InputTokens], r.charged[OutputTokens] = 0, 0, 0
 	default:
 		p.settleUsageLocked(r, status, u)
+		if u.Reported {
+			p.boundLocked(now, r)
+		}
 		if status < 300 && u.Reported {
 			p.reservedEvidenceLocked(r, float64(u.OutputTokens))
 			in, out := r.counted[0], r.counted[1]
@@ -76,6 +79,30 @@ func (r *reservation) exchanged(ex *exchange) {
 	p.evaluateAlertsLocked(now)
 	p.wakeHeadLocked()
 	p.unlock(nil, nil)
+}
+
+// boundLocked lowers r's floors to what its usage proves: the server's
+// bucket held at most its limit before it counted r, so it held at most the
+// limit less r's count after (plus the refill since r was sent, which the
+// floor gets). Remaining readings rounded to thousands say less than that
+// where the bucket was full or nearly so: on the first call, when nothing
+// else tells tollgate how much of a minute is left.
+// Only a bound below the level this process holds is news worth a
+// settlement.
+func (p *pool) boundLocked(now time.Time, r *reservation) {
+	b := &p.budget
+	for d, l := range b.limits {
+		if l <= 0 || !b.levelKnown[d] {
+			continue
+		}
+		// r.floor is what the server said before the changes after its
+		// reading (afterReading); the bound is after all of r.
+		bound := float64(l) - r.charged[d]
+		refill := float64(l) * max(now.Sub(r.sentAt), 0).Minutes()
+		if floor := bound - r.afterReading(d); b.levelNow(now, d) > bound+refill && (!r.hasFloor[d] || floor < r.floor[d]) {
+			r.floor[d], r.hasFloor[d] = floor, true
+		}
+	}
 }
 
 // newsLocked reports whether r's response said less remains, in some
@@ -124,16 +151,41 @@ func (p *pool) syncLocked(r *reservation, floors bool) {
 			b.held[d] += delta
 			r.stored[d] = r.charged[d]
 		}
+		if r.started[d] && !r.storeHas[d] {
+			// The bucket started from r's own response: only what the
+			// server did after it is news there.
+			after := r.afterReading(d)
+			b.level[d] = min(b.level[d]+after-r.credited[d], float64(b.limits[d]))
+			r.credited[d] = after
+		}
 		if floors && r.hasFloor[d] {
-			s.Floor[d], s.HasFloor[d], changed = r.floor[d], true, true
+			// The floor is applied after the charges: what the server
+			// gave back of r after it said what remains raises it.
+			floor := r.floor[d] + r.afterReading(d)
+			s.Floor[d], s.HasFloor[d], changed = floor, true, true
 			r.hasFloor[d] = false
 			refill := float64(b.limits[d]) * max(now.Sub(r.sentAt), 0).Minutes()
-			b.level[d] = min(b.level[d], r.floor[d]+refill)
+			b.level[d] = min(b.level[d], floor+refill)
 		}
 	}
 	if changed {
 		p.queueSettlementLocked(st, s)
 	}
+}
+
+// afterReading is what the server changed of r's count in dimension d
+// after its response said what remains, as r's charge shows it now: where
+// max_tokens is reserved, the output given back when the response ended
+// (zero until then); where output is counted as produced, the output
+// counted after the reading, taken to be all of it (the server reads its
+// levels when it admits the attempt). The input the server counted before.
+// Without max_tokens in the request, what the server reserved is not known,
+// and nothing is assumed to have changed.
+func (r *reservation) afterReading(d int) float64 {
+	if d != int(OutputTokens) && d != int(Tokens) || r.output == ReserveMaxTokens && r.maxTokens <= 0 {
+		return 0
+	}
+	return r.outAtReading - r.charged[OutputTokens]
 }
 
 // doneLocked marks r settled: its charges are final.
@@ -206,7 +258,16 @@ func (p *pool) learnLocked(now time.Time, r *reservation, h RateLimitHeaders) bo
 		if reading.HasRemaining && b.limits[d] > 0 {
 			r.floor[d] = min(float64(b.limits[d]), float64(reading.Remaining)+dl.rounding[d])
 			r.hasFloor[d] = true
+			b.reading.floor[d], b.reading.has[d] = r.floor[d], true
+			b.reading.from, b.reading.at = r, now
 		}
+	}
+	// The output the server had counted of r when it said so: none of a
+	// refused attempt or of one whose output it counts as produced, the
+	// max_tokens it reserved of the others.
+	r.outAtReading = 0
+	if r.status < 400 && r.output == ReserveMaxTokens {
+		r.outAtReading = min(r.charged[OutputTokens], float64(r.maxTokens))
 	}
 	if fresh != ([NumDimensions]bool{}) {
 		// A bucket the store has not seen holds, until the store reports
@@ -222,6 +283,12 @@ func (p *pool) learnLocked(now time.Time, r *reservation, h RateLimitHeaders) bo
 			level := l
 			if has[d] {
 				level = start[d]
+			}
+			// A start from the reading counts r as it is charged now;
+			// later changes are credited (syncLocked).
+			r.started[d] = true
+			if has[d] {
+				r.credited[d] = r.afterReading(d)
 			}
 			b.level[d], b.levelKnown[d] = level-l*max(now.Sub(b.levelAt), 0).Minutes(), true
 		}

@@ -18,7 +18,8 @@ import (
 // dimension whose limit is above zero. Only Admit creates a bucket: it
 // starts at what the caller last knew of it (Admission.Start) or, when the
 // caller knows nothing, full; Settle leaves a bucket the store does not
-// have (lost, say, when a Redis restarted empty) to the next Admit. A bucket holds at most its limit and refills continuously at
+// have (lost, say, when a Redis restarted empty) to the next Admit. A
+// bucket holds at most its limit and refills continuously at
 // its limit per minute; its level may go below zero, a debt that refill pays
 // off. Each name is an independent set of buckets (the core names one per
 // API key, provider and model family: Key.StoreName). Times are the store's
@@ -32,8 +33,10 @@ import (
 type Store interface {
 	// Admit charges one attempt's cost to the buckets of name, all of them
 	// or none, atomically. It grants the attempt when every bucket covers
-	// its cost (a cost above a bucket's limit is capped at the limit, so it
-	// waits for a full bucket and takes all of it). Otherwise it reports in
+	// its cost, or its Need where that is set (a cost above a bucket's
+	// limit is capped at the limit, so it waits for a full bucket and takes
+	// all of it). A store that ignores Need admits no sooner than the
+	// caller asked; one that honours it admits sooner. Otherwise it reports in
 	// Wait how long until the cost would fit at the current refill, and may
 	// grant the attempt ahead of time when that wait is at most a.MaxWait:
 	// it then charges the cost at once, leaving the levels in debt, and the
@@ -57,6 +60,12 @@ type Admission struct {
 	Limits [NumDimensions]int64
 	// Cost per Dimension.
 	Cost [NumDimensions]float64
+	// Need, where above zero, is what a bucket must hold for the attempt to
+	// be admitted instead of its Cost; the whole Cost is charged either
+	// way, and the level may go below zero. It mirrors a server that
+	// counts output as it is produced: it admits a request while any
+	// output is left, and the request's output is taken as it comes.
+	Need [NumDimensions]float64
 	// Start, where HasStart is set, is the level a bucket the store does
 	// not have starts at instead of full: what the caller last knew of it,
 	// so that a store that lost its buckets does not hand out a full minute
@@ -69,6 +78,15 @@ type Admission struct {
 	// Settle holds settlements of earlier attempts, applied first, in order,
 	// as Settle would, whatever the answer: one round trip for both.
 	Settle []Settlement
+}
+
+// needed is what the bucket of dimension d must hold to admit a: its Need
+// where set, else its Cost.
+func (a *Admission) needed(d int) float64 {
+	if a.Need[d] > 0 {
+		return a.Need[d]
+	}
+	return a.Cost[d]
 }
 
 // Admitted is Admit's answer.
@@ -187,7 +205,7 @@ func (m *memoryStore) Admit(ctx context.Context, name string, a Admission) (Admi
 	var wait time.Duration
 	for d, l := range a.Limits {
 		if l > 0 {
-			wait = max(wait, e.buckets[d].waitFor(now, a.Cost[d]))
+			wait = max(wait, e.buckets[d].waitFor(now, a.needed(d)))
 		}
 	}
 	if wait > 0 {

@@ -933,6 +933,33 @@ func TestMemoryStoreContract(t *testing.T) {
 	assert.True(t, res.Granted, "names are independent")
 }
 
+// An admission with a Need is granted once the bucket holds the need, not
+// the cost, and is charged its whole cost, into debt: as a server that
+// counts output as it is produced admits while one token is left.
+func TestMemoryStoreAdmitsAtTheNeedAndChargesTheCost(t *testing.T) {
+	clk := fakeclock.New(stoEpoch)
+	st := tollgate.NewMemoryStore(clk)
+	ctx := context.Background()
+	limits := [tollgate.NumDimensions]int64{tollgate.OutputTokens: 600}
+	out := func(n float64) [tollgate.NumDimensions]float64 {
+		return [tollgate.NumDimensions]float64{tollgate.OutputTokens: n}
+	}
+	res, err := st.Admit(ctx, "n", tollgate.Admission{Limits: limits, Cost: out(550)})
+	require.NoError(t, err)
+	require.True(t, res.Granted)
+
+	res, err = st.Admit(ctx, "n", tollgate.Admission{Limits: limits, Cost: out(300), Need: out(100)})
+	require.NoError(t, err)
+	assert.False(t, res.Granted, "50 left: short of the need")
+	assert.Equal(t, 5*time.Second, res.Wait, "until the need fits, not the cost")
+
+	clk.Advance(5 * time.Second)
+	res, err = st.Admit(ctx, "n", tollgate.Admission{Limits: limits, Cost: out(300), Need: out(100)})
+	require.NoError(t, err)
+	assert.True(t, res.Granted)
+	assert.Equal(t, -200.0, res.Levels.Level[tollgate.OutputTokens], "the whole cost charged, into debt")
+}
+
 func TestMemoryStoreSettleNeverCreatesABucket(t *testing.T) {
 	clk := fakeclock.New(stoEpoch)
 	st := tollgate.NewMemoryStore(clk)

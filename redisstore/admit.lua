@@ -1,11 +1,12 @@
 
 -- Admit. ARGV[2..5]: limits; ARGV[6..9]: costs; ARGV[10..13]: the levels a
--- new bucket starts at ('' for full); ARGV[14]: the longest wait that may be
--- granted ahead; ARGV[15]: how many settlements follow, 13 arguments each,
--- applied first. Returns granted ('1' or '0'), wait, paused, pause reason,
--- now, and the four levels.
-for k = 0, (tonumber(ARGV[15]) or 0) - 1 do
-  settle(16 + 13 * k)
+-- new bucket starts at ('' for full); ARGV[14..17]: what each bucket must
+-- hold to admit, where not the cost (0); ARGV[18]: the longest wait that may
+-- be granted ahead; ARGV[19]: how many settlements follow, 13 arguments
+-- each, applied first. Returns granted ('1' or '0'), wait, paused, pause
+-- reason, now, and the four levels.
+for k = 0, (tonumber(ARGV[19]) or 0) - 1 do
+  settle(20 + 13 * k)
 end
 local lim, cost = {}, {}
 for d = 1, 4 do
@@ -21,7 +22,11 @@ for d = 1, 4 do
   local L = lim[d]
   if L > 0 then
     cost[d] = math.min(tonumber(ARGV[5 + d]), L)
-    local missing = cost[d] - level[d]
+    local need = tonumber(ARGV[13 + d])
+    if need <= 0 then
+      need = cost[d]
+    end
+    local missing = math.min(need, L) - level[d]
     if missing > FIT then
       wait = math.max(wait, math.ceil(missing / L * MINUTE))
     end
@@ -29,7 +34,7 @@ for d = 1, 4 do
 end
 -- Granting ahead charges now what fits later: the caller waits out wait,
 -- and the next caller queues behind this one's debt.
-local granted = wait <= tonumber(ARGV[14])
+local granted = wait <= tonumber(ARGV[18])
 if granted then
   for d = 1, 4 do
     if lim[d] > 0 then

@@ -124,15 +124,16 @@ func (s *Store) key(name string) string { return s.prefix + ":{" + name + "}" }
 // a.Settle, in order, as Settle does. A bucket the hash does not hold (a
 // name never seen, expired, or lost with a Redis restarted empty) starts at
 // a.Start where a.HasStart, else full. It grants the attempt
-// when every bucket whose limit is above zero holds its cost (capped at the
-// limit), charging all of them; it also grants it, charging all of them at
+// when every bucket whose limit is above zero holds its cost, or its need
+// where a.Need sets one (capped at the limit), charging all of them their
+// cost; it also grants it, charging all of them at
 // once, when the longest wait until the cost fits is at most a.MaxWait, and
 // then reports that wait in Wait. Otherwise it charges nothing and reports
 // the wait. While a pause is in force it grants nothing and reports the time
-// left in Paused. Levels.At is the Redis server's time. Every cost must be
-// finite and not negative; a.MaxWait below zero counts as zero.
+// left in Paused. Levels.At is the Redis server's time. Every cost and need
+// must be finite and not negative; a.MaxWait below zero counts as zero.
 func (s *Store) Admit(ctx context.Context, name string, a tollgate.Admission) (tollgate.Admitted, error) {
-	args := make([]any, 0, 15+13*len(a.Settle))
+	args := make([]any, 0, 19+13*len(a.Settle))
 	args = append(args, s.marginArg())
 	args = appendLimits(args, a.Limits)
 	for d, c := range a.Cost {
@@ -147,6 +148,12 @@ func (s *Store) Admit(ctx context.Context, name string, a tollgate.Admission) (t
 		} else {
 			args = append(args, "")
 		}
+	}
+	for d, need := range a.Need {
+		if math.IsNaN(need) || math.IsInf(need, 0) || need < 0 {
+			return tollgate.Admitted{}, fmt.Errorf("redisstore: admit: invalid need %v of %v", need, tollgate.Dimension(d))
+		}
+		args = append(args, formatFloat(need))
 	}
 	args = append(args, max(a.MaxWait, 0).Microseconds(), len(a.Settle))
 	for _, st := range a.Settle {

@@ -138,6 +138,28 @@ func TestAdmitAllOrNothing(t *testing.T) {
 	assert.InDelta(t, time.Minute-a.Levels.At.Sub(at), a.Wait, float64(time.Microsecond))
 }
 
+// A need below the cost admits once the bucket holds the need and charges
+// the whole cost, into debt; an invalid need is an error.
+func TestAdmitAtTheNeed(t *testing.T) {
+	s, _, _ := newStore(t)
+	ctx := context.Background()
+	l := limits(0, 600)
+	a, err := s.Admit(ctx, name, tollgate.Admission{Limits: l, Cost: cost(0, 550)})
+	require.NoError(t, err)
+	require.True(t, a.Granted)
+	a, err = s.Admit(ctx, name, tollgate.Admission{Limits: l, Cost: cost(0, 300), Need: cost(0, 20)})
+	require.NoError(t, err)
+	require.True(t, a.Granted, "50 left cover the need of 20")
+	assert.InDelta(t, -250, a.Levels.Level[tollgate.Tokens], 1, "the whole cost charged, into debt")
+	a, err = s.Admit(ctx, name, tollgate.Admission{Limits: l, Cost: cost(0, 1), Need: cost(0, 20)})
+	require.NoError(t, err)
+	assert.False(t, a.Granted, "in debt: short of the need")
+	assert.InDelta(t, 27*time.Second, a.Wait, float64(time.Second), "until the level is back at the need")
+
+	_, err = s.Admit(ctx, name, tollgate.Admission{Limits: l, Cost: cost(0, 1), Need: cost(0, math.NaN())})
+	assert.ErrorContains(t, err, "invalid need")
+}
+
 func TestAdmitCarriesSettlements(t *testing.T) {
 	s, _, _ := newStore(t)
 	ctx := context.Background()

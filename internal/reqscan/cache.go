@@ -75,7 +75,10 @@ type cacheWalk struct {
 	blocks []promptBlock
 	marks  int
 	over   bool // more blocks than maxBlocks
-	hash   blockHash
+	// refused: a breakpoint the provider refuses (an unknown ttl, or on a
+	// block that cannot be cached).
+	refused bool
+	hash    blockHash
 }
 
 // add records one block.
@@ -92,18 +95,27 @@ func (w *cacheWalk) add(b promptBlock) {
 }
 
 // ordered returns the blocks in cache order, chained: nil when the prompt
-// sets no breakpoint, too many, or has too many blocks.
+// sets no breakpoint, too many, or one the provider refuses (also a 1-hour
+// breakpoint after a 5-minute one), or has too many blocks. A request the
+// provider refuses is predicted nothing from the cache.
 func (w *cacheWalk) ordered() []Block {
-	if !w.on || w.marks == 0 || w.marks > MaxBreakpoints || w.over {
+	if !w.on || w.marks == 0 || w.marks > MaxBreakpoints || w.over || w.refused {
 		return nil
 	}
 	out := make([]Block, 0, len(w.blocks))
 	var prefix uint64
 	var total int64
+	shortTTL := false
 	for section := range numSections {
 		for _, b := range w.blocks {
 			if b.section != section {
 				continue
+			}
+			if b.breakpoint {
+				if shortTTL && b.ttl > 5*time.Minute {
+					return nil
+				}
+				shortTTL = shortTTL || b.ttl <= 5*time.Minute
 			}
 			prefix = mix(prefix + b.digest*0x9E3779B97F4A7C15)
 			total += b.bytes
@@ -173,6 +185,13 @@ func (p *parser) cacheBlock(section int, role []byte, depth int) {
 	b := promptBlock{section: section, digest: h.h.Sum64(), bytes: p.prompt - prompt}
 	if marker != nil {
 		b.breakpoint, b.ttl = true, markerTTL(marker)
+		switch string(typ) {
+		case "thinking", "redacted_thinking":
+			p.cache.refused = true
+		case "text":
+			p.cache.refused = p.cache.refused || b.bytes == 0
+		}
+		p.cache.refused = p.cache.refused || b.ttl == 0
 	}
 	p.cache.add(b)
 }

@@ -54,7 +54,8 @@ const maxDepth = 32
 // read from a fresh copy made by req.GetBody (and closed), never from
 // req.Body. Without GetBody only the headers are used and the prompt size
 // is the Content-Length. A body that is not valid JSON yields no body
-// fields (the provider will reject it without charging).
+// fields and counts whole as prompt: the provider should reject it without
+// charging, but an estimate must not count on that.
 func Read(req *http.Request) Info {
 	var info Info
 	if req == nil || req.Body == nil || req.Body == http.NoBody {
@@ -91,7 +92,11 @@ func Read(req *http.Request) Info {
 	p := parser{b: body}
 	p.top()
 	if p.bad && !(over && p.eof) {
-		return info // malformed: only what the headers tell
+		// Malformed: the provider should refuse it, but an estimate errs
+		// on the side of charging more, so the whole body counts as
+		// prompt.
+		info.PromptBytes = int64(len(body))
+		return info
 	}
 	info.Model = p.model
 	info.Stream = p.stream

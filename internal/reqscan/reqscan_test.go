@@ -114,15 +114,15 @@ func TestReadInfo(t *testing.T) {
 		{
 			"malformed JSON", "POST", "https://api.anthropic.com/v1/messages",
 			`{"model":"claude-sonnet-4-5","max_tokens":10,"messages":[{"role":"user","content":"hi"}`, nil,
-			Info{},
+			Info{PromptBytes: 87}, // the whole body: an estimate errs on the side of charging more
 		},
 		{
 			"trailing garbage", "POST", "https://api.anthropic.com/v1/messages", `{"model":"a"} {"model":"b"}`, nil,
-			Info{},
+			Info{PromptBytes: 27},
 		},
 		{
 			"not an object", "POST", "https://api.openai.com/v1/embeddings", `["model"]`, nil,
-			Info{},
+			Info{PromptBytes: 9},
 		},
 		{
 			"odd value types", "POST", "https://api.anthropic.com/v1/messages",
