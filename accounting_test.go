@@ -859,20 +859,34 @@ func TestOutputReservedUnusedMaxTokensAreGivenBackWhenTheResponseEnds(t *testing
 
 // Where output is counted as produced, the level this process holds
 // follows the server's after every call, the first included (whose
-// response taught the limits before its output was counted): never above
-// it, which would draw 429s, and not far below, which would waste the
-// limit.
+// response taught the limits before its output was counted, and, in a
+// stream, before any output was produced): never above it, which would draw
+// 429s, and not far below, which would waste the limit. Where the server
+// rounds what remains, "not far" is the rounding.
 func TestOutputCountedAsProducedLevelFollowsTheServer(t *testing.T) {
-	rig := newAccRig(t, accTier1(tollgatetest.Config{
-		OutputAccounting: tollgatetest.CountAsProduced, RoundRemaining: tollgatetest.Exact}))
-	for i := range 8 {
-		req := rig.messages(accSmall("claude-sonnet-4-5", 8192, fmt.Sprint("call", i)))
-		req.Header.Set(tollgatetest.OutputTokensHeader, strconv.Itoa(100+100*i))
-		rig.ok(req)
-		client := rig.budget(accSonnet).Dimensions[tollgate.OutputTokens].Level
-		server := float64(rig.srv.Limits().OutputTokens.Remaining)
-		assert.LessOrEqual(t, client, server, "call %d: never more than the server has", i)
-		assert.InDelta(t, server, client, 100, "call %d: close to what the server has", i)
-		rig.clk.Advance(time.Second)
+	for _, tc := range []struct {
+		rounding tollgatetest.RemainingRounding
+		slack    float64
+	}{{tollgatetest.Exact, 100}, {tollgatetest.RoundNearest, 600}, {tollgatetest.RoundDown, 1_100}} {
+		for _, stream := range []bool{false, true} {
+			t.Run(fmt.Sprintf("rounding=%v/stream=%v", tc.rounding, stream), func(t *testing.T) {
+				rig := newAccRig(t, accTier1(tollgatetest.Config{
+					OutputAccounting: tollgatetest.CountAsProduced, RoundRemaining: tc.rounding}))
+				for i := range 8 {
+					body := accSmall("claude-sonnet-4-5", 8192, fmt.Sprint("call", i))
+					if stream {
+						body = `{"stream":true,` + body[1:]
+					}
+					req := rig.messages(body)
+					req.Header.Set(tollgatetest.OutputTokensHeader, strconv.Itoa(100+100*i))
+					rig.ok(req)
+					client := rig.budget(accSonnet).Dimensions[tollgate.OutputTokens].Level
+					server := float64(rig.srv.Limits().OutputTokens.Remaining)
+					assert.LessOrEqual(t, client, server, "call %d: never more than the server has", i)
+					assert.InDelta(t, server, client, tc.slack, "call %d: close to what the server has", i)
+					rig.clk.Advance(time.Second)
+				}
+			})
+		}
 	}
 }

@@ -349,11 +349,13 @@ type reservation struct {
 	floor        [NumDimensions]float64
 	hasFloor     [NumDimensions]bool
 	outAtReading float64
-	// started: the bucket of the dimension started from what r's response
-	// said remains, so what the server gave back of r after it counts
-	// there; credited is how much of that the level has.
-	started  [NumDimensions]bool
-	credited [NumDimensions]float64
+	// started says how the bucket of a dimension started from r's own
+	// response (startedFrom), so that what r is charged after counts
+	// there: startCharge is r's charge it started with, credited how much
+	// the level has of the changes since.
+	started     [NumDimensions]startedFrom
+	startCharge [NumDimensions]float64
+	credited    [NumDimensions]float64
 
 	status   int  // the response status, once headers arrived
 	slot     bool // holds a place among the attempts in flight
@@ -363,6 +365,16 @@ type reservation struct {
 
 	waiter waiter // its place in the queue, while it waits for admission
 }
+
+// startedFrom says what a bucket learned from an attempt's response started
+// at.
+type startedFrom uint8
+
+const (
+	notStarted   startedFrom = iota
+	startReading             // what the response said remains: it counted r as the server had then
+	startBound               // the limit less r's charge: the bucket held at most its limit before r
+)
 
 // A waiter is an attempt queued for admission. Its fields are guarded by
 // the pool's mutex.

@@ -304,7 +304,9 @@ func TestBudgetWaitsExactlyForRefill(t *testing.T) {
 		{"output: 100/s", tollgate.Limits{OutputTokensPerMinute: 6000}, 1, 6000, 1000, 10 * time.Second},
 		{"output: partial level", tollgate.Limits{OutputTokensPerMinute: 6000}, 1, 5000, 1500, 5 * time.Second},
 		{"output above capacity waits for a full bucket", tollgate.Limits{OutputTokensPerMinute: 600}, 1, 600, 5000, time.Minute},
-		{"combined tokens", tollgate.Limits{TokensPerMinute: 6000}, 1, 5990, 1000, 9*time.Second + 900*time.Millisecond},
+		// Token limits that count input keep a second's refill in the
+		// bucket besides the cost (input estimates err): 1,000 + 100 − 10.
+		{"combined tokens", tollgate.Limits{TokensPerMinute: 6000}, 1, 5990, 1000, 10*time.Second + 900*time.Millisecond},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

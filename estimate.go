@@ -187,9 +187,15 @@ func (p *pool) estimateLocked(r *reservation, info *requestInfo) {
 		out = min(maxOut, out)
 	}
 	r.cost = [NumDimensions]float64{Requests: 1, Tokens: in + out, InputTokens: in, OutputTokens: out}
-	r.need = [NumDimensions]float64{}
+	// The input estimates of the attempts in flight err together, and
+	// the server reads its level at its own moment: the input bucket must
+	// hold a second's refill more than the cost. That is a constant held
+	// back, not a rate: the bucket refills as fast.
+	cushion := float64(b.limits[InputTokens]) / 60
+	r.need = [NumDimensions]float64{InputTokens: in + cushion}
+	r.need[Tokens] = in + float64(b.limits[Tokens])/60 + out
 	if need > 0 {
-		r.need[OutputTokens], r.need[Tokens] = need, in+need
+		r.need[OutputTokens], r.need[Tokens] = need, r.need[Tokens]-out+need
 	}
 }
 
@@ -201,15 +207,17 @@ func (p *pool) estimateLocked(r *reservation, info *requestInfo) {
 // 429 is not its own output but the attempts in flight, together, having
 // produced more than they were charged. Their excesses add up as
 // independent draws do, so the margin grows with the square root of their
-// number: estimateMargin deviations of one call times √n. Before anything
-// was learned, the prior is charged and needed in full (need 0: the cost).
+// number: estimateMargin deviations of one call times √n. To that comes a
+// second's refill: the server reads its level at its own moment, on its
+// own clock, in whole tokens. Before anything was learned, the prior is
+// charged and needed in full (need 0: the cost).
 func (p *pool) producedEstimateLocked() (cost, need float64) {
 	b := &p.budget
 	deviation, ok := b.produced.deviation()
 	if !ok {
 		return producedPrior, 0
 	}
-	margin := estimateMargin * deviation * math.Sqrt(float64(b.inFlight))
+	margin := estimateMargin*deviation*math.Sqrt(float64(b.inFlight)) + float64(b.limits[OutputTokens])/60
 	return math.Ceil(max(b.produced.mean, 1)), 1 + math.Ceil(margin)
 }
 

@@ -151,12 +151,12 @@ func (p *pool) syncLocked(r *reservation, floors bool) {
 			b.held[d] += delta
 			r.stored[d] = r.charged[d]
 		}
-		if r.started[d] && !r.storeHas[d] {
-			// The bucket started from r's own response: only what the
-			// server did after it is news there.
-			after := r.afterReading(d)
-			b.level[d] = min(b.level[d]+after-r.credited[d], float64(b.limits[d]))
-			r.credited[d] = after
+		if r.started[d] != notStarted && !r.storeHas[d] {
+			// The bucket started from r's own response: what r is charged
+			// since is news there.
+			since := r.sinceStart(d)
+			b.level[d] = min(b.level[d]+since-r.credited[d], float64(b.limits[d]))
+			r.credited[d] = since
 		}
 		if floors && r.hasFloor[d] {
 			// The floor is applied after the charges: what the server
@@ -186,6 +186,17 @@ func (r *reservation) afterReading(d int) float64 {
 		return 0
 	}
 	return r.outAtReading - r.charged[OutputTokens]
+}
+
+// sinceStart is what r's charge in dimension d changed by since the bucket
+// started from r's response, as far as the start did not count it: all of
+// it from a start at the limit less r's charge, what the server changed
+// after its reading (afterReading) from a start at the reading.
+func (r *reservation) sinceStart(d int) float64 {
+	if r.started[d] == startBound {
+		return r.startCharge[d] - r.charged[d]
+	}
+	return r.afterReading(d)
 }
 
 // doneLocked marks r settled: its charges are final.
@@ -279,17 +290,22 @@ func (p *pool) learnLocked(now time.Time, r *reservation, h RateLimitHeaders) bo
 			if !f {
 				continue
 			}
+			// The bucket starts at what the response said remains, or,
+			// where that is rounded (or not said) and the bucket was
+			// full before r, the limit less r's charge: the bucket held
+			// at most its limit before the server counted r. What r is
+			// charged later counts from there (syncLocked).
 			l := float64(b.limits[d])
 			level := l
+			r.started[d] = startBound
 			if has[d] {
-				level = start[d]
+				level, r.started[d] = start[d], startReading
 			}
-			// A start from the reading counts r as it is charged now;
-			// later changes are credited (syncLocked).
-			r.started[d] = true
-			if has[d] {
-				r.credited[d] = r.afterReading(d)
+			if bound := l - r.charged[d]; bound < level {
+				level, r.started[d] = bound, startBound
 			}
+			r.startCharge[d] = r.charged[d]
+			r.credited[d] = r.sinceStart(d)
 			b.level[d], b.levelKnown[d] = level-l*max(now.Sub(b.levelAt), 0).Minutes(), true
 		}
 	}
