@@ -1,11 +1,13 @@
 
 -- Admit. ARGV[2..5]: limits; ARGV[6..9]: costs; ARGV[10..13]: the levels a
 -- new bucket starts at ('' for full); ARGV[14]: the longest wait that may be
--- granted ahead; ARGV[15]: how many settlements follow, 13 arguments each,
--- applied first. Returns granted ('1' or '0'), wait, paused, pause reason,
--- now, and the four levels.
-for k = 0, (tonumber(ARGV[15]) or 0) - 1 do
-  settle(16 + 13 * k)
+-- granted ahead; ARGV[15..18]: what the attempt must leave in each bucket
+-- (the headroom for higher priorities; its cost and this fit together,
+-- capped at the limit, but only the cost is charged); ARGV[19]: how many
+-- settlements follow, 13 arguments each, applied first. Returns granted
+-- ('1' or '0'), wait, paused, pause reason, now, and the four levels.
+for k = 0, (tonumber(ARGV[19]) or 0) - 1 do
+  settle(20 + 13 * k)
 end
 local lim, cost = {}, {}
 for d = 1, 4 do
@@ -21,7 +23,8 @@ for d = 1, 4 do
   local L = lim[d]
   if L > 0 then
     cost[d] = math.min(tonumber(ARGV[5 + d]), L)
-    local missing = cost[d] - level[d]
+    local need = math.min(cost[d] + (tonumber(ARGV[14 + d]) or 0), L)
+    local missing = need - level[d]
     if missing > FIT then
       wait = math.max(wait, math.ceil(missing / L * MINUTE))
     end
