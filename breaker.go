@@ -175,7 +175,7 @@ func (l *breakerLayer) RoundTrip(req *http.Request) (resp *http.Response, err er
 	req, c := l.state.callFor(req)
 	req, ex := c.exchangeFor(req)
 	p, ctx := c.pool, req.Context()
-	ticket, probe, err := p.admitBreaker(ctx, c)
+	ticket, probe, err := p.admitBreaker(ctx, c, ex)
 	if err != nil {
 		return refuse(req, ex, err)
 	}
@@ -312,11 +312,12 @@ func (p *pool) overloadPause() time.Duration {
 	return min(d, ceiling)
 }
 
-// admitBreaker waits until the breaker lets an attempt through and returns
-// the ticket to report its verdict with and whether it is the probe; or the
-// refusal of an attempt that cannot wait (an *OpenError or a *replay); or
-// ctx's error.
-func (p *pool) admitBreaker(ctx context.Context, c *call) (ticket func(error), probe bool, err error) {
+// admitBreaker waits until the breaker lets attempt ex of c through and
+// returns the ticket to report its verdict with and whether it is the
+// probe; or the refusal of an attempt that cannot wait (an *OpenError, a
+// *replay, or a *QueueWaitError for a refill pause past WithMaxQueueWait);
+// or ctx's error.
+func (p *pool) admitBreaker(ctx context.Context, c *call, ex *exchange) (ticket func(error), probe bool, err error) {
 	clock := p.state.cfg.clock
 	start := clock.Now()
 	paused := false // only a wait on an open breaker or on its probe is a pause
@@ -331,7 +332,11 @@ func (p *pool) admitBreaker(ctx context.Context, c *call) (ticket func(error), p
 	for {
 		now := clock.Now()
 		if p.pause.until.After(now) {
-			if err := p.hopelessLocked(ctx, now, start); err != nil {
+			var deadline time.Time
+			if capped := p.budget.cfg.maxQueueWait; capped > 0 && p.pause.pacing {
+				deadline = ex.pacedSince(now).Add(capped)
+			}
+			if err := p.hopelessLocked(ctx, c, now, start, deadline); err != nil {
 				p.unlock(ctx, c)
 				return nil, false, err
 			}
@@ -470,9 +475,14 @@ func (p *pool) pauseForLocked(r response, sentAt, now time.Time, answer *serverA
 		return &pause{until: now.Add(p.state.cfg.breaker.spendLimitPause), reason: "spend limit reached", cause: r.apiErr, refuse: true}
 	case tooMany && r.headers.HasRetryAfter:
 		return &pause{until: now.Add(r.headers.RetryAfter), reason: "retry-after", answer: answer}
-	case tooMany || r.status < 400:
+	case tooMany || r.status < 400 && !p.state.budgeting.Load():
+		// A success that leaves a limit short is the Budget layer's to pace,
+		// when there is one: it pulls its levels down to what the server says
+		// remains, and its queue waits for the refill in order, each attempt
+		// for its own cost. A 429 the server sent with no wait pauses
+		// everyone, as does a short limit for a breaker that paces alone.
 		if wait, short := refillPause(r.headers, p.circuit.typical, sentAt, now); wait > 0 {
-			return &pause{until: now.Add(wait), reason: Dimension(short).String() + " refill"}
+			return &pause{until: now.Add(wait), reason: Dimension(short).String() + " refill", pacing: true}
 		}
 	}
 	return nil

@@ -33,6 +33,7 @@ import (
 // is put under the layer when next has none of s's inside it.
 func Budget(s *State) Middleware {
 	s = orNewState(s)
+	s.budgeting.Store(true)
 	return func(next http.RoundTripper) http.RoundTripper {
 		return &budgeter{state: s, next: s.observed(next)}
 	}
@@ -49,7 +50,7 @@ func (b *budgeter) RoundTrip(req *http.Request) (*http.Response, error) {
 	req, c := b.state.callFor(req)
 	req, ex := c.exchangeFor(req)
 	p := c.pool
-	r, err := p.admit(req.Context(), c)
+	r, err := p.admit(req.Context(), c, ex)
 	if err != nil {
 		return refuse(req, ex, err)
 	}
@@ -57,7 +58,7 @@ func (b *budgeter) RoundTrip(req *http.Request) (*http.Response, error) {
 		a.known, a.output = true, r.output
 		a.estInput, a.estCachedInput, a.estOutput = int64(r.cost[InputTokens]), r.cachedTokens, int64(r.cost[OutputTokens])
 	})
-	ex.whenDone(r)
+	ex.whenDone((*tenantSettled)(r))
 	resp, err := b.next.RoundTrip(req)
 	if resp != nil {
 		p.responded(r, ex.result())
@@ -122,6 +123,12 @@ type budgetConfig struct {
 	maxConcurrency int
 	alertThreshold float64
 	onAlert        func(UtilizationAlert)
+	// Priorities and fair share (priority.go, tenant.go).
+	weights      map[string]float64
+	headroom     float64
+	headroomSet  bool
+	aging        time.Duration
+	maxQueueWait time.Duration
 }
 
 // WithLimits sets the limits of every Key before any response has reported
@@ -159,6 +166,17 @@ type BudgetSnapshot struct {
 	ColdStart bool
 	InFlight  int // attempts admitted whose exchange is not done
 	Waiting   int // attempts queued for admission, or granted ahead of time by a shared store and waiting for their time
+	// WaitingByPriority splits Waiting by the calls' priority classes.
+	WaitingByPriority PriorityCounts
+	// Tenants are the tenants with attempts waiting or in flight, or seen
+	// in the last two minutes, by name: what each waits for, holds, and
+	// used over the last minute (see ContextWithTenant).
+	Tenants []TenantSnapshot
+	// Headroom is what Normal and Background attempts leave free in each
+	// bucket now for Interactive ones, by Dimension (see
+	// WithInteractiveHeadroom); zero while the Key has seen no Interactive
+	// attempt lately.
+	Headroom [NumDimensions]float64
 	// BytesPerToken is the learned number of prompt bytes per rate-limited
 	// input token.
 	BytesPerToken float64
@@ -231,9 +249,18 @@ type budgetState struct {
 		has   [NumDimensions]bool
 		at    time.Time
 	}
-	queue    []*reservation // waiting for admission, in arrival order; only the head asks the store
+	// queue holds the attempts waiting for admission, in the order they
+	// are to be admitted (queueLess); only the head asks the store.
+	queue    []*reservation
+	seq      uint64         // the arrival number of the last attempt queued
+	waiting  PriorityCounts // the attempts queued, by class
+	fair     fairState      // tenant.go
 	inFlight int
-	probing  bool // cold start: one attempt awaits its response headers
+	// interactive is what a typical Interactive attempt is estimated to
+	// cost, the unit of the headroom, as of interactiveAt (priority.go).
+	interactive   [NumDimensions]float64
+	interactiveAt time.Time
+	probing       bool // cold start: one attempt awaits its response headers
 	// unpaced: a successful response carried no limit headers, so this Key's
 	// server (a gateway, a proxy) will not tell its limits; the cold start
 	// ends rather than serialising every call forever.
@@ -381,11 +408,31 @@ const (
 type waiter struct {
 	ctx context.Context // the attempt's, for the store calls made on its behalf
 
-	granted bool
+	// Its place in the queue (priority.go, tenant.go): its class's rank, its
+	// tenant and fair-share tag, when it arrived (seq: in what order), and,
+	// once admitted, what its tenant's tag counted it to cost. aged says it
+	// has waited the aging period and goes in arrival order.
+	rank     int
+	tenant   *tenantState
+	tag      float64
+	fairCost float64
+	seq      uint64
+	arrived  time.Time
+	aged     bool
+	served   bool // admitted: its tenant counts it in flight until it settles
+	learned  bool // an Interactive attempt whose cost went into the headroom's unit
+
+	asking  bool      // the store is being asked on its behalf (the head, pinned)
+	granted bool      // the store granted it (the head, pinned, while it waits for sendAt)
 	sendAt  time.Time // granted: when it may be sent (later than now when granted ahead of time)
 	retryAt time.Time // not granted: when to ask the store again, where timed
 	timed   bool
-	err     error // why it cannot be admitted: ctx's error, or a pause it cannot wait out
+	// deadline is when WithMaxQueueWait gives up on it; zero without a cap.
+	deadline time.Time
+	// pausedSince is when it first met a pause the server asked for, which
+	// WithMaxPause bounds.
+	pausedSince time.Time
+	err         error // why it cannot be admitted: ctx's error, a pause it cannot wait out, the queue-wait cap
 
 	// woken says the head's wait may be shorter now: it asks the store
 	// again. wake carries the news to a head that is blocked (capacity 1;
@@ -394,13 +441,14 @@ type waiter struct {
 	wake  chan struct{}
 }
 
-// admit waits, in arrival order, until the store grants the cost of c's
-// attempt and the Key's concurrency allows one more attempt, then until a
-// grant ahead of time may be sent. It returns the reservation, or ctx's
-// error (or an *OpenError for a pause found in the store that cannot be
-// waited out), in which case the attempt holds nothing. Only time spent
-// blocked counts as a wait.
-func (p *pool) admit(ctx context.Context, c *call) (*reservation, error) {
+// admit waits in the Key's queue (priority.go orders it) until the store
+// grants the cost of c's attempt ex and the Key's concurrency allows one more
+// attempt, then until a grant ahead of time may be sent. It returns the
+// reservation, or ctx's error (or an *OpenError for a pause found in the
+// store that cannot be waited out, or a *QueueWaitError past
+// WithMaxQueueWait), in which case the attempt holds nothing. Only time
+// spent blocked counts as a wait.
+func (p *pool) admit(ctx context.Context, c *call, ex *exchange) (*reservation, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -423,10 +471,14 @@ func (p *pool) admit(ctx context.Context, c *call) (*reservation, error) {
 			c.addWait("budget", clock.Now().Sub(start))
 		}
 	}()
+	if capped := p.budget.cfg.maxQueueWait; capped > 0 {
+		w.deadline = ex.pacedSince(start).Add(capped)
+	}
 	r.info = &c.info
-	p.budget.queue = append(p.budget.queue, r)
+	p.enqueueLocked(r, c, start)
 	for {
 		now := clock.Now()
+		p.orderLocked(now)
 		switch {
 		case w.err != nil || !p.mayAskLocked(r):
 		case p.pause.until.After(now):
@@ -434,15 +486,21 @@ func (p *pool) admit(ctx context.Context, c *call) (*reservation, error) {
 			// pause is over, and a caller that cannot wait it out is
 			// answered as the Breaker answers it.
 			w.woken = false
-			w.err = p.hopelessLocked(ctx, now, start)
+			if !p.pause.pacing && w.pausedSince.IsZero() {
+				w.pausedSince = now
+			}
+			w.err = p.hopelessLocked(ctx, c, now, w.pausedSince, w.deadline)
 			w.retryAt, w.timed = p.pause.until, true
 		default:
 			w.woken = false
-			p.askLocked(r, start) // unlocks around the store call
+			p.askLocked(r, c, start) // unlocks around the store call
 			now = clock.Now()
 		}
 		if w.err == nil && w.granted && ctx.Err() != nil {
 			w.err = ctx.Err() // ended as it was granted: not sent
+		}
+		if w.err == nil && !w.granted && !w.deadline.IsZero() && !now.Before(w.deadline) {
+			w.err = p.queueWaitErrorLocked(r, c, now, w.deadline.Add(-p.budget.cfg.maxQueueWait), p.whyWaitingLocked(r, now))
 		}
 		switch {
 		case w.err != nil:
@@ -450,6 +508,7 @@ func (p *pool) admit(ctx context.Context, c *call) (*reservation, error) {
 			p.unlock(ctx, c)
 			return nil, w.err
 		case w.granted && !now.Before(w.sendAt):
+			p.servedLocked(r, now)
 			p.removeLocked(r)
 			p.evaluateAlertsLocked(now)
 			p.wakeHeadLocked()
@@ -470,18 +529,31 @@ func (p *pool) mayAskLocked(r *reservation) bool {
 }
 
 // waitLocked waits, with p.mu released, until r's grant ahead of time may
-// be sent, its time to ask the store again has come, it is woken, or ctx is
-// done (then r's waiter has ctx's error).
+// be sent, its time to ask the store again has come, an attempt behind it
+// has waited the aging period (it may go first now), its queue-wait cap is
+// reached, it is woken, or ctx is done (then r's waiter has ctx's error).
 func (p *pool) waitLocked(ctx context.Context, c *call, r *reservation, t *timer) {
 	w, clock := &r.waiter, p.state.cfg.clock
 	now := clock.Now()
-	switch {
+	var at time.Time
+	switch head := p.budget.queue[0] == r; {
 	case w.granted:
-		t.set(clock, now, w.sendAt) // granted ahead: hold the head until then
-	case p.budget.queue[0] == r && w.timed:
-		t.set(clock, now, w.retryAt)
-	default:
+		at = w.sendAt // granted ahead: hold the head until then
+	case head:
+		if w.timed {
+			at = w.retryAt
+		}
+		if aging, ok := p.nextAgingLocked(); ok && (at.IsZero() || aging.Before(at)) {
+			at = aging
+		}
+	}
+	if !w.granted && !w.deadline.IsZero() && (at.IsZero() || w.deadline.Before(at)) {
+		at = w.deadline
+	}
+	if at.IsZero() {
 		t.reset()
+	} else {
+		t.set(clock, now, at)
 	}
 	if w.wake == nil {
 		w.wake = make(chan struct{}, 1)
@@ -500,8 +572,9 @@ func (p *pool) waitLocked(ctx context.Context, c *call, r *reservation, t *timer
 }
 
 // askLocked asks the store to admit r and records the answer in its waiter.
-// p.mu is held on entry and on return, but not during the call.
-func (p *pool) askLocked(r *reservation, start time.Time) {
+// p.mu is held on entry and on return, but not during the call; r is
+// pinned to the head of the queue meanwhile.
+func (p *pool) askLocked(r *reservation, c *call, start time.Time) {
 	w := &r.waiter
 	clock, g := p.state.cfg.clock, p.state.guard
 	st := g.pick()
@@ -509,18 +582,28 @@ func (p *pool) askLocked(r *reservation, start time.Time) {
 	// meanwhile (the bytes per token, the prompt cache, what calls produce)
 	// counts.
 	p.estimateLocked(r, r.info)
-	a := Admission{Limits: p.budget.limits, Cost: r.cost, Need: r.need, MaxWait: grantAhead(w.ctx)}
-	a.Start, a.HasStart = p.startLevelsLocked(clock.Now())
+	now := clock.Now()
+	if w.rank == Interactive.rank() && !w.learned {
+		w.learned = true
+		p.learnInteractiveLocked(r, now)
+	}
+	a := Admission{Limits: p.budget.limits, Cost: r.cost, Need: r.need, MaxWait: grantAhead(w.ctx), Keep: p.headroomLocked(w, now)}
+	if !w.deadline.IsZero() {
+		a.MaxWait = min(a.MaxWait, max(w.deadline.Sub(now), 0))
+	}
+	a.Start, a.HasStart = p.startLevelsLocked(now)
 	a.Settle = p.takeSettlementsLocked(st)
 	asked := clock.Now()
+	w.asking = true
 	p.mu.Unlock()
 	res, st, limits, err := g.admit(w.ctx, st, p.name, a)
 	p.mu.Lock()
+	w.asking = false
 	p.returnSettlementsLocked(a.Settle)
 	// The store's waits are from when it answered, at the earliest when it
 	// was asked: waiting from then never waits past what it said, however
 	// long the answer took to come back.
-	now := clock.Now()
+	now = clock.Now()
 	w.timed = false
 	if err != nil {
 		w.err = err
@@ -529,14 +612,24 @@ func (p *pool) askLocked(r *reservation, start time.Time) {
 	p.budget.mirror(now, res.Levels, !g.own && st != g.shared)
 	switch {
 	case res.Paused > 0:
-		p.extendLocked(pause{until: now.Add(res.Paused), reason: "shared: " + res.PauseReason}, true)
-		if err := p.hopelessLocked(w.ctx, now, start); err != nil {
+		q := pause{until: now.Add(res.Paused), reason: "shared: " + res.PauseReason, pacing: pacingReason(res.PauseReason)}
+		p.extendLocked(q, true)
+		if !q.pacing && w.pausedSince.IsZero() {
+			w.pausedSince = now
+		}
+		if err := p.hopelessLocked(w.ctx, c, now, w.pausedSince, w.deadline); err != nil {
 			w.err = err
 			return
 		}
 		w.retryAt, w.timed = now.Add(res.Paused), true
 	case !res.Granted:
 		w.retryAt, w.timed = asked.Add(res.Wait), true
+		if !w.deadline.IsZero() && w.retryAt.After(w.deadline) {
+			// The cap will be reached before its cost fits: give up now.
+			w.err = p.queueWaitErrorLocked(r, c, now, w.deadline.Add(-p.budget.cfg.maxQueueWait), p.whyWaitingLocked(r, now))
+			return
+		}
+		p.orderLocked(now) // what arrived meanwhile may go first
 	default:
 		p.grantLocked(now, r, st, limits, res)
 		w.granted, w.sendAt = true, now.Add(res.Wait)
@@ -643,7 +736,14 @@ func (p *pool) wakeHeadLocked() {
 	if len(p.budget.queue) == 0 {
 		return
 	}
-	w := &p.budget.queue[0].waiter
+	p.orderLocked(p.state.cfg.clock.Now())
+	p.wakeLocked(p.budget.queue[0])
+}
+
+// wakeLocked tells r, at the head of the queue, that its wait may be
+// shorter now.
+func (p *pool) wakeLocked(r *reservation) {
+	w := &r.waiter
 	w.woken = true
 	if w.wake != nil {
 		select {
@@ -670,6 +770,7 @@ func (p *pool) removeLocked(r *reservation) {
 // everything it was granted is given back, and the next in line goes.
 func (p *pool) leaveLocked(r *reservation) {
 	p.removeLocked(r)
+	p.unqueuedLocked(r)
 	if r.waiter.granted {
 		p.releaseLocked(r, true)
 		p.doneLocked(r)
@@ -681,16 +782,19 @@ func (p *pool) budgetSnapshotLocked(now time.Time) BudgetSnapshot {
 	b := &p.budget
 	used := b.window.sum(now)
 	snap := BudgetSnapshot{
-		Limits:         limitsOf(b.limits),
-		ColdStart:      !b.limitsKnown() && !b.unpaced,
-		InFlight:       b.inFlight,
-		Waiting:        len(b.queue),
-		BytesPerToken:  b.ratio.mean,
-		Tier:           tierOf(p.key.Provider, limitsOf(b.limits)),
-		Fallback:       p.state.guard.isDown(),
-		Output:         b.output,
-		OutputSource:   b.outputSource,
-		CachedPrefixes: b.cache.size(),
+		Limits:            limitsOf(b.limits),
+		ColdStart:         !b.limitsKnown() && !b.unpaced,
+		InFlight:          b.inFlight,
+		Waiting:           len(b.queue),
+		WaitingByPriority: b.waiting,
+		Tenants:           p.tenantsSnapshotLocked(now),
+		Headroom:          p.keptLocked(now),
+		BytesPerToken:     b.ratio.mean,
+		Tier:              tierOf(p.key.Provider, limitsOf(b.limits)),
+		Fallback:          p.state.guard.isDown(),
+		Output:            b.output,
+		OutputSource:      b.outputSource,
+		CachedPrefixes:    b.cache.size(),
 	}
 	if b.produced.samples > 0 {
 		snap.ProducedEstimate = b.produced.mean

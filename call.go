@@ -23,6 +23,12 @@ type call struct {
 	pool  *pool // the pool of limits the call draws on
 	info  requestInfo
 	start time.Time
+	// Its place in the Budget layer's queue, from the request's context:
+	// the priority class (normalized), the tenant (tenantName) and its
+	// weight.
+	priority Priority
+	tenant   string
+	weight   float64
 	// observer is the Trace layer's record of the call; nil when the call
 	// is not traced. It is set before the first attempt and not changed.
 	observer callObserver
@@ -96,7 +102,9 @@ func (s *State) newCall(req *http.Request) *call {
 	if key.Family == "" { // the model's pool
 		key = s.keyOf(provider, info.Model, key.Account)
 	}
-	return &call{state: s, info: info, pool: s.poolOf(key, ep), start: s.cfg.clock.Now()}
+	cl := classFrom(req.Context())
+	return &call{state: s, info: info, pool: s.poolOf(key, ep), start: s.cfg.clock.Now(),
+		priority: cl.priority.normalized(), tenant: tenantName(cl.tenant), weight: s.cfg.budget.weightOf(cl.tenant)}
 }
 
 // context returns ctx carrying c.
@@ -174,6 +182,7 @@ type exchange struct {
 	attempt int // 1 for the first attempt
 
 	mu          sync.Mutex
+	pacedAt     time.Time // when it first waited for tollgate's own pacing (WithMaxQueueWait)
 	sent        bool
 	sentAt      time.Time // when Observe handed the request to the base transport
 	firstByteAt time.Time // when the first bytes of the body reached the caller
@@ -281,6 +290,17 @@ func (c *call) newExchange(req *http.Request) (*http.Request, *exchange) {
 		req = req.WithContext(c.observer.attemptStarted(req.Context(), ex))
 	}
 	return req, ex
+}
+
+// pacedSince returns when the attempt first waited for tollgate's own
+// pacing, now if it has not before.
+func (ex *exchange) pacedSince(now time.Time) time.Time {
+	ex.mu.Lock()
+	defer ex.mu.Unlock()
+	if ex.pacedAt.IsZero() {
+		ex.pacedAt = now
+	}
+	return ex.pacedAt
 }
 
 // markSent records that the attempt is leaving for the server now.

@@ -63,3 +63,33 @@ func (e *APIError) Error() string {
 	}
 	return fmt.Sprintf("%s: %s", e.Type, e.Message)
 }
+
+// ErrQueueWait is matched (with errors.Is) by every *QueueWaitError.
+var ErrQueueWait = errors.New("tollgate: queue wait cap reached")
+
+// QueueWaitError is returned for an attempt that waited for tollgate's own
+// pacing — its place in the Budget layer's queue, the refill its cost needs,
+// a refill pause — as long as WithMaxQueueWait allows, or that the store or
+// a pause showed would have to wait longer: it is not sent. It says how long
+// the attempt waited and what for. errors.Is(err, ErrQueueWait) reports true
+// for it. Without WithMaxQueueWait no attempt gets one.
+type QueueWaitError struct {
+	Key      Key      // the (provider, model family) whose queue it waited in
+	Priority Priority // the call's priority class
+	Tenant   string   // the call's tenant (shortened when long, see ContextWithTenant)
+	// Waited is how long the attempt waited for pacing before it gave up;
+	// Cap is WithMaxQueueWait's. Waited is below Cap when the attempt gave
+	// up early, the rest of its wait being known to pass the cap.
+	Waited, Cap time.Duration
+	// Reason is what it was waiting for, e.g. "behind 12 attempts in the
+	// queue", "input-tokens refill", "tokens refill" (a refill pause).
+	Reason string
+}
+
+func (e *QueueWaitError) Error() string {
+	return fmt.Sprintf("tollgate: %s call gave up after waiting %s for %s (queue-wait cap %s): %s",
+		e.Priority, e.Waited.Round(time.Millisecond), e.Key, e.Cap, e.Reason)
+}
+
+// Is reports whether target is ErrQueueWait.
+func (e *QueueWaitError) Is(target error) bool { return target == ErrQueueWait }

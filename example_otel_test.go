@@ -41,8 +41,8 @@ func ExampleWithUsageRecorder() {
 		_ = resp.Body.Close()
 	}
 	// Output:
-	// {"time":"2026-01-02T03:04:05Z","duration_s":0,"request_id":"req_011CSHU","provider":"anthropic","operation":"chat","model":"claude-sonnet-4-5","response_model":"claude-sonnet-4-5-20250929","stream":false,"input_tokens":12,"output_tokens":40,"cache_read_input_tokens":2048,"cache_creation_input_tokens":0,"status":200,"attempts":1,"budget_wait_s":0,"pause_wait_s":0,"backoff_wait_s":0}
-	// {"time":"2026-01-02T03:04:05Z","duration_s":0,"request_id":"req_011CSHU","provider":"anthropic","operation":"chat","model":"claude-sonnet-4-5","response_model":"claude-sonnet-4-5-20250929","stream":true,"input_tokens":12,"output_tokens":40,"cache_read_input_tokens":2048,"cache_creation_input_tokens":0,"status":200,"attempts":1,"budget_wait_s":0,"pause_wait_s":0,"backoff_wait_s":0}
+	// {"time":"2026-01-02T03:04:05Z","duration_s":0,"request_id":"req_011CSHU","provider":"anthropic","operation":"chat","model":"claude-sonnet-4-5","response_model":"claude-sonnet-4-5-20250929","stream":false,"input_tokens":12,"output_tokens":40,"cache_read_input_tokens":2048,"cache_creation_input_tokens":0,"status":200,"attempts":1,"budget_wait_s":0,"pause_wait_s":0,"backoff_wait_s":0,"priority":"normal"}
+	// {"time":"2026-01-02T03:04:05Z","duration_s":0,"request_id":"req_011CSHU","provider":"anthropic","operation":"chat","model":"claude-sonnet-4-5","response_model":"claude-sonnet-4-5-20250929","stream":true,"input_tokens":12,"output_tokens":40,"cache_read_input_tokens":2048,"cache_creation_input_tokens":0,"status":200,"attempts":1,"budget_wait_s":0,"pause_wait_s":0,"backoff_wait_s":0,"priority":"normal"}
 }
 
 // usageServer answers every Messages request with the same usage, as JSON or

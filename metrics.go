@@ -215,9 +215,9 @@ func boolInt(b bool) int64 {
 type poolSets struct {
 	key       attribute.Set // provider, family
 	dimension [NumDimensions]attribute.Set
-	wait      map[string]attribute.Set // by cause
-	estimate  [2]attribute.Set         // input, output
-	reasons   sync.Map                 // retry or rate-limit reason → attribute.Set
+	wait      [numWaitCauses][NumPriorities]attribute.Set // by cause (waitCauses) and priority rank
+	estimate  [2]attribute.Set                            // input, output
+	reasons   sync.Map                                    // retry or rate-limit reason → attribute.Set
 	count     atomic.Int32
 }
 
@@ -229,17 +229,36 @@ func (p *pool) metricSets() *poolSets {
 		with := func(kv attribute.KeyValue) attribute.Set {
 			return attribute.NewSet(append(append([]attribute.KeyValue(nil), base...), kv)...)
 		}
-		s := &poolSets{key: attribute.NewSet(base...), wait: make(map[string]attribute.Set)}
+		s := &poolSets{key: attribute.NewSet(base...)}
 		for d := range NumDimensions {
 			s.dimension[d] = with(dimensionKey.String(Dimension(d).String()))
 		}
-		for _, cause := range []string{"budget", "pause", "backoff"} {
-			s.wait[cause] = with(waitCauseKey.String(cause))
+		for i, cause := range waitCauses {
+			for _, pr := range [...]Priority{Interactive, Normal, Background} {
+				s.wait[i][pr.rank()] = attribute.NewSet(append(append([]attribute.KeyValue(nil), base...),
+					waitCauseKey.String(cause), priorityKey.String(pr.String()))...)
+			}
 		}
 		s.estimate = [2]attribute.Set{with(semconv.GenAITokenTypeInput), with(semconv.GenAITokenTypeOutput)}
 		p.sets = s
 	})
 	return p.sets
+}
+
+// waitCauses are the causes of a wait, as addWait names them.
+var waitCauses = [...]string{"budget", "pause", "backoff"}
+
+const numWaitCauses = len(waitCauses)
+
+// waitCauseIndex returns the index of cause in waitCauses.
+func waitCauseIndex(cause string) int {
+	switch cause {
+	case "budget":
+		return 0
+	case "pause":
+		return 1
+	}
+	return 2
 }
 
 // maxReasonSets bounds the reasons whose attribute sets a pool keeps.
@@ -337,6 +356,8 @@ const (
 	breakerFromKey   = attribute.Key("tollgate.breaker.from")
 	breakerToKey     = attribute.Key("tollgate.breaker.to")
 	breakerReasonKey = attribute.Key("tollgate.breaker.reason")
+	priorityKey      = attribute.Key("tollgate.priority") // interactive, normal, background
+	tenantKey        = attribute.Key("tollgate.tenant")
 	// What the budget charged the last attempt before it was sent, and what
 	// the server counted of it (tokens), and how output was counted.
 	estInputKey      = attribute.Key("tollgate.estimate.input_tokens")

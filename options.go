@@ -51,6 +51,7 @@ func newConfig(opts []Option) config {
 		}
 	}
 	c.breaker.fillDefaults(c.maxWait)
+	c.budget.fillDefaults()
 	return c
 }
 

@@ -8,6 +8,7 @@ import (
 	"math"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -21,6 +22,10 @@ type pause struct {
 	reason string
 	cause  error // the server's error that asked for it, for OpenError.Err
 	refuse bool  // waiting cannot help (spend cap): fail fast even in wait mode
+	// pacing says tollgate chose the pause for its own pacing (the refill
+	// the next request needs), not the server: the caller's context bounds
+	// the wait, and WithMaxQueueWait when set, but WithMaxPause does not.
+	pacing bool
 	// answer is the server's 429 that asked for the pause, replayed to the
 	// callers that cannot wait it out; nil for pauses of other kinds.
 	answer *serverAnswer
@@ -53,26 +58,52 @@ func (p *pool) openErrorLocked(until time.Time) *OpenError {
 	return &OpenError{Key: p.key, Until: until, Reason: p.pause.reason, Err: p.pause.cause}
 }
 
-// hopelessLocked reports whether an attempt that started waiting at start
-// cannot wait out the pause in force: fail-fast mode, the spend cap, a
-// pause longer than WithMaxPause allows in total, or beyond ctx's
-// deadline. It returns the error to fail with: the server's 429 replayed
-// when the server asked for the pause, else an *OpenError.
-func (p *pool) hopelessLocked(ctx context.Context, now, start time.Time) error {
+// hopelessLocked reports whether an attempt cannot wait out the pause in
+// force: fail-fast mode, the spend cap, or a wait beyond ctx's deadline;
+// for a pause the server asked for, one longer than WithMaxPause allows in
+// total since the attempt first met such a pause (pausedSince); for a
+// pacing pause, one that ends past the attempt's queue-wait deadline (zero:
+// none). It returns the error to fail with: the server's 429 replayed when
+// the server asked for the pause, a *QueueWaitError past the deadline, else
+// an *OpenError.
+func (p *pool) hopelessLocked(ctx context.Context, c *call, now, pausedSince, deadline time.Time) error {
 	st := &p.state.cfg.breaker
 	wait := p.pause.until.Sub(now)
-	if wait <= 0 {
+	switch {
+	case wait <= 0:
+		return nil
+	case st.failFast || p.pause.refuse:
+		return p.openErrorLocked(p.pause.until)
+	case p.pause.pacing:
+		// tollgate's own pacing: waiting is not failing.
+		if !deadline.IsZero() && p.pause.until.After(deadline) {
+			return p.queueWaitErrorLocked(nil, c, now, deadline.Add(-p.budget.cfg.maxQueueWait), p.pause.reason)
+		}
+		if outlasts(ctx, wait) {
+			return p.openErrorLocked(p.pause.until)
+		}
+		return nil
+	case wait <= st.maxPause-now.Sub(pausedSince) && !outlasts(ctx, wait):
 		return nil
 	}
-	if !st.failFast && !p.pause.refuse && wait <= st.maxPause-now.Sub(start) && !outlasts(ctx, wait) {
-		return nil
-	}
-	if p.pause.answer != nil && !st.failFast && !p.pause.refuse {
+	if p.pause.answer != nil {
 		// The server asked for this wait: a caller that cannot wait it out
 		// gets the server's own answer, not ours.
 		return &replay{answer: p.pause.answer, until: p.pause.until, now: now}
 	}
 	return p.openErrorLocked(p.pause.until)
+}
+
+// pacingReason reports whether a pause's reason (as a store reports it) is
+// one of tollgate's own pacing: a refill.
+func pacingReason(reason string) bool { return strings.HasSuffix(reason, " refill") }
+
+// queueWaitErrorLocked is the error of an attempt (r, nil when it is not
+// queued) of call c that gives up at now on waiting for pacing since since,
+// for why.
+func (p *pool) queueWaitErrorLocked(_ *reservation, c *call, now, since time.Time, why string) *QueueWaitError {
+	return &QueueWaitError{Key: p.key, Priority: c.priority, Tenant: c.tenant, Waited: max(now.Sub(since), 0),
+		Cap: p.budget.cfg.maxQueueWait, Reason: why}
 }
 
 // outlasts reports whether ctx's deadline comes before d has passed.

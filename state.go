@@ -31,6 +31,11 @@ type State struct {
 	// pausing says a Breaker layer of this State exists: the pauses
 	// responses ask for are then taken as their headers are read.
 	pausing atomic.Bool
+	// budgeting says a Budget layer of this State exists: it paces a limit
+	// a response shows short (it pulls its levels down to what remains and
+	// its queue waits for the refill, in order), so the breaker takes no
+	// refill pause of its own for a success.
+	budgeting atomic.Bool
 }
 
 // maxCachedFamilies bounds the cache, so that requests naming ever new

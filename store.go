@@ -75,6 +75,13 @@ type Admission struct {
 	// MaxWait is the longest wait a store that grants ahead of time may
 	// grant; zero grants only what fits now.
 	MaxWait time.Duration
+	// Keep is, per Dimension, what the attempt must leave in the bucket:
+	// it fits when the bucket holds its cost plus Keep (the two capped
+	// together at the limit, so that it still fits a full bucket), and is
+	// charged its cost only. It is the headroom an attempt of a lower
+	// priority leaves for Interactive ones (WithInteractiveHeadroom); zero
+	// for most. A store that ignores it admits without the headroom.
+	Keep [NumDimensions]float64
 	// Settle holds settlements of earlier attempts, applied first, in order,
 	// as Settle would, whatever the answer: one round trip for both.
 	Settle []Settlement
@@ -205,7 +212,11 @@ func (m *memoryStore) Admit(ctx context.Context, name string, a Admission) (Admi
 	var wait time.Duration
 	for d, l := range a.Limits {
 		if l > 0 {
-			wait = max(wait, e.buckets[d].waitFor(now, a.needed(d)))
+			need := a.needed(d)
+			if k := a.Keep[d]; k > 0 && !math.IsInf(k, 1) {
+				need += k // waitFor caps it at the limit
+			}
+			wait = max(wait, e.buckets[d].waitFor(now, need))
 		}
 	}
 	if wait > 0 {

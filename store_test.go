@@ -1040,3 +1040,34 @@ func TestMemoryStoreHonoursContext(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 59.0, lv.Level[tollgate.Requests], "an error changed nothing")
 }
+
+func TestMemoryStoreKeep(t *testing.T) {
+	// Admission.Keep is what an attempt must leave in each bucket: it fits
+	// when the bucket holds its cost plus Keep (capped together at the
+	// limit), and is charged its cost only.
+	clk := fakeclock.New(stoEpoch)
+	st := tollgate.NewMemoryStore(clk)
+	ctx := context.Background()
+	limits := [tollgate.NumDimensions]int64{tollgate.Requests: 60, tollgate.OutputTokens: 600}
+	cost := [tollgate.NumDimensions]float64{tollgate.Requests: 1, tollgate.OutputTokens: 500}
+	keep := [tollgate.NumDimensions]float64{tollgate.OutputTokens: 200}
+
+	res, err := st.Admit(ctx, "n", tollgate.Admission{Limits: limits, Cost: cost, Keep: keep})
+	require.NoError(t, err)
+	require.True(t, res.Granted, "500 + 200 is capped at the limit: a full bucket fits")
+	assert.Equal(t, 100.0, res.Levels.Level[tollgate.OutputTokens], "charged its cost only")
+
+	small := [tollgate.NumDimensions]float64{tollgate.Requests: 1, tollgate.OutputTokens: 50}
+	res, err = st.Admit(ctx, "n", tollgate.Admission{Limits: limits, Cost: small, Keep: keep})
+	require.NoError(t, err)
+	assert.False(t, res.Granted, "50 fits the 100 left, but not with 200 kept")
+	assert.Equal(t, 15*time.Second, res.Wait, "150 to refill at 10 a second")
+	res, err = st.Admit(ctx, "n", tollgate.Admission{Limits: limits, Cost: small})
+	require.NoError(t, err)
+	assert.True(t, res.Granted, "an attempt that keeps nothing takes it")
+
+	res, err = st.Admit(ctx, "m", tollgate.Admission{Limits: limits, Cost: small,
+		Keep: [tollgate.NumDimensions]float64{tollgate.OutputTokens: math.NaN(), tollgate.Requests: math.Inf(1)}})
+	require.NoError(t, err)
+	assert.True(t, res.Granted, "a NaN or infinite Keep is none")
+}

@@ -147,10 +147,21 @@ func (t *telemetry) startCall(ctx context.Context, req *http.Request, c *call) *
 	if k := c.key(); k.Family != "" {
 		attrs = append(attrs, modelFamilyKey.String(k.Family))
 	}
+	attrs = c.appendClass(attrs)
 	ct.ctx, ct.span = t.tracer.Start(ctx, name,
 		trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...), trace.WithTimestamp(c.start))
 	*buf = attrs
 	return ct
+}
+
+// appendClass appends the call's place in the queue: tollgate.priority,
+// and tollgate.tenant when it has one.
+func (c *call) appendClass(attrs []attribute.KeyValue) []attribute.KeyValue {
+	attrs = append(attrs, priorityKey.String(c.priority.String()))
+	if c.tenant != "" {
+		attrs = append(attrs, tenantKey.String(c.tenant))
+	}
+	return attrs
 }
 
 // responded notes that the chain returned a response.
@@ -185,6 +196,7 @@ func (ct *callTrace) attemptStarted(ctx context.Context, ex *exchange) context.C
 	if ex.attempt > 1 {
 		attrs = append(attrs, semconv.HTTPRequestResendCountKey.Int(ex.attempt-1))
 	}
+	attrs = ct.call.appendClass(attrs)
 	ctx, span := ct.tel.tracer.Start(ctx, ct.method,
 		trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...), trace.WithTimestamp(now))
 	*buf = attrs
@@ -288,7 +300,9 @@ func (ct *callTrace) retryDecided(d retryDecision, attempt, status int) {
 func (ct *callTrace) waited(cause string, d time.Duration, attempt int) {
 	ct.span.AddEvent("tollgate.wait", trace.WithTimestamp(ct.clock.Now()), trace.WithAttributes(
 		waitCauseKey.String(cause), waitDurationKey.Float64(d.Seconds()), attemptKey.Int(attempt)))
-	ct.tel.inst.wait.Record(ct.ctx, d.Seconds(), metric.WithAttributeSet(ct.call.pool.metricSets().wait[cause]))
+	c := ct.call
+	ct.tel.inst.wait.Record(ct.ctx, d.Seconds(),
+		metric.WithAttributeSet(c.pool.metricSets().wait[waitCauseIndex(cause)][c.priority.rank()]))
 }
 
 // breakerChanged records a breaker change as an event on the span in ctx:
@@ -378,6 +392,8 @@ func (c *call) usageRecord(now time.Time, r response, u usage.Usage, errType str
 		Error:                    errType,
 		Attempts:                 attempts,
 		Waits:                    waits,
+		Priority:                 c.priority,
+		Tenant:                   c.tenant,
 	}
 }
 
@@ -536,6 +552,8 @@ func errorTypeOf(err error) string {
 	switch {
 	case errors.Is(err, ErrOpen):
 		return "circuit_open"
+	case errors.Is(err, ErrQueueWait):
+		return "queue_wait"
 	case errors.Is(err, context.Canceled):
 		return "canceled"
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &netErr) && netErr.Timeout():

@@ -650,10 +650,12 @@ func TestTraceAloneStillEndsWithTheBody(t *testing.T) {
 func TestTraceWaitsAreEvents(t *testing.T) {
 	srv := trScripted(t, func(n int, w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("anthropic-ratelimit-requests-limit", "60")
-		if n == 1 {
-			w.Header().Set("anthropic-ratelimit-requests-remaining", "0") // the next request must wait for a refill
-		} else {
-			w.Header().Set("anthropic-ratelimit-requests-remaining", "58")
+		w.Header().Set("anthropic-ratelimit-requests-remaining", "58")
+		if n == 1 { // every caller must wait a second; this call is not retried
+			w.Header().Set("retry-after", "1")
+			w.Header().Set("x-should-retry", "false")
+			trAPIError(w, 429, "rate_limit_error")
+			return
 		}
 		w.Header().Set("content-type", "application/json")
 		_, _ = io.WriteString(w, trMessageJSON)
@@ -661,15 +663,15 @@ func TestTraceWaitsAreEvents(t *testing.T) {
 	rig := trNewRig(t, nil, tollgate.WithMaxConcurrency(1))
 	key := tollgate.Key{Provider: tollgate.ProviderAnthropic, Family: "claude-sonnet-4"}
 
-	// Call A: its headers open the breaker; its body, unread, holds the
-	// only slot in flight.
+	// Call A: its headers (a 429 with retry-after) open the breaker; its
+	// body, unread, holds the only slot in flight.
 	respA, err := rig.rt.RoundTrip(trPost(t, context.Background(), srv.URL, trChatRequest))
 	require.NoError(t, err)
 	ks, ok := rig.rt.Snapshot().Key(key)
 	require.True(t, ok)
 	require.Equal(t, tollgate.BreakerOpen, ks.Breaker.State)
 	pause := ks.Breaker.OpenUntil.Sub(rig.clk.Now())
-	assert.InDelta(t, time.Second, pause, float64(time.Millisecond), "one request refills in 1 s at 60/min")
+	assert.InDelta(t, time.Second, pause, float64(time.Millisecond), "the server's retry-after")
 
 	// Call B waits for the pause, then for A's slot.
 	done := make(chan trResult, 1)
@@ -705,7 +707,7 @@ func TestTraceWaitsAreEvents(t *testing.T) {
 	changes := trEvents(attemptA[0], "tollgate.breaker.state_change")
 	require.Len(t, changes, 1, "A's response opened the breaker")
 	assert.Equal(t, map[string]any{"tollgate.model_family": "claude-sonnet-4", "tollgate.breaker.from": "closed",
-		"tollgate.breaker.to": "open", "tollgate.breaker.reason": "requests refill"}, changes[0])
+		"tollgate.breaker.to": "open", "tollgate.breaker.reason": "retry-after"}, changes[0])
 	assert.Empty(t, trEvents(callA, "tollgate.wait"), "A waited for nothing")
 
 	var moves []string
@@ -745,6 +747,12 @@ func TestTraceGaugesReadTheStateWhenCollected(t *testing.T) {
 			w.Header().Set("anthropic-ratelimit-input-tokens-limit", "30000")
 			w.Header().Set("anthropic-ratelimit-input-tokens-remaining", "29000")
 		}
+		if n == 3 { // nothing remains: every caller must wait a second
+			w.Header().Set("retry-after", "1")
+			w.Header().Set("x-should-retry", "false")
+			trAPIError(w, 429, "rate_limit_error")
+			return
+		}
 		w.Header().Set("content-type", "application/json")
 		_, _ = io.WriteString(w, trMessageJSON)
 	})
@@ -779,7 +787,7 @@ func TestTraceGaugesReadTheStateWhenCollected(t *testing.T) {
 	assert.Equal(t, map[string]int64{"requests": 48, "input-tokens": 29000}, trGauge(t, rm, "tollgate.ratelimit.remaining", "tollgate.ratelimit.dimension"),
 		"the newest reading of each dimension")
 
-	call() // nothing remains: the breaker opens until a request has refilled
+	call() // a 429 asks every caller to wait: the breaker opens until then
 	ks, ok := rig.rt.Snapshot().Key(tollgate.Key{Provider: tollgate.ProviderAnthropic, Family: "claude-sonnet-4"})
 	require.True(t, ok)
 	require.Equal(t, tollgate.BreakerOpen, ks.Breaker.State)
@@ -1158,12 +1166,13 @@ func TestTraceRefusedAttemptEndsItsSpan(t *testing.T) {
 	srv := trScripted(t, func(n int, w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("anthropic-ratelimit-requests-limit", "50")
 		w.Header().Set("anthropic-ratelimit-requests-remaining", "0")
-		w.Header().Set("content-type", "application/json")
-		_, _ = io.WriteString(w, trMessageJSON)
+		w.Header().Set("retry-after", "1")
+		w.Header().Set("x-should-retry", "false")
+		trAPIError(w, 429, "rate_limit_error")
 	})
 	rig := trNewRig(t, nil, tollgate.WithFailFast())
 	resp, _ := rig.do(t, trPost(t, context.Background(), srv.URL, trChatRequest))
-	trReadAll(t, resp) // nothing remains: the breaker opens
+	trReadAll(t, resp) // a 429 asks every caller to wait: the breaker opens
 	rig.spans.Reset()
 
 	_, err := rig.rt.RoundTrip(trPost(t, context.Background(), srv.URL, trChatRequest))

@@ -44,6 +44,11 @@ type UsageRecord struct {
 	// sending); Waits how long it waited, by cause.
 	Attempts int
 	Waits    Waits
+	// Priority and Tenant are the call's place in the queue (see
+	// ContextWithPriority and ContextWithTenant; a long tenant name
+	// shortened).
+	Priority Priority
+	Tenant   string
 }
 
 // TotalInputTokens returns InputTokens + CacheReadInputTokens +
@@ -78,9 +83,12 @@ func (r UsageRecord) MarshalJSON() ([]byte, error) {
 		BudgetWait               float64   `json:"budget_wait_s"`
 		PauseWait                float64   `json:"pause_wait_s"`
 		BackoffWait              float64   `json:"backoff_wait_s"`
+		Priority                 string    `json:"priority"`
+		Tenant                   string    `json:"tenant,omitempty"`
 	}{
 		r.Time, r.Duration.Seconds(), r.RequestID, r.Provider, r.Operation, r.Model, r.ResponseModel, r.Stream,
 		r.InputTokens, r.OutputTokens, r.CacheReadInputTokens, r.CacheCreationInputTokens,
 		r.Status, r.Error, r.Attempts, r.Waits.Budget.Seconds(), r.Waits.Pause.Seconds(), r.Waits.Backoff.Seconds(),
+		r.Priority.String(), r.Tenant,
 	})
 }

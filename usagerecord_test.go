@@ -24,7 +24,7 @@ func TestUsageRecordJSON(t *testing.T) {
 	assert.JSONEq(t, `{"time":"2026-01-02T03:04:05.6Z","duration_s":1.5,"request_id":"req_1","provider":"anthropic",
 		"operation":"chat","model":"claude-sonnet-4-5","stream":true,"input_tokens":10,"output_tokens":20,
 		"cache_read_input_tokens":30,"cache_creation_input_tokens":40,"status":529,"error":"overloaded_error",
-		"attempts":3,"budget_wait_s":0.25,"pause_wait_s":2,"backoff_wait_s":1}`, string(b))
+		"attempts":3,"budget_wait_s":0.25,"pause_wait_s":2,"backoff_wait_s":1,"priority":"normal"}`, string(b))
 	assert.Equal(t, int64(80), rec.TotalInputTokens())
 
 	rec.ResponseModel = "claude-sonnet-4-5-20250929"
@@ -36,5 +36,5 @@ func TestUsageRecordJSON(t *testing.T) {
 	require.NoError(t, err)
 	assert.JSONEq(t, `{"time":"0001-01-01T00:00:00Z","duration_s":0,"stream":false,"input_tokens":0,"output_tokens":0,
 		"cache_read_input_tokens":0,"cache_creation_input_tokens":0,"status":0,"attempts":0,
-		"budget_wait_s":0,"pause_wait_s":0,"backoff_wait_s":0}`, string(b), "empty strings are left out, numbers kept")
+		"budget_wait_s":0,"pause_wait_s":0,"backoff_wait_s":0,"priority":"normal"}`, string(b), "empty strings are left out, numbers kept")
 }

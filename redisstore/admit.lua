@@ -2,11 +2,13 @@
 -- Admit. ARGV[2..5]: limits; ARGV[6..9]: costs; ARGV[10..13]: the levels a
 -- new bucket starts at ('' for full); ARGV[14..17]: what each bucket must
 -- hold to admit, where not the cost (0); ARGV[18]: the longest wait that may
--- be granted ahead; ARGV[19]: how many settlements follow, 13 arguments
--- each, applied first. Returns granted ('1' or '0'), wait, paused, pause
--- reason, now, and the four levels.
-for k = 0, (tonumber(ARGV[19]) or 0) - 1 do
-  settle(20 + 13 * k)
+-- be granted ahead; ARGV[19..22]: what the attempt must leave in each bucket
+-- besides (the headroom for higher priorities; the two fit together, capped
+-- at the limit, but only the cost is charged); ARGV[23]: how many
+-- settlements follow, 13 arguments each, applied first. Returns granted
+-- ('1' or '0'), wait, paused, pause reason, now, and the four levels.
+for k = 0, (tonumber(ARGV[23]) or 0) - 1 do
+  settle(24 + 13 * k)
 end
 local lim, cost = {}, {}
 for d = 1, 4 do
@@ -26,7 +28,8 @@ for d = 1, 4 do
     if need <= 0 then
       need = cost[d]
     end
-    local missing = math.min(need, L) - level[d]
+    need = math.min(need + (tonumber(ARGV[18 + d]) or 0), L)
+    local missing = need - level[d]
     if missing > FIT then
       wait = math.max(wait, math.ceil(missing / L * MINUTE))
     end

@@ -125,15 +125,16 @@ func (s *Store) key(name string) string { return s.prefix + ":{" + name + "}" }
 // name never seen, expired, or lost with a Redis restarted empty) starts at
 // a.Start where a.HasStart, else full. It grants the attempt
 // when every bucket whose limit is above zero holds its cost, or its need
-// where a.Need sets one (capped at the limit), charging all of them their
-// cost; it also grants it, charging all of them at
-// once, when the longest wait until the cost fits is at most a.MaxWait, and
-// then reports that wait in Wait. Otherwise it charges nothing and reports
-// the wait. While a pause is in force it grants nothing and reports the time
-// left in Paused. Levels.At is the Redis server's time. Every cost and need
-// must be finite and not negative; a.MaxWait below zero counts as zero.
+// where a.Need sets one, plus a.Keep (the two capped together at the
+// limit), charging all of them their cost; it also grants it, charging all
+// of them at once, when the longest wait until that fits is at most
+// a.MaxWait, and then reports that wait in Wait. Otherwise it charges
+// nothing and reports the wait. While a pause is in force it grants nothing
+// and reports the time left in Paused. Levels.At is the Redis server's
+// time. Every cost, need and Keep must be finite and not negative;
+// a.MaxWait below zero counts as zero.
 func (s *Store) Admit(ctx context.Context, name string, a tollgate.Admission) (tollgate.Admitted, error) {
-	args := make([]any, 0, 19+13*len(a.Settle))
+	args := make([]any, 0, 23+13*len(a.Settle))
 	args = append(args, s.marginArg())
 	args = appendLimits(args, a.Limits)
 	for d, c := range a.Cost {
@@ -155,7 +156,14 @@ func (s *Store) Admit(ctx context.Context, name string, a tollgate.Admission) (t
 		}
 		args = append(args, formatFloat(need))
 	}
-	args = append(args, max(a.MaxWait, 0).Microseconds(), len(a.Settle))
+	args = append(args, max(a.MaxWait, 0).Microseconds())
+	for d, k := range a.Keep {
+		if math.IsNaN(k) || math.IsInf(k, 0) || k < 0 {
+			return tollgate.Admitted{}, fmt.Errorf("redisstore: admit: invalid headroom %v of %v", k, tollgate.Dimension(d))
+		}
+		args = append(args, formatFloat(k))
+	}
+	args = append(args, len(a.Settle))
 	for _, st := range a.Settle {
 		var err error
 		if args, err = appendSettlement(args, st); err != nil {

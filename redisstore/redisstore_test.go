@@ -160,6 +160,37 @@ func TestAdmitAtTheNeed(t *testing.T) {
 	assert.ErrorContains(t, err, "invalid need")
 }
 
+func TestAdmitKeep(t *testing.T) {
+	// Keep is what the attempt must leave in each bucket (the headroom a
+	// lower priority leaves for Interactive calls): cost and Keep fit
+	// together, capped at the limit; only the cost is charged. It holds
+	// for a grant ahead of time too.
+	s, _, _ := newStore(t)
+	ctx := context.Background()
+	l := limits(100, 60) // tokens: one a second
+	keep := cost(0, 20)
+	a, err := s.Admit(ctx, name, tollgate.Admission{Limits: l, Cost: cost(1, 50), Keep: keep})
+	require.NoError(t, err)
+	require.True(t, a.Granted, "50 + 20 capped at 60: a full bucket fits")
+	at := a.Levels.At
+	assert.InDelta(t, 10, a.Levels.Level[tollgate.Tokens], 1e-9, "charged its cost only")
+
+	a, err = s.Admit(ctx, name, tollgate.Admission{Limits: l, Cost: cost(1, 5), Keep: keep})
+	require.NoError(t, err)
+	assert.False(t, a.Granted, "5 fits the 10 left, but not with 20 kept")
+	assert.InDelta(t, 15*time.Second-a.Levels.At.Sub(at), a.Wait, float64(time.Microsecond))
+
+	a, err = s.Admit(ctx, name, tollgate.Admission{Limits: l, Cost: cost(1, 5), Keep: keep, MaxWait: time.Minute})
+	require.NoError(t, err)
+	assert.True(t, a.Granted, "granted ahead")
+	assert.InDelta(t, 15*time.Second-a.Levels.At.Sub(at), a.Wait, float64(time.Microsecond), "for when it fits with 20 kept")
+	assert.InDelta(t, 5+refill(60, a.Levels.At.Sub(at)), a.Levels.Level[tollgate.Tokens], 1e-9, "charged 5")
+
+	a, err = s.Admit(ctx, name, tollgate.Admission{Limits: l, Cost: cost(1, 5)})
+	require.NoError(t, err)
+	assert.True(t, a.Granted, "an attempt that keeps nothing takes what is left")
+}
+
 func TestAdmitCarriesSettlements(t *testing.T) {
 	s, _, _ := newStore(t)
 	ctx := context.Background()
@@ -514,6 +545,10 @@ func TestInvalidInput(t *testing.T) {
 	for _, x := range []float64{math.NaN(), math.Inf(1), math.Inf(-1)} {
 		_, err := s.Settle(ctx, name, tollgate.Settlement{Limits: l, Charge: cost(x, 0)})
 		assert.ErrorContains(t, err, "redisstore: settle: invalid charge", "charge %v", x)
+	}
+	for _, x := range []float64{math.NaN(), math.Inf(1), -1} {
+		_, err := s.Admit(ctx, name, tollgate.Admission{Limits: l, Cost: cost(1, 1), Keep: cost(0, x)})
+		assert.ErrorContains(t, err, "redisstore: admit: invalid headroom", "keep %v", x)
 	}
 	_, err := s.Settle(ctx, name, tollgate.Settlement{Limits: l, Floor: cost(math.Inf(-1), 0), HasFloor: [tollgate.NumDimensions]bool{true}})
 	assert.ErrorContains(t, err, "redisstore: settle: invalid floor")
