@@ -336,7 +336,7 @@ func (p *pool) admitBreaker(ctx context.Context, c *call, ex *exchange) (ticket 
 			if capped := p.budget.cfg.maxQueueWait; capped > 0 && p.pause.pacing {
 				deadline = ex.pacedSince(now).Add(capped)
 			}
-			if err := p.hopelessLocked(ctx, c, now, start, deadline); err != nil {
+			if err := p.hopelessLocked(ctx, c, now, now.Sub(start), deadline); err != nil {
 				p.unlock(ctx, c)
 				return nil, false, err
 			}
