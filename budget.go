@@ -15,8 +15,10 @@ import (
 //
 // An attempt waits until one continuously refilled bucket per known limit
 // (requests, input tokens, output tokens, and combined tokens where the
-// provider reports those) covers its estimated cost, in arrival order per
-// Key, and until WithMaxConcurrency allows one more attempt in flight.
+// provider reports those) covers its estimated cost, in the order of the
+// Key's queue (by priority class, then by its tenant's fair share, then in
+// arrival order: see ContextWithPriority and ContextWithTenant), and until
+// WithMaxConcurrency allows one more attempt in flight.
 // Until any limit is known for a Key, its attempts go one at a time (unless
 // WithLimits gives them). When the attempt's body has been read or closed,
 // its reservation is settled to the usage the response reported; a 429
@@ -25,6 +27,7 @@ import (
 //
 // A wait ends at once when the request context is done: RoundTrip then
 // returns the context's error and gives back everything the attempt held.
+// Otherwise only WithMaxQueueWait, when set, ends it (a *QueueWaitError).
 // A pause found in a shared Store that the attempt cannot wait out (see
 // Breaker) returns an *OpenError. The time waited is added to the call's
 // Waits.Budget.
@@ -147,7 +150,7 @@ func WithLimits(l Limits) Option {
 }
 
 // WithMaxConcurrency caps the attempts in flight per Key at n; more wait, in
-// arrival order, in the same queue as attempts waiting for tokens. An attempt
+// the queue's order, in the same queue as attempts waiting for tokens. An attempt
 // is in flight from admission until its response body is read to the end or
 // closed, or it fails. n of zero or less means no cap (the default).
 func WithMaxConcurrency(n int) Option {
