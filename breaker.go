@@ -16,19 +16,22 @@ import (
 // reacts to what only the server knows: other clients draining the same
 // limits, overload, the spend cap. It keeps one circuit breaker per Key,
 // shared by every call through s, and opens it, for every caller, when a
-// response shows a limit short of what the next typical request needs, a
-// 429 asks for a wait (retry-after) or says the spend cap is reached, or
-// WithBreakerThreshold consecutive attempts failed (5xx, 408, connection
-// failures, an overloaded_error in a stream). The package documentation
-// says how long each pause lasts.
+// response shows a limit short of what the next typical request needs (a
+// 429 that gives no wait; a success too, when s has no Budget layer, which
+// otherwise paces that itself), a 429 asks for a wait (retry-after) or says
+// the spend cap is reached, or WithBreakerThreshold consecutive attempts
+// failed (5xx, 408, connection failures, an overloaded_error in a stream).
+// The package documentation says how long each pause lasts.
 //
 // While a breaker is open, an attempt waits until it closes, on the State's
 // clock, as long as its context allows; the time is added to the call's
 // Waits.Pause. Then one attempt, the probe, goes first and the others wait
 // for its verdict: its status, or, for a stream, its first output. An
-// attempt that cannot wait — the pause is longer than WithMaxPause allows in
-// total or outlasts its context's deadline, fail-fast mode (WithFailFast),
-// or the spend cap — is answered at once without being sent: with the
+// attempt that cannot wait — a pause the server asked for longer than
+// WithMaxPause allows in total, a pause that outlasts its context's
+// deadline, a refill pause past WithMaxQueueWait (a *QueueWaitError),
+// fail-fast mode (WithFailFast), or the spend cap — is answered at once
+// without being sent: with the
 // server's own 429 (its status, headers and error body, retry-after brought
 // down to what is left, ReplayedHeader set) when the server asked for the
 // pause, else with an *OpenError that says when the breaker expects to let
@@ -85,9 +88,12 @@ func WithBreakerThreshold(n int) Option {
 	}
 }
 
-// WithMaxPause caps how long in total one attempt waits for an open breaker
-// to reopen (default: WithMaxWait). An attempt that would wait longer is
-// answered at once (see Breaker). Values of zero or below keep the default.
+// WithMaxPause caps how long in total one attempt waits on pauses the
+// server asked for (a retry-after, an overload) before it is answered at
+// once (see Breaker); default: WithMaxWait. Only the time spent on such
+// pauses counts, not the attempt's time in the Budget layer's queue, and a
+// refill pause (tollgate's own pacing) is not bounded by it. Values of zero
+// or below keep the default.
 func WithMaxPause(d time.Duration) Option {
 	return func(c *config) {
 		if d > 0 {
@@ -336,7 +342,7 @@ func (p *pool) admitBreaker(ctx context.Context, c *call, ex *exchange) (ticket 
 			if capped := p.budget.cfg.maxQueueWait; capped > 0 && p.pause.pacing {
 				deadline = ex.pacedSince(now).Add(capped)
 			}
-			if err := p.hopelessLocked(ctx, c, now, start, deadline); err != nil {
+			if err := p.hopelessLocked(ctx, c, now, now.Sub(start), deadline); err != nil {
 				p.unlock(ctx, c)
 				return nil, false, err
 			}

@@ -15,8 +15,10 @@ import (
 //
 // An attempt waits until one continuously refilled bucket per known limit
 // (requests, input tokens, output tokens, and combined tokens where the
-// provider reports those) covers its estimated cost, in arrival order per
-// Key, and until WithMaxConcurrency allows one more attempt in flight.
+// provider reports those) covers its estimated cost, in the order of the
+// Key's queue (by priority class, then by its tenant's fair share, then in
+// arrival order: see ContextWithPriority and ContextWithTenant), and until
+// WithMaxConcurrency allows one more attempt in flight.
 // Until any limit is known for a Key, its attempts go one at a time (unless
 // WithLimits gives them). When the attempt's body has been read or closed,
 // its reservation is settled to the usage the response reported; a 429
@@ -25,6 +27,7 @@ import (
 //
 // A wait ends at once when the request context is done: RoundTrip then
 // returns the context's error and gives back everything the attempt held.
+// Otherwise only WithMaxQueueWait, when set, ends it (a *QueueWaitError).
 // A pause found in a shared Store that the attempt cannot wait out (see
 // Breaker) returns an *OpenError. The time waited is added to the call's
 // Waits.Budget.
@@ -147,7 +150,7 @@ func WithLimits(l Limits) Option {
 }
 
 // WithMaxConcurrency caps the attempts in flight per Key at n; more wait, in
-// arrival order, in the same queue as attempts waiting for tokens. An attempt
+// the queue's order, in the same queue as attempts waiting for tokens. An attempt
 // is in flight from admission until its response body is read to the end or
 // closed, or it fails. n of zero or less means no cap (the default).
 func WithMaxConcurrency(n int) Option {
@@ -429,10 +432,13 @@ type waiter struct {
 	timed   bool
 	// deadline is when WithMaxQueueWait gives up on it; zero without a cap.
 	deadline time.Time
-	// pausedSince is when it first met a pause the server asked for, which
-	// WithMaxPause bounds.
-	pausedSince time.Time
-	err         error // why it cannot be admitted: ctx's error, a pause it cannot wait out, the queue-wait cap
+	// pausedFor is how long it has waited so far on pauses the server
+	// asked for, which WithMaxPause bounds (its waits in the queue do not
+	// count); pausedAt is when its wait on one began, zero while it waits
+	// on none.
+	pausedFor time.Duration
+	pausedAt  time.Time
+	err       error // why it cannot be admitted: ctx's error, a pause it cannot wait out, the queue-wait cap
 
 	// woken says the head's wait may be shorter now: it asks the store
 	// again. wake carries the news to a head that is blocked (capacity 1;
@@ -478,6 +484,10 @@ func (p *pool) admit(ctx context.Context, c *call, ex *exchange) (*reservation, 
 	p.enqueueLocked(r, c, start)
 	for {
 		now := clock.Now()
+		if !w.pausedAt.IsZero() {
+			w.pausedFor += now.Sub(w.pausedAt)
+			w.pausedAt = time.Time{}
+		}
 		p.orderLocked(now)
 		switch {
 		case w.err != nil || !p.mayAskLocked(r):
@@ -486,11 +496,11 @@ func (p *pool) admit(ctx context.Context, c *call, ex *exchange) (*reservation, 
 			// pause is over, and a caller that cannot wait it out is
 			// answered as the Breaker answers it.
 			w.woken = false
-			if !p.pause.pacing && w.pausedSince.IsZero() {
-				w.pausedSince = now
-			}
-			w.err = p.hopelessLocked(ctx, c, now, w.pausedSince, w.deadline)
+			w.err = p.hopelessLocked(ctx, c, now, w.pausedFor, w.deadline)
 			w.retryAt, w.timed = p.pause.until, true
+			if !p.pause.pacing {
+				w.pausedAt = now
+			}
 		default:
 			w.woken = false
 			p.askLocked(r, c, start) // unlocks around the store call
@@ -614,14 +624,14 @@ func (p *pool) askLocked(r *reservation, c *call, start time.Time) {
 	case res.Paused > 0:
 		q := pause{until: now.Add(res.Paused), reason: "shared: " + res.PauseReason, pacing: pacingReason(res.PauseReason)}
 		p.extendLocked(q, true)
-		if !q.pacing && w.pausedSince.IsZero() {
-			w.pausedSince = now
-		}
-		if err := p.hopelessLocked(w.ctx, c, now, w.pausedSince, w.deadline); err != nil {
+		if err := p.hopelessLocked(w.ctx, c, now, w.pausedFor, w.deadline); err != nil {
 			w.err = err
 			return
 		}
 		w.retryAt, w.timed = now.Add(res.Paused), true
+		if !q.pacing {
+			w.pausedAt = now
+		}
 	case !res.Granted:
 		w.retryAt, w.timed = asked.Add(res.Wait), true
 		if !w.deadline.IsZero() && w.retryAt.After(w.deadline) {

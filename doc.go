@@ -115,6 +115,11 @@
 //     as long as that limit takes to refill the deficit at its rate, never
 //     past its reset; the longest such wait over the limits wins. The
 //     typical request is a moving average of the usage of recent calls.
+//     This refill pause is taken on a 429 that gives no wait, and on a
+//     success only by a Breaker with no Budget layer: the Budget layer
+//     paces a success that leaves a limit short itself, each waiting
+//     attempt for its own cost, in the queue's order. It is tollgate's own
+//     pacing, which WithMaxPause does not bound.
 //   - a 429 with retry-after (or retry-after-ms): until then.
 //   - a 429 that says the spend cap is reached: for WithSpendLimitPause;
 //     every caller fails fast meanwhile, waiting or not.
@@ -134,6 +139,52 @@
 // output (a content delta) or its end, so that a stream that fails right
 // after its headers counts as the failure it is.
 //
+// # Who goes first: priorities and tenants
+//
+// Each call has a priority class, Interactive, Normal (the default) or
+// Background (ContextWithPriority), and a tenant, "" unless
+// ContextWithTenant names one. Both ride in the context the caller gives
+// the SDK, which hands it to the transport, and hold for every attempt of
+// the call, retries included. They order a Key's queue: an Interactive
+// attempt is admitted before every waiting Normal and Background one, a
+// Normal one before every Background one. Within a class, tenants are
+// served by weighted fair queuing (start-time fair queuing) on the tokens
+// they actually used: an attempt counts as the largest share of a token
+// limit it takes, corrected to its usage when it settles, over its
+// tenant's weight (WithTenantWeights), so that a tenant's share of the
+// binding limit follows its weight whatever its number of agents, and the
+// share of a tenant with nothing waiting goes to the others at once, with
+// no credit banked. The arrival order described above holds within one
+// class and one tenant.
+//
+// The bounds: an Interactive attempt waits for the refill of its own cost
+// at most, plus one attempt already granted (an attempt the store is being
+// asked about, or has granted ahead of time, keeps the head). Normal and
+// Background attempts leave headroom in every bucket for Interactive
+// attempts that have not arrived yet (WithInteractiveHeadroom: one typical
+// Interactive attempt by default, learned, and kept only while the Key has
+// seen one in the last 10 minutes), so that one that arrives finds its
+// cost there. An attempt that has waited WithPriorityAging (3 minutes by
+// default) is served in arrival order ahead of every attempt that arrived
+// after it, whatever the classes and tenants: no attempt is starved for
+// good, a Background attempt waiting at most that long plus the time the
+// Key takes to serve the attempts that arrived before it.
+//
+// Waiting is not failing. A wait tollgate chooses for its own pacing — a
+// place in the queue, the refill an attempt's cost needs, a refill pause —
+// ends only with the request's context, unless WithMaxQueueWait sets a cap,
+// past which the attempt fails with a *QueueWaitError that says how long it
+// waited and what for. WithMaxWait and WithMaxPause bound only the waits
+// the server asks for (retry-after), and WithMaxPause counts only the time
+// an attempt spends on such pauses, not its time in the queue.
+//
+// Snapshot shows the waiters per class (BudgetSnapshot.WaitingByPriority),
+// each tenant's waiters, attempts in flight and use over the last minute
+// (BudgetSnapshot.Tenants), and the headroom kept. Spans carry
+// tollgate.priority and tollgate.tenant, the metric tollgate.wait.duration
+// has the attribute tollgate.priority, and the UsageRecord has Priority and
+// Tenant.
+//
 // # One budget for many processes
 //
 // The budget's bucket levels and the breaker's pauses live in a Store: by
@@ -147,6 +198,23 @@
 // falls back to its own share of the limits (WithStoreFallback), starting
 // from the levels it last knew, until the store answers again; a store that
 // comes back empty is given those levels too.
+//
+// Priorities and fair shares with a shared store: each process orders its
+// own queue, and only its head asks the store, so the order above holds
+// among the attempts of one process; the heads of the processes reach the
+// store in the order they ask (redisstore grants ahead in the order its
+// admissions reach Redis). What holds across processes: an Interactive
+// attempt waits for the refill of its own cost plus at most one attempt
+// already granted per process sharing the store (each process's head);
+// and the headroom is kept in the shared buckets (Admission.Keep, which
+// redisstore's admission script honours), so that an Interactive attempt
+// of any process can take what the Normal and Background attempts of the
+// others leave. What holds only within a process: the order of the
+// classes among waiting attempts, the fair share among tenants (a tenant
+// whose calls are spread over more processes gets more turns at the
+// store), aging, and the headroom's size, which a process learns from its
+// own Interactive attempts: a process that has made none in the last 10
+// minutes keeps none.
 //
 // # Contracts
 //

@@ -86,6 +86,7 @@ type QueueWaitError struct {
 	Reason string
 }
 
+// Error says which call gave up, how long it waited, for what, and the cap.
 func (e *QueueWaitError) Error() string {
 	return fmt.Sprintf("tollgate: %s call gave up after waiting %s for %s (queue-wait cap %s): %s",
 		e.Priority, e.Waited.Round(time.Millisecond), e.Key, e.Cap, e.Reason)

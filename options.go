@@ -61,10 +61,13 @@ func WithMaxAttempts(n int) Option {
 	return func(c *config) { c.maxAttempts = max(n, 1) }
 }
 
-// WithMaxWait caps any single wait tollgate makes on a caller's behalf
-// (default 60 s). When the server asks for a longer wait (retry-after), the
-// caller gets the server's response at once instead of a silent long sleep.
-// Values of zero or below keep the default.
+// WithMaxWait caps any single wait between two attempts of a call (default
+// 60 s): the wait the server asks for (retry-after), or a backoff. When the
+// server asks for a longer wait, the caller gets the server's response at
+// once instead of a silent long sleep. It does not bound the waits
+// tollgate chooses for its own pacing (a place in the Budget layer's queue,
+// a refill): those end with the request's context, or at
+// WithMaxQueueWait. Values of zero or below keep the default.
 func WithMaxWait(d time.Duration) Option {
 	return func(c *config) {
 		if d > 0 {

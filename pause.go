@@ -60,13 +60,14 @@ func (p *pool) openErrorLocked(until time.Time) *OpenError {
 
 // hopelessLocked reports whether an attempt cannot wait out the pause in
 // force: fail-fast mode, the spend cap, or a wait beyond ctx's deadline;
-// for a pause the server asked for, one longer than WithMaxPause allows in
-// total since the attempt first met such a pause (pausedSince); for a
-// pacing pause, one that ends past the attempt's queue-wait deadline (zero:
-// none). It returns the error to fail with: the server's 429 replayed when
-// the server asked for the pause, a *QueueWaitError past the deadline, else
-// an *OpenError.
-func (p *pool) hopelessLocked(ctx context.Context, c *call, now, pausedSince, deadline time.Time) error {
+// for a pause the server asked for, one longer than what WithMaxPause
+// leaves of its total once the attempt has waited paused on such pauses
+// (its waits for anything else, such as its place in the queue, do not
+// count); for a pacing pause, one that ends past the attempt's queue-wait
+// deadline (zero: none). It returns the error to fail with: the server's
+// 429 replayed when the server asked for the pause, a *QueueWaitError past
+// the deadline, else an *OpenError.
+func (p *pool) hopelessLocked(ctx context.Context, c *call, now time.Time, paused time.Duration, deadline time.Time) error {
 	st := &p.state.cfg.breaker
 	wait := p.pause.until.Sub(now)
 	switch {
@@ -83,7 +84,7 @@ func (p *pool) hopelessLocked(ctx context.Context, c *call, now, pausedSince, de
 			return p.openErrorLocked(p.pause.until)
 		}
 		return nil
-	case wait <= st.maxPause-now.Sub(pausedSince) && !outlasts(ctx, wait):
+	case wait <= st.maxPause-paused && !outlasts(ctx, wait):
 		return nil
 	}
 	if p.pause.answer != nil {

@@ -151,12 +151,16 @@ const interactiveIdle = 10 * time.Minute
 // seen no Interactive attempt in the last 10 minutes keeps none. Negative,
 // NaN or infinite values keep the default.
 //
-// What it costs: the headroom is held once, not per call (refill does not
-// slow down while it is held), so a saturated fleet gives up about one
-// Interactive attempt's tokens once, plus what is left unused while no
-// Interactive call comes, and nothing while none is ever made (see
-// BENCHMARKS.md). With a shared Store the headroom is kept in the shared
-// buckets: an Interactive attempt of any process can take it.
+// What it costs: the headroom is held, not spent (the buckets go on
+// refilling while it is held), so a saturated fleet gives up about one
+// Interactive attempt's cost once, and nothing on a Key that has seen no
+// Interactive attempt in 10 minutes: at tier-1 limits, about 1 % of a
+// 2-minute run's input tokens, measured within the noise between two runs
+// (see BENCHMARKS.md). What it buys: an Interactive attempt finds its cost
+// in the bucket instead of waiting for its refill. With a shared Store the
+// headroom is kept in the shared buckets: an Interactive attempt of any
+// process can take it; its size is what this process learned of its own
+// Interactive attempts.
 func WithInteractiveHeadroom(attempts float64) Option {
 	return func(c *config) {
 		if attempts >= 0 && !math.IsInf(attempts, 0) {

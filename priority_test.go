@@ -385,3 +385,40 @@ func TestPriorityPacingPauseIsNotCappedByMaxPause(t *testing.T) {
 		})
 	}
 }
+
+func TestPriorityMaxPauseCountsOnlyPauses(t *testing.T) {
+	// WithMaxPause (60 s) bounds the time an attempt waits on pauses the
+	// server asked for, in total; not its waits in the queue. An attempt
+	// waits out a 20 s retry-after pause, then 40 s for the refill of its
+	// cost, then meets a 30 s one: 50 s paused in all, it waits that out
+	// too, 90 s after it started.
+	clk := fakeclock.New(bgtEpoch)
+	store := &priPausingStore{Store: tollgate.NewMemoryStore(clk), clk: clk}
+	rig := newBgtRigOn(t, clk, tollgate.WithLimits(tollgate.Limits{OutputTokensPerMinute: 6000}),
+		tollgate.WithStore(store), tollgate.WithStoreTimeout(time.Hour))
+	rig.setReply(func(*http.Request) (*http.Response, error) { return bgtReply(200, nil, 0, 6000), nil })
+	_, err := rig.do(bgtReq(context.Background(), "drain", "", 6000))
+	require.NoError(t, err)
+	rig.setReply(bgtProducesMaxTokens)
+
+	store.pause(20*time.Second, "retry-after")
+	done := rig.start(bgtReq(context.Background(), "late", "", 6000))
+	require.True(t, clk.WaitForWaiters(1, 5*time.Second))
+	assert.Equal(t, []time.Duration{20 * time.Second}, clk.Pending(), "the first pause")
+	clk.Advance(20 * time.Second)
+	require.Eventually(t, func() bool {
+		p := clk.Pending()
+		return len(p) == 1 && p[0] == 40*time.Second
+	}, 5*time.Second, time.Millisecond, "then the refill of what is left of its cost")
+	store.pause(70*time.Second, "retry-after") // 30 s left when it asks again
+	clk.Advance(40 * time.Second)
+	require.Eventually(t, func() bool {
+		p := clk.Pending()
+		return len(p) == 1 && p[0] == 30*time.Second
+	}, 5*time.Second, time.Millisecond, "it waits the second pause out")
+	clk.Advance(30 * time.Second)
+	r := bgtReceive(t, done)
+	require.NoError(t, r.err)
+	bgtSettle(r)
+	assert.Equal(t, 90*time.Second, rig.record("late").Waits.Budget)
+}

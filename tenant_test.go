@@ -179,9 +179,9 @@ func TestTenantBadInput(t *testing.T) {
 	})
 	t.Run("weights", func(t *testing.T) {
 		rig := newBgtRig(t, tollgate.WithLimits(tollgate.Limits{RequestsPerMinute: 600}), tollgate.WithTenantWeights(map[string]float64{
-			"negative": -1, "zero": 0, "nan": math.NaN(), "inf": math.Inf(1), "half": 0.5,
+			"negative": -1, "zero": 0, "nan": math.NaN(), "inf": math.Inf(1), "-inf": math.Inf(-1), "half": 0.5,
 		}))
-		for _, name := range []string{"negative", "zero", "nan", "inf", "half", "unnamed"} {
+		for _, name := range []string{"negative", "zero", "nan", "inf", "-inf", "half", "unnamed"} {
 			_, err := rig.do(bgtReq(tollgate.ContextWithTenant(context.Background(), name), name, "", 1))
 			require.NoError(t, err)
 		}
@@ -189,7 +189,7 @@ func TestTenantBadInput(t *testing.T) {
 		for _, ts := range rig.snap().Tenants {
 			weights[ts.Name] = ts.Weight
 		}
-		assert.Equal(t, map[string]float64{"negative": 1, "zero": 1, "nan": 1, "inf": 1, "half": 0.5, "unnamed": 1}, weights)
+		assert.Equal(t, map[string]float64{"negative": 1, "zero": 1, "nan": 1, "inf": 1, "-inf": 1, "half": 0.5, "unnamed": 1}, weights)
 	})
 	t.Run("idle tenants are forgotten", func(t *testing.T) {
 		rig := newBgtRig(t, tollgate.WithLimits(tollgate.Limits{RequestsPerMinute: 6000}))
@@ -297,17 +297,18 @@ func TestPriorityAndTenantCarriedByEveryAttempt(t *testing.T) {
 	}
 	assert.Equal(t, []string{"drain", "interactive", "interactive", "normal"}, order)
 
-	for _, call := range trCalls(t, rig.ended()) {
-		for _, span := range call {
+	calls := trCalls(t, rig.ended())
+	require.Len(t, calls, 3)
+	for _, call := range calls {
+		for _, span := range call { // the call's span, then its attempts'
 			attrs := trAttrs(span.Attributes)
-			if attrs["tollgate.model_family"] != nil && len(call) == 3 || len(call) == 3 && span.Name == "POST" {
+			if len(call) == 3 { // the Interactive call: two attempts
 				assert.Equal(t, "interactive", attrs["tollgate.priority"], span.Name)
 				assert.Equal(t, "acme", attrs["tollgate.tenant"], span.Name)
+				continue
 			}
-			if len(call) == 2 {
-				assert.Equal(t, "normal", attrs["tollgate.priority"], span.Name)
-				assert.NotContains(t, attrs, "tollgate.tenant", "no tenant, no attribute")
-			}
+			assert.Equal(t, "normal", attrs["tollgate.priority"], span.Name)
+			assert.NotContains(t, attrs, "tollgate.tenant", "no tenant, no attribute")
 		}
 	}
 	var rec tollgate.UsageRecord

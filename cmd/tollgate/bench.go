@@ -18,6 +18,10 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	f := newFleetFlags("bench", fleet.DefaultDuration, stderr)
 	clients := f.fs.String("clients", strings.Join(benchClients, ","),
 		"comma-separated clients to run side by side: "+strings.Join(peers.Names(), ", "))
+	api := f.fs.String("api", fleet.APIAnthropic, "the API the agents call: anthropic (Messages, through anthropic-sdk-go) or openai "+
+		"(Chat Completions through openai-go, one-shot workload only; give it --tpm, and --itpm 0 --otpm 0, for OpenAI-style limits)")
+	var sc scenarioFlags
+	sc.add(f)
 	f.addWorkloadFlags()
 	f.fs.Usage = func() {
 		fmt.Fprintf(stderr, `usage: tollgate bench [flags]
@@ -38,6 +42,14 @@ default), and prints what each got out of them:
                            prompt tokens read from it; input tokens count against
                            the input limit as the server counts them (input + cache
                            writes)
+
+--scenario priority runs 16 Background agents (--agents) and 2 Interactive agents that
+each start a call every 5 s, through tollgate with priorities, with priorities but no
+headroom for Interactive calls, and without priorities (FIFO), and the Interactive agents
+alone on an idle key: the Interactive latencies are shown next to the idle key's.
+--scenario tenants runs two tenants of 12 and 4 agents (--tenant-agents), equal weights
+(--tenant-weights), with fair share and FIFO, and shows each one's share of the input
+tokens served.
 
 --workload agents runs a coding-agent fleet instead of one-shot prompts: each agent
 holds multi-turn conversations (a shared 6,000-token system prompt, a task, then
@@ -61,7 +73,32 @@ flags:
 		list = withLimitsInstead(list)
 	}
 	cfg := f.config()
-	return runFleet(ctx, "bench", f, cfg, list, stdout, stderr, writeRows)
+	cfg.API = *api
+	if cfg.API != fleet.APIAnthropic && cfg.API != fleet.APIOpenAI {
+		return usagef("--api must be %s or %s, not %q", fleet.APIAnthropic, fleet.APIOpenAI, cfg.API)
+	}
+	if cfg.API == fleet.APIOpenAI && f.agentsWorkload() {
+		return usagef("--api openai runs the oneshot workload only")
+	}
+	table := writeRows
+	scenario, err := sc.apply(f, &cfg)
+	if err != nil {
+		return err
+	}
+	if scenario != nil {
+		if set := f.setFlags(); set["clients"] || set["with-limits"] {
+			return usagef("--scenario runs clients of its own: drop --clients and --with-limits")
+		}
+		if f.agentsWorkload() {
+			return usagef("--scenario runs the oneshot workload only")
+		}
+		list = scenario
+		table = writePriorityRows
+		if sc.name == scenarioTenants {
+			table = writeTenantRows
+		}
+	}
+	return runFleet(ctx, "bench", f, cfg, list, stdout, stderr, table)
 }
 
 // withLimitsInstead replaces tollgate by tollgate+limits (once).

@@ -24,6 +24,9 @@ type fleetFlags struct {
 	latency   time.Duration
 	perToken  time.Duration
 	withLimit bool
+	// fleet, when set, describes the fleet instead of --agents (a bench
+	// --scenario's groups).
+	fleet string
 
 	// Set by addWorkloadFlags (bench and demo); empty otherwise.
 	hasWorkload bool
@@ -220,6 +223,13 @@ func (f *fleetFlags) config() fleet.Config {
 	return cfg
 }
 
+// setFlags returns the names of the flags given on the command line.
+func (f *fleetFlags) setFlags() map[string]bool {
+	set := map[string]bool{}
+	f.fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	return set
+}
+
 func (f *fleetFlags) describe() string {
 	mode := "JSON replies"
 	if f.stream {
@@ -239,6 +249,10 @@ func (f *fleetFlags) describe() string {
 	case remainingExact:
 		server += ", remaining exact"
 	}
-	return fmt.Sprintf("%d agents per client for %s, %s%s, max_tokens %d; limits %s%s", f.agents, f.duration, work, mode, f.maxTokens,
+	agents := fmt.Sprintf("%d agents per client", f.agents)
+	if f.fleet != "" {
+		agents = f.fleet
+	}
+	return fmt.Sprintf("%s for %s, %s%s, max_tokens %d; limits %s%s", agents, f.duration, work, mode, f.maxTokens,
 		limitsString(f.limits), server)
 }

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -30,9 +32,29 @@ var fast = []string{"--duration", "1s", "--agents", "3", "--rpm", "600000", "--i
 	"--otpm", "10000000", "--latency", "5ms", "--per-token", "0s", "--max-tokens", "16"}
 
 func runCLI(ctx context.Context, args ...string) (code int, stdout, stderr string) {
-	var out, errb bytes.Buffer
+	var out, errb lockedBuffer
 	code = run(ctx, args, &out, &errb)
 	return code, out.String(), errb.String()
+}
+
+// lockedBuffer is a bytes.Buffer that several goroutines may write, as they
+// may write os.Stdout and os.Stderr (bench-shared copies its workers'
+// stderr while its live view writes).
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func TestUsageErrors(t *testing.T) {
@@ -62,6 +84,15 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"bench", "--workload", "agents", "--output-rule", "reserve"}, "--max-tokens 8192 exceeds --otpm 8000"},
 		{[]string{"bench", "--workload", "agents", "--itpm", "5000"}, "below the largest prompt (6"},
 		{[]string{"bench-shared", "--workload", "agents"}, "flag provided but not defined: -workload"},
+		{[]string{"bench", "--scenario", "lottery"}, `--scenario must be priority or tenants, not "lottery"`},
+		{[]string{"bench", "--scenario", "priority", "--clients", "sdk"}, "--scenario runs clients of its own"},
+		{[]string{"bench", "--scenario", "priority", "--every", "0s"}, "--every positive"},
+		{[]string{"bench", "--scenario", "priority", "--workload", "agents"}, "--scenario runs the oneshot workload only"},
+		{[]string{"bench", "--scenario", "tenants", "--tenant-agents", "12"}, "--tenant-agents must be two values"},
+		{[]string{"bench", "--scenario", "tenants", "--tenant-agents", "0,4"}, "--tenant-agents must be two numbers of at least 1"},
+		{[]string{"bench", "--scenario", "tenants", "--tenant-weights", "1,x"}, "--tenant-weights"},
+		{[]string{"bench", "--api", "grpc"}, `--api must be anthropic or openai, not "grpc"`},
+		{[]string{"bench", "--api", "openai", "--workload", "agents"}, "--api openai runs the oneshot workload only"},
 		{[]string{"demo", "--itpm", "1000"}, "below the largest prompt"},
 		{[]string{"demo", "--agents", "-3"}, "--agents must be at least 1"},
 		{[]string{"bench-shared", "--processes", "0"}, "--processes must be between 1 and 64"},
@@ -272,6 +303,93 @@ func TestInterruptPrintsWhatWasMeasured(t *testing.T) {
 	require.Equal(t, exitInterrupted, code)
 	assert.Contains(t, stdout, "Interrupted after")
 	assert.Contains(t, stdout, "sdk")
+}
+
+// --scenario priority runs one fleet of Background agents and Interactive
+// agents (each starting a call every --every) through tollgate with
+// priorities, without headroom and without priorities (FIFO), and the
+// Interactive agents alone on an idle key; the table sets their latencies
+// next to the idle key's.
+func TestBenchScenarioPriority(t *testing.T) {
+	args := append([]string{"bench", "--json", "--scenario", "priority", "--interactive", "1", "--every", "100ms"}, fast...)
+	code, stdout, stderr := runCLI(context.Background(), args...)
+	require.Equal(t, exitOK, code, stderr)
+	s := decode(t, stdout)
+	assert.Equal(t, []summaryGroup{{Name: "background", Agents: 3}, {Name: "interactive", Agents: 1, EverySeconds: 0.1}}, s.Config.Groups)
+	assert.Contains(t, stderr, "3 Background agents and 1 Interactive agents (a call every 100ms each) per run")
+	var names []string
+	for _, r := range s.Results {
+		names = append(names, r.Client)
+		assert.Zero(t, r.FailedCalls, r.Client)
+		groups := map[string]fleet.GroupResult{}
+		for _, g := range r.Groups {
+			groups[g.Name] = g
+		}
+		assert.Positive(t, groups["interactive"].OK, r.Client)
+		assert.Equal(t, 1, groups["interactive"].Agents, r.Client)
+		if r.Client == "idle key" {
+			assert.NotContains(t, groups, "background", "the idle key has the Interactive agents alone")
+			continue
+		}
+		assert.Positive(t, groups["background"].OK, r.Client)
+		assert.Equal(t, 3, groups["background"].Agents, r.Client)
+	}
+	assert.Equal(t, []string{"priorities", "priorities, no headroom", "FIFO", "idle key"}, names)
+
+	args = append([]string{"bench", "--scenario", "priority", "--interactive", "1", "--every", "100ms"}, fast...)
+	code, stdout, stderr = runCLI(context.Background(), args...)
+	require.Equal(t, exitOK, code, stderr)
+	assert.Contains(t, stdout, "interactive p50 (× idle)")
+	assert.Regexp(t, `priorities, no headroom +[0-9.]+ %`, stdout)
+}
+
+// --scenario tenants runs two tenants' agents with fair share and FIFO, and
+// shows each tenant's share of the input tokens served.
+func TestBenchScenarioTenants(t *testing.T) {
+	args := append([]string{"bench", "--json", "--scenario", "tenants", "--tenant-agents", "2,1", "--tenant-weights", "2,1"}, fast...)
+	code, stdout, stderr := runCLI(context.Background(), args...)
+	require.Equal(t, exitOK, code, stderr)
+	s := decode(t, stdout)
+	assert.Equal(t, []summaryGroup{{Name: "tenant-a", Agents: 2}, {Name: "tenant-b", Agents: 1}}, s.Config.Groups)
+	assert.Contains(t, stderr, "tenant a: 2 agents (weight 2), tenant b: 1 agents (weight 1) per run")
+	require.Len(t, s.Results, 2)
+	for i, name := range []string{"fair share", "FIFO"} {
+		r := s.Results[i]
+		assert.Equal(t, name, r.Client)
+		require.Len(t, r.Groups, 2, name)
+		share := 0.0
+		for _, g := range r.Groups {
+			assert.Positive(t, g.InputTokens, "%s %s", name, g.Name)
+			share += g.InputShare
+		}
+		assert.InDelta(t, 1, share, 1e-9, "%s: the tenants' shares of the input tokens served add up", name)
+	}
+
+	args = append([]string{"bench", "--scenario", "tenants", "--tenant-agents", "2,1"}, fast...)
+	code, stdout, stderr = runCLI(context.Background(), args...)
+	require.Equal(t, exitOK, code, stderr)
+	assert.Contains(t, stdout, "tenant a (2 agents): input tokens")
+	assert.Contains(t, stdout, "fair share")
+}
+
+// --api openai runs the fleet through openai-go against the fake API's
+// Chat Completions route, JSON and streamed.
+func TestBenchOpenAI(t *testing.T) {
+	for _, stream := range []bool{false, true} {
+		args := append([]string{"bench", "--json", "--api", "openai", "--clients", "sdk,tollgate", fmt.Sprintf("--stream=%v", stream)}, fast...)
+		args = append(args, "--itpm", "0", "--otpm", "0", "--tpm", "100000000")
+		code, stdout, stderr := runCLI(context.Background(), args...)
+		require.Equal(t, exitOK, code, stderr)
+		s := decode(t, stdout)
+		assert.Equal(t, "openai", s.Config.API)
+		require.Len(t, s.Results, 2)
+		for _, r := range s.Results {
+			assert.Positive(t, r.OKCalls, "%s stream=%v", r.Client, stream)
+			assert.Zero(t, r.FailedCalls, "%s stream=%v", r.Client, stream)
+			assert.Positive(t, r.Used.InputTokens, "%s stream=%v: usage read from openai-go's response", r.Client, stream)
+			assert.Positive(t, r.Used.OutputTokens, "%s stream=%v", r.Client, stream)
+		}
+	}
 }
 
 func TestWithLimitsReplacesTollgate(t *testing.T) {

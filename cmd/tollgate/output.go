@@ -38,6 +38,16 @@ type summaryConfig struct {
 	Workload         string       `json:"workload,omitempty"`
 	OutputRule       string       `json:"output_rule,omitempty"` // the fake API's: reserve | produced
 	Remaining        string       `json:"remaining,omitempty"`   // the fake API's rounding: down | nearest | exact
+	API              string       `json:"api,omitempty"`         // anthropic | openai
+	// Groups are the groups of agents of a --scenario, which replace Agents.
+	Groups []summaryGroup `json:"groups,omitempty"`
+}
+
+// summaryGroup is one group of agents of a --scenario.
+type summaryGroup struct {
+	Name         string  `json:"name"`
+	Agents       int     `json:"agents"`
+	EverySeconds float64 `json:"every_seconds,omitempty"` // each agent starts a call this often; 0: one after another
 }
 
 type summaryResult struct {
@@ -61,6 +71,8 @@ type summaryResult struct {
 	Used                fleet.Usage    `json:"used"`
 	Shares              []fleet.Share  `json:"shares"`
 	Source              string         `json:"source"`
+	// Groups are the groups of agents of a --scenario.
+	Groups []fleet.GroupResult `json:"groups,omitempty"`
 }
 
 func newSummary(command string, started time.Time, f *fleetFlags, cfg fleet.Config, results []fleet.Result) summary {
@@ -81,6 +93,10 @@ func newSummary(command string, started time.Time, f *fleetFlags, cfg fleet.Conf
 		s.Config.OutputRule, s.Config.Remaining = f.outputRule, f.remaining
 	}
 	s.Config.Workload = f.workload
+	s.Config.API = cfg.API
+	for _, g := range cfg.Groups {
+		s.Config.Groups = append(s.Config.Groups, summaryGroup{Name: g.Name, Agents: g.Agents, EverySeconds: g.Every.Seconds()})
+	}
 	for i, r := range results {
 		s.Interrupted = s.Interrupted || r.Interrupted
 		fk := r.FailedByKind
@@ -93,7 +109,7 @@ func newSummary(command string, started time.Time, f *fleetFlags, cfg fleet.Conf
 			OKCalls: r.OK, FailedCalls: r.Failed, CutOffCalls: r.CutOff, FailedByKind: fk,
 			Attempts: r.Attempts, RateLimited: r.RateLimited, RateLimitedPer100OK: r.RateLimitedPer100OK,
 			OKPerMinute: r.OKPerMinute, P50MS: ms(r.P50), P95MS: ms(r.P95), OKMeanPromptTokens: r.OKPromptTokens,
-			CacheReadShare: r.CacheReadShare, Used: r.Used, Shares: r.Shares, Source: r.Source,
+			CacheReadShare: r.CacheReadShare, Used: r.Used, Shares: r.Shares, Source: r.Source, Groups: r.Groups,
 		}
 	}
 	return s

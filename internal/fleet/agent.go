@@ -12,13 +12,15 @@ import (
 
 	"github.com/anthropics/anthropic-sdk-go/v2"
 	"github.com/anthropics/anthropic-sdk-go/v2/option"
+	"github.com/openai/openai-go/v3"
 )
 
 // Call is what one agent's call came to.
 type Call struct {
 	Agent   int           `json:"agent"`
-	Start   time.Duration `json:"start_ns"`   // since the run started
-	Latency time.Duration `json:"latency_ns"` // until the reply (or stream) was read in full, or the error
+	Group   string        `json:"group,omitempty"` // the agent's group (Config.Groups)
+	Start   time.Duration `json:"start_ns"`        // since the run started
+	Latency time.Duration `json:"latency_ns"`      // until the reply (or stream) was read in full, or the error
 	OK      bool          `json:"ok"`
 	// Kind names why a call did not succeed: one of the Kind constants, or
 	// a client's own (Target.Classify); empty for a success.
@@ -53,24 +55,65 @@ const (
 	KindTransport   = "transport"    // no response
 )
 
-// agent loops calls until the run stops.
-func (r *run) agent(ctx context.Context, n int) {
-	rng := rand.New(rand.NewPCG(r.cfg.Seed, uint64(n)+1))
+// agent loops calls until the run stops: one after another, or at its
+// group's pace.
+func (r *run) agent(ctx context.Context, a agentSpec) {
+	rng := rand.New(rand.NewPCG(r.cfg.Seed, uint64(a.n)+1))
+	if a.group.Name != "" {
+		ctx = context.WithValue(ctx, groupKey{}, a.group.Name)
+	}
 	if r.cfg.Workload == WorkloadAgents {
-		r.converse(ctx, n, rng)
+		r.converse(ctx, a.n, rng)
 		return
 	}
+	next := r.start
+	if every := a.group.Every; every > 0 {
+		next = next.Add(every * time.Duration(a.slot) / time.Duration(a.group.Agents))
+	}
 	for !r.stopped.Load() && ctx.Err() == nil {
+		if every := a.group.Every; every > 0 {
+			if !r.sleepUntil(ctx, next) {
+				return
+			}
+			next = next.Add(every)
+			if now := time.Now(); next.Before(now) {
+				next = now
+			}
+		}
 		size := r.cfg.MinPromptTokens + rng.IntN(r.cfg.MaxPromptTokens-r.cfg.MinPromptTokens+1)
 		prompt := Prompt(rng, size)
-		params := anthropic.MessageNewParams{
-			Model:     anthropic.Model(r.cfg.Model),
-			MaxTokens: int64(r.cfg.MaxTokens),
-			Messages:  []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock(prompt))},
+		c := Call{Agent: a.n, Group: a.group.Name, PromptTokens: countWords(prompt)}
+		if r.cfg.API == APIOpenAI {
+			c = r.callOpenAI(ctx, c, prompt)
+		} else {
+			params := anthropic.MessageNewParams{
+				Model:     anthropic.Model(r.cfg.Model),
+				MaxTokens: int64(r.cfg.MaxTokens),
+				Messages:  []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock(prompt))},
+			}
+			c, _ = r.call(ctx, c, params)
 		}
-		c, _ := r.call(ctx, Call{Agent: n, PromptTokens: countWords(prompt)}, params)
 		r.record(c)
 	}
+}
+
+// sleepUntil waits until t, or until the run stops; it reports whether t
+// came first.
+func (r *run) sleepUntil(ctx context.Context, t time.Time) bool {
+	for !r.stopped.Load() {
+		d := time.Until(t)
+		if d <= 0 {
+			return true
+		}
+		timer := time.NewTimer(min(d, 100*time.Millisecond)) // looks at stopped now and then
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return false
+		case <-timer.C:
+		}
+	}
+	return false
 }
 
 // call makes one call with params and says what came of it, starting from
@@ -81,6 +124,9 @@ func (r *run) call(ctx context.Context, c Call, params anthropic.MessageNewParam
 	ctx = context.WithValue(ctx, attemptsKey{}, &attempts)
 	t0 := time.Now()
 	c.Start = t0.Sub(r.start)
+	if c.Group == "" {
+		c.Group = GroupOf(ctx)
+	}
 	var reply *anthropic.Message
 	do := func(ctx context.Context) error {
 		if r.cfg.Stream {
@@ -134,6 +180,66 @@ func (r *run) stream(ctx context.Context, params anthropic.MessageNewParams, opt
 	return &msg, nil
 }
 
+// callOpenAI makes one Chat Completions call of prompt through the
+// OpenAI SDK (streamed with its usage in the last chunk when the fleet
+// streams), starting from c.
+func (r *run) callOpenAI(ctx context.Context, c Call, prompt string) Call {
+	var attempts atomic.Int32
+	ctx = context.WithValue(ctx, attemptsKey{}, &attempts)
+	t0 := time.Now()
+	c.Start = t0.Sub(r.start)
+	params := openai.ChatCompletionNewParams{
+		Model:               openai.ChatModel(r.cfg.Model),
+		MaxCompletionTokens: openai.Int(int64(r.cfg.MaxTokens)),
+		Messages:            []openai.ChatCompletionMessageParamUnion{openai.UserMessage(prompt)},
+	}
+	var u openai.CompletionUsage
+	do := func(ctx context.Context) error {
+		client := r.target.OpenAI
+		if !r.cfg.Stream {
+			cc, err := client.Chat.Completions.New(ctx, params)
+			if err == nil {
+				u = cc.Usage
+			}
+			return err
+		}
+		params.StreamOptions = openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)}
+		s := client.Chat.Completions.NewStreaming(ctx, params)
+		defer s.Close()
+		chunks := 0
+		for s.Next() {
+			chunks++
+			if ch := s.Current(); ch.JSON.Usage.Valid() {
+				u = ch.Usage
+			}
+		}
+		if err := s.Err(); err != nil {
+			if chunks > 0 {
+				return &streamError{err}
+			}
+			return err
+		}
+		return nil
+	}
+	var err error
+	if r.target.Wrap != nil {
+		err = r.target.Wrap(ctx, do)
+	} else {
+		err = do(ctx)
+	}
+	c.Latency = time.Since(t0)
+	c.Attempts = int(attempts.Load())
+	if err == nil {
+		c.OK = true
+		c.InputTokens = int(u.PromptTokens)
+		c.CacheReadTokens = int(u.PromptTokensDetails.CachedTokens)
+		c.OutputTokens = int(u.CompletionTokens)
+		return c
+	}
+	c.Kind, c.Status = r.classify(ctx, err)
+	return c
+}
+
 // streamError is an error after the first event of a stream.
 type streamError struct{ err error }
 
@@ -142,8 +248,12 @@ func (e *streamError) Unwrap() error { return e.err }
 
 func (r *run) classify(ctx context.Context, err error) (kind string, status int) {
 	var apiErr *anthropic.Error
-	if errors.As(err, &apiErr) {
+	var oaiErr *openai.Error
+	switch {
+	case errors.As(err, &apiErr):
 		status = apiErr.StatusCode
+	case errors.As(err, &oaiErr):
+		status = oaiErr.StatusCode
 	}
 	if errors.Is(err, errStopped) || (ctx.Err() != nil && errors.Is(err, context.Canceled)) {
 		return KindCutOff, status

@@ -49,11 +49,13 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/anthropics/anthropic-sdk-go/v2"
+	"github.com/openai/openai-go/v3"
 
 	"github.com/tollgate-go/tollgate/tollgatetest"
 )
@@ -96,7 +98,7 @@ func ServerLimits(c tollgatetest.Config) Limits {
 
 // Config describes a fleet and the fake API each run gets.
 type Config struct {
-	Agents   int           // agents per run; 0 means DefaultAgents
+	Agents   int           // agents per run; 0 means DefaultAgents; Groups, when set, replace it
 	Duration time.Duration // how long agents keep starting calls; 0 means DefaultDuration
 	Stream   bool          // use Messages.NewStreaming and read every event
 
@@ -149,6 +151,44 @@ type Config struct {
 	// Drain caps how long, after the deadline, the attempts already sent
 	// may take to finish; 0 means DefaultDrain.
 	Drain time.Duration
+
+	// Groups, when set, make up the fleet instead of Agents: the agents of
+	// a group share its name (Call.Group, Result.Groups, GroupOf in the
+	// calls' contexts, for clients that tell groups apart) and its pace.
+	Groups []Group
+
+	// API is what the agents call: APIAnthropic (the Messages API through
+	// the Anthropic SDK, the default) or APIOpenAI (Chat Completions
+	// through openai-go; the one-shot workload only).
+	API string
+}
+
+// The APIs a fleet can call.
+const (
+	APIAnthropic = "anthropic"
+	APIOpenAI    = "openai"
+)
+
+// Group is a part of a fleet: agents that make the same kind of calls at the
+// same pace.
+type Group struct {
+	Name   string
+	Agents int
+	// Every, when above zero, has each agent start a call that often (the
+	// next one as soon as the last ends, when it ended late) instead of one
+	// right after another; the group's agents are spread evenly over the
+	// first period.
+	Every time.Duration
+}
+
+// groupKey carries a call's group name in its context.
+type groupKey struct{}
+
+// GroupOf returns the name of the group whose agent makes the call ctx is
+// for: "" outside groups.
+func GroupOf(ctx context.Context) string {
+	g, _ := ctx.Value(groupKey{}).(string)
+	return g
 }
 
 func (c Config) withDefaults() Config {
@@ -195,6 +235,9 @@ func (c Config) withDefaults() Config {
 	if c.Limits == (Limits{}) && c.BaseURL == "" {
 		c.Limits = ServerLimits(c.Server)
 	}
+	if c.API == "" {
+		c.API = APIAnthropic
+	}
 	return c
 }
 
@@ -208,15 +251,58 @@ func (c Config) validate() error {
 		return errors.New("fleet: BaseURL needs an APIKey")
 	case c.Workload != WorkloadOneShot && c.Workload != WorkloadAgents:
 		return fmt.Errorf("fleet: unknown workload %q (known: %s, %s)", c.Workload, WorkloadOneShot, WorkloadAgents)
+	case c.API != APIAnthropic && c.API != APIOpenAI:
+		return fmt.Errorf("fleet: unknown API %q (known: %s, %s)", c.API, APIAnthropic, APIOpenAI)
+	case c.API == APIOpenAI && c.Workload != WorkloadOneShot:
+		return fmt.Errorf("fleet: the %s workload calls the Anthropic API only", c.Workload)
 	case c.Workload == WorkloadAgents:
 		return c.Conversation.validate()
 	}
+	for _, g := range c.Groups {
+		if g.Agents < 1 || g.Name == "" || g.Every < 0 {
+			return fmt.Errorf("fleet: group %q: needs a name and at least one agent, and a pace of zero or more", g.Name)
+		}
+	}
 	return nil
+}
+
+// agentSpec is one agent of a run: its number (which seeds its prompts)
+// and its group.
+type agentSpec struct {
+	n     int
+	group Group
+	// slot is its place in its group, which spreads the group's start.
+	slot int
+}
+
+// agents returns the agents of a run of client c.
+func (c Config) agents(client Client) []agentSpec {
+	if len(c.Groups) == 0 {
+		out := make([]agentSpec, c.Agents)
+		for i := range out {
+			out[i] = agentSpec{n: i}
+		}
+		return out
+	}
+	var out []agentSpec
+	n := 0
+	for _, g := range c.Groups {
+		for slot := range g.Agents {
+			if client.Only == nil || slices.Contains(client.Only, g.Name) {
+				out = append(out, agentSpec{n: n, group: g, slot: slot})
+			}
+			n++
+		}
+	}
+	return out
 }
 
 // Client is a client under test: how to build it for one run.
 type Client struct {
 	Name string
+	// Only, when set, names the groups (Config.Groups) whose agents this
+	// client's run has; the others sit it out.
+	Only []string
 	// New builds the client for one run. It must send every HTTP attempt
 	// through env.Transport (wrapping it as it likes): the fleet counts
 	// attempts there and stops the run there.
@@ -236,8 +322,10 @@ type Env struct {
 
 // Target is a client built for one run.
 type Target struct {
-	// Client makes the calls.
+	// Client makes the calls (Config.API anthropic); OpenAI makes them for
+	// Config.API openai, where it is set.
 	Client anthropic.Client
+	OpenAI *openai.Client
 	// Wrap, if set, runs each call: it must call do exactly once with ctx
 	// or a context derived from it (e.g. after taking a semaphore), and
 	// return its error, or return an error without calling do.
@@ -289,9 +377,9 @@ func Run(ctx context.Context, cfg Config, clients ...Client) ([]Result, error) {
 	defer cancelRuns()
 	start := time.Now()
 	var agents sync.WaitGroup
-	for _, r := range runs {
+	for i, r := range runs {
 		r.start = start
-		for a := range cfg.Agents {
+		for _, a := range cfg.agents(clients[i]) {
 			agents.Go(func() { r.agent(runCtx, a) })
 		}
 	}
@@ -424,6 +512,10 @@ func newRun(cfg Config, c Client) (*run, error) {
 	if t == nil {
 		r.close()
 		return nil, fmt.Errorf("fleet: client %q: New returned no target", c.Name)
+	}
+	if cfg.API == APIOpenAI && t.OpenAI == nil {
+		r.close()
+		return nil, fmt.Errorf("fleet: client %q does not call the OpenAI API", c.Name)
 	}
 	r.target = t
 	return r, nil

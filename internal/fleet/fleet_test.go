@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"net/http"
 	"sync"
@@ -109,6 +110,72 @@ func TestSummarize(t *testing.T) {
 	assert.Equal(t, 4*time.Second, r.P95)
 	assert.InDelta(t, 25, r.OKPromptTokens, 1e-9)
 	assert.InDelta(t, 4.0/15, r.Binding.Share, 1e-12)
+}
+
+func TestSummarizeGroups(t *testing.T) {
+	r := Result{Calls: []Call{
+		{Agent: 0, Group: "a", OK: true, Latency: 2 * time.Second, InputTokens: 300, OutputTokens: 10},
+		{Agent: 1, Group: "a", OK: true, Latency: 4 * time.Second, InputTokens: 300, OutputTokens: 10},
+		{Agent: 2, Group: "b", OK: true, Latency: 1 * time.Second, InputTokens: 400, OutputTokens: 30},
+		{Agent: 2, Group: "b", Kind: KindTransport},
+		{Agent: 3, Group: "b", Kind: KindCutOff}, // counts neither way
+	}}
+	r.Summarize()
+	assert.Equal(t, []GroupResult{
+		{Name: "a", Agents: 2, OK: 2, P50: 2 * time.Second, P95: 4 * time.Second, Max: 4 * time.Second,
+			InputTokens: 600, OutputTokens: 20, InputShare: 0.6, OutputShare: 0.4},
+		{Name: "b", Agents: 1, OK: 1, Failed: 1, P50: time.Second, P95: time.Second, Max: time.Second,
+			InputTokens: 400, OutputTokens: 30, InputShare: 0.4, OutputShare: 0.6},
+	}, r.Groups)
+
+	r = Result{Calls: []Call{{OK: true, InputTokens: 1}}}
+	r.Summarize()
+	assert.Nil(t, r.Groups, "no groups, none summed up")
+}
+
+// A fleet of groups: each agent's calls carry its group (GroupOf in the
+// call's context), a client with Only runs those groups' agents alone, and
+// a group with a pace starts a call that often.
+func TestRunGroups(t *testing.T) {
+	cfg := small()
+	cfg.Duration = 600 * time.Millisecond
+	cfg.Groups = []Group{{Name: "busy", Agents: 2}, {Name: "paced", Agents: 1, Every: 200 * time.Millisecond}}
+	seen := func(name string, only ...string) Client {
+		c := bare(name, 0)
+		c.Only = only
+		build := c.New
+		c.New = func(env Env) (*Target, error) {
+			t, err := build(env)
+			if err != nil {
+				return nil, err
+			}
+			t.Wrap = func(ctx context.Context, do func(context.Context) error) error {
+				if GroupOf(ctx) == "" {
+					return errors.New("a call without its group")
+				}
+				return do(ctx)
+			}
+			return t, nil
+		}
+		return c
+	}
+	res, err := Run(context.Background(), cfg, seen("all"), seen("paced only", "paced"))
+	require.NoError(t, err)
+	groups := func(r Result) map[string]GroupResult {
+		out := map[string]GroupResult{}
+		for _, g := range r.Groups {
+			out[g.Name] = g
+		}
+		return out
+	}
+	all, paced := groups(res[0]), groups(res[1])
+	assert.Zero(t, res[0].Failed)
+	assert.Equal(t, 2, all["busy"].Agents)
+	assert.Equal(t, 1, all["paced"].Agents)
+	assert.Greater(t, all["busy"].OK, all["paced"].OK, "the paced agent waits between calls")
+	assert.LessOrEqual(t, all["paced"].OK, 4, "one call every 200 ms in 600 ms")
+	assert.NotContains(t, paced, "busy")
+	assert.Positive(t, paced["paced"].OK)
 }
 
 func TestPromptHasExactlyThatManyTokens(t *testing.T) {

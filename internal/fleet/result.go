@@ -52,8 +52,33 @@ type Result struct {
 	// Used.PromptTokens; 0 when no prompt was served.
 	CacheReadShare float64 `json:"cache_read_share"`
 
+	// Groups has one entry per group of agents (Config.Groups), in the
+	// order their first calls ended; none without groups.
+	Groups []GroupResult `json:"groups,omitempty"`
+
 	// Calls is every call, in the order they ended.
 	Calls []Call `json:"-"`
+}
+
+// GroupResult is what one group of agents got out of a run.
+type GroupResult struct {
+	Name string `json:"name"`
+	// Agents is how many of the group's agents made a call.
+	Agents int `json:"agents"`
+	OK     int `json:"ok_calls"`
+	Failed int `json:"failed_calls"`
+	// P50, P95 and Max are the latencies of the group's successful calls.
+	P50 time.Duration `json:"p50_ns"`
+	P95 time.Duration `json:"p95_ns"`
+	Max time.Duration `json:"max_ns"`
+	// InputTokens and OutputTokens are what its successful calls reported
+	// using (input as the input limit counts it); InputShare and
+	// OutputShare are their shares of what all the run's successful calls
+	// reported.
+	InputTokens  int     `json:"input_tokens"`
+	OutputTokens int     `json:"output_tokens"`
+	InputShare   float64 `json:"input_share"`
+	OutputShare  float64 `json:"output_share"`
 }
 
 // Usage is what was consumed in each dimension, and how the prompts were
@@ -171,6 +196,54 @@ func (r *Result) Summarize() {
 	if r.Used.PromptTokens > 0 {
 		r.CacheReadShare = float64(r.Used.CacheReadInputTokens) / float64(r.Used.PromptTokens)
 	}
+	r.Groups = groupResults(r.Calls)
+}
+
+// groupResults sums calls up by group; nil when none has a group.
+func groupResults(calls []Call) []GroupResult {
+	var out []GroupResult
+	index := map[string]int{}
+	agents := map[string]map[int]bool{}
+	lat := map[string][]time.Duration{}
+	var in, outTok int
+	for _, c := range calls {
+		if c.OK {
+			in += c.InputTokens
+			outTok += c.OutputTokens
+		}
+		if c.Group == "" || c.Kind == KindCutOff {
+			continue
+		}
+		i, ok := index[c.Group]
+		if !ok {
+			i = len(out)
+			index[c.Group] = i
+			out = append(out, GroupResult{Name: c.Group})
+			agents[c.Group] = map[int]bool{}
+		}
+		g := &out[i]
+		agents[c.Group][c.Agent] = true
+		if !c.OK {
+			g.Failed++
+			continue
+		}
+		g.OK++
+		g.InputTokens += c.InputTokens
+		g.OutputTokens += c.OutputTokens
+		lat[c.Group] = append(lat[c.Group], c.Latency)
+	}
+	for i := range out {
+		g := &out[i]
+		g.Agents = len(agents[g.Name])
+		g.P50, g.P95, g.Max = Percentile(lat[g.Name], 50), Percentile(lat[g.Name], 95), Percentile(lat[g.Name], 100)
+		if in > 0 {
+			g.InputShare = float64(g.InputTokens) / float64(in)
+		}
+		if outTok > 0 {
+			g.OutputShare = float64(g.OutputTokens) / float64(outTok)
+		}
+	}
+	return out
 }
 
 func (r *run) result(cfg Config, end time.Time, interrupted bool) Result {

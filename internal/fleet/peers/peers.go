@@ -24,6 +24,8 @@ import (
 	"github.com/failsafe-go/failsafe-go/failsafehttp"
 	"github.com/failsafe-go/failsafe-go/ratelimiter"
 	"github.com/hashicorp/go-retryablehttp"
+	"github.com/openai/openai-go/v3"
+	openaioption "github.com/openai/openai-go/v3/option"
 
 	"github.com/tollgate-go/tollgate/internal/fleet"
 )
@@ -98,11 +100,28 @@ func sdk(env fleet.Env, hc *http.Client, opts ...option.RequestOption) anthropic
 	}, opts...)...)
 }
 
+// openaiSDK returns openai-go's client for env with the given HTTP client,
+// with its own retries unless noRetries, for a fleet that calls the OpenAI
+// API (fleet.APIOpenAI).
+func openaiSDK(env fleet.Env, hc *http.Client, noRetries bool) *openai.Client {
+	opts := []openaioption.RequestOption{
+		openaioption.WithBaseURL(strings.TrimSuffix(env.BaseURL, "/") + "/v1"),
+		openaioption.WithAPIKey(env.APIKey),
+		openaioption.WithHTTPClient(hc),
+	}
+	if noRetries {
+		opts = append(opts, openaioption.WithMaxRetries(0))
+	}
+	c := openai.NewClient(opts...)
+	return &c
+}
+
 // SDK is the official SDK alone: its default two retries, honouring
 // retry-after; its default HTTP client (a plain transport).
 func SDK() fleet.Client {
 	return fleet.Client{Name: NameSDK, New: func(env fleet.Env) (*fleet.Target, error) {
-		return &fleet.Target{Client: sdk(env, &http.Client{Transport: env.Transport})}, nil
+		hc := &http.Client{Transport: env.Transport}
+		return &fleet.Target{Client: sdk(env, hc), OpenAI: openaiSDK(env, hc, false)}, nil
 	}}
 }
 
@@ -111,8 +130,10 @@ func SDK() fleet.Client {
 func Queue(n int) fleet.Client {
 	return fleet.Client{Name: fmt.Sprintf("queue%d", n), New: func(env fleet.Env) (*fleet.Target, error) {
 		sem := make(chan struct{}, n)
+		hc := &http.Client{Transport: env.Transport}
 		return &fleet.Target{
-			Client: sdk(env, &http.Client{Transport: env.Transport}),
+			Client: sdk(env, hc),
+			OpenAI: openaiSDK(env, hc, false),
 			Wrap: func(ctx context.Context, do func(context.Context) error) error {
 				select {
 				case sem <- struct{}{}:
@@ -140,8 +161,10 @@ func RetryableHTTP(retryMax int) fleet.Client {
 		rc.HTTPClient = &http.Client{Transport: env.Transport}
 		rc.RetryMax = retryMax
 		rc.Logger = nil
+		hc := rc.StandardClient()
 		return &fleet.Target{
-			Client: sdk(env, rc.StandardClient(), option.WithMaxRetries(0)),
+			Client: sdk(env, hc, option.WithMaxRetries(0)),
+			OpenAI: openaiSDK(env, hc, true),
 			Classify: func(err error) string {
 				if strings.Contains(err.Error(), "giving up after") {
 					return "retries_exhausted"
@@ -192,8 +215,10 @@ func Failsafe() fleet.Client {
 				Build())
 		}
 		rt := failsafehttp.NewRoundTripper(env.Transport, policies...)
+		hc := &http.Client{Transport: rt}
 		return &fleet.Target{
-			Client: sdk(env, &http.Client{Transport: rt}, option.WithMaxRetries(0)),
+			Client: sdk(env, hc, option.WithMaxRetries(0)),
+			OpenAI: openaiSDK(env, hc, true),
 			Classify: func(err error) string {
 				if errors.Is(err, ratelimiter.ErrExceeded) {
 					return "rate_limiter_timeout"

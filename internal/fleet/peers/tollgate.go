@@ -1,6 +1,7 @@
 package peers
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -29,17 +30,59 @@ func Tollgate(told bool, opts ...tollgate.Option) fleet.Client {
 			all = append(all, withLimits(env.Limits))
 		}
 		rt := tollgate.New(env.Transport, all...)
+		hc := &http.Client{Transport: rt}
 		return &fleet.Target{
-			Client: sdk(env, &http.Client{Transport: rt}, option.WithMaxRetries(0)),
-			Status: func() string { return Status(rt.Snapshot()) },
-			Classify: func(err error) string {
-				if errors.Is(err, tollgate.ErrOpen) {
-					return "breaker_open"
-				}
-				return ""
-			},
+			Client:   sdk(env, hc, option.WithMaxRetries(0)),
+			OpenAI:   openaiSDK(env, hc, true),
+			Status:   func() string { return Status(rt.Snapshot()) },
+			Classify: classifyTollgate,
 		}, nil
 	}}
+}
+
+func classifyTollgate(err error) string {
+	switch {
+	case errors.Is(err, tollgate.ErrOpen):
+		return "breaker_open"
+	case errors.Is(err, tollgate.ErrQueueWait):
+		return "queue_wait"
+	}
+	return ""
+}
+
+// Class is where the calls of a fleet group go in tollgate's queue.
+type Class struct {
+	Priority tollgate.Priority
+	Tenant   string
+}
+
+// TollgateClasses is Tollgate (not told the limits) named name, whose
+// calls carry, by the group of the agent that makes them (fleet.GroupOf),
+// the priority and tenant of classes (tollgate.ContextWithPriority and
+// ContextWithTenant), as an application sets them on the context it passes
+// to the SDK. Calls of groups classes does not name carry neither. only,
+// when set, is the client's Only. opts are added to the Transport's options.
+func TollgateClasses(name string, classes map[string]Class, only []string, opts ...tollgate.Option) fleet.Client {
+	c := Tollgate(false, opts...)
+	build := c.New
+	c.Name, c.Only = name, only
+	c.New = func(env fleet.Env) (*fleet.Target, error) {
+		t, err := build(env)
+		if err != nil {
+			return nil, err
+		}
+		t.Wrap = func(ctx context.Context, do func(context.Context) error) error {
+			if cl, ok := classes[fleet.GroupOf(ctx)]; ok {
+				ctx = tollgate.ContextWithPriority(ctx, cl.Priority)
+				if cl.Tenant != "" {
+					ctx = tollgate.ContextWithTenant(ctx, cl.Tenant)
+				}
+			}
+			return do(ctx)
+		}
+		return t, nil
+	}
+	return c
 }
 
 // Status sums up a snapshot for a progress line: per pool (Key), the
