@@ -335,7 +335,7 @@ func (p *pool) learnLocked(now time.Time, r *reservation, h RateLimitHeaders) bo
 // response proves it.
 func (p *pool) producedEvidenceLocked(r *reservation, u float64) {
 	b := &p.budget
-	if b.outputSource == "option" || b.output != ReserveMaxTokens || r.maxTokens <= 0 {
+	if b.outputSource == "option" || b.outputSource == "detected" && b.output == CountAsProduced || r.maxTokens <= 0 {
 		return
 	}
 	if r.outRemaining-u > r.outLimit-float64(r.maxTokens) {
