@@ -531,10 +531,12 @@ func TestOutputCountedAsProducedReservesALearnedEstimateNotMaxTokens(t *testing.
 			rig := newAccRig(t, accTier1(tollgatetest.Config{
 				OutputAccounting: tollgatetest.CountAsProduced, RoundRemaining: rounding}))
 			const maxTokens = 8192
-			rig.ok(rig.messages(accSmall("claude-sonnet-4-5", maxTokens, "first")))
+			first := rig.ok(rig.messages(accSmall("claude-sonnet-4-5", maxTokens, "first")))
+			assert.Equal(t, "reserve_max_tokens", first.str(accOutputRule), "before any response, the safe rule")
+			assert.Equal(t, int64(maxTokens), first.int(accEstOutput))
 			b := rig.budget(accSonnet)
 			assert.Equal(t, tollgate.CountAsProduced, b.Output)
-			assert.Equal(t, "provider", b.OutputSource, "Anthropic's documented rule, which the response did not contradict")
+			assert.Equal(t, "detected", b.OutputSource, "the first response confirmed Anthropic's documented rule")
 
 			const together = 4
 			arrived, release := rig.base.hold()
@@ -584,7 +586,7 @@ func TestOutputReservedMaxTokensIsDetectedAndReserved(t *testing.T) {
 				OutputAccounting: tollgatetest.ReserveMaxTokens, RoundRemaining: rounding}))
 			const maxTokens = 2048 // as the fleet under the older rule
 			first := rig.ok(rig.messages(accSmall("claude-sonnet-4-5", maxTokens, "first")))
-			assert.Equal(t, "count_as_produced", first.str(accOutputRule), "the first call starts from Anthropic's documented rule")
+			assert.Equal(t, "reserve_max_tokens", first.str(accOutputRule), "before any response, the safe rule")
 			b := rig.budget(accSonnet)
 			assert.Equal(t, tollgate.ReserveMaxTokens, b.Output)
 			assert.Equal(t, "detected", b.OutputSource)
@@ -611,6 +613,43 @@ func TestOutputReservedMaxTokensIsDetectedAndReserved(t *testing.T) {
 			assert.Zero(t, rig.srv.Stats().RateLimited)
 		})
 	}
+}
+
+// Told its limits, a Transport sends its first calls together, before any
+// response could show how output is counted; until one does, each is
+// charged its max_tokens, so that a server that still reserves max_tokens
+// draws no 429 from them: of four calls of 2,048 under an 8,000 output
+// limit, three go at once and the fourth waits for what they give back.
+func TestOutputToldLimitsChargeMaxTokensUntilAResponseShowsTheRule(t *testing.T) {
+	rig := newAccRig(t, accTier1(tollgatetest.Config{OutputAccounting: tollgatetest.ReserveMaxTokens,
+		RoundRemaining: tollgatetest.RoundNearest}),
+		tollgate.WithLimits(tollgate.Limits{RequestsPerMinute: 50, InputTokensPerMinute: 30_000, OutputTokensPerMinute: 8_000}))
+	const maxTokens, calls = 2048, 4
+	_, release := rig.base.hold()
+	t.Cleanup(release)
+	var done []<-chan accResult
+	for i := range calls {
+		done = append(done, rig.start(rig.messages(accSmall("claude-sonnet-4-5", maxTokens, fmt.Sprint("call", i)))))
+	}
+	require.True(t, bgtEventually(func() bool {
+		ks, ok := rig.rt.Snapshot().Key(accSonnet)
+		return ok && ks.Budget.InFlight == calls-1 && ks.Budget.Waiting == 1 && len(rig.clk.Pending()) == 1
+	}), "three calls are sent, the fourth waits")
+	b := rig.budget(accSonnet)
+	assert.Equal(t, float64((calls-1)*maxTokens), b.Dimensions[tollgate.OutputTokens].Reserved)
+	// Granted ahead of time for when the refill covers it: the 192 tokens
+	// missing from the bucket, at 8,000 a minute.
+	assert.Equal(t, []time.Duration{1440 * time.Millisecond}, rig.clk.Pending())
+	release()
+	for _, c := range done {
+		r, _ := rig.send(c)
+		require.NoError(t, r.err)
+		assert.Equal(t, http.StatusOK, r.resp.StatusCode)
+		accReadAll(t, r.resp)
+	}
+	assert.Zero(t, rig.srv.Stats().RateLimited)
+	b = rig.budget(accSonnet)
+	assert.Equal(t, tollgate.ReserveMaxTokens, b.Output)
 }
 
 // The rule follows the server: a pool that detected max_tokens reserved
@@ -716,7 +755,11 @@ func TestTelemetryCallSpanCarriesEstimatedAndCountedTokens(t *testing.T) {
 		assert.Positive(t, created, "call %d writes its newest turn", i)
 		assert.Positive(t, c.int(accEstInput), "call %d", i)
 		assert.Positive(t, c.int(accEstOutput), "call %d", i)
-		assert.Equal(t, "count_as_produced", c.str(accOutputRule), "call %d", i)
+		rule := "count_as_produced"
+		if i == 0 {
+			rule = "reserve_max_tokens" // until a response confirms the rule
+		}
+		assert.Equal(t, rule, c.str(accOutputRule), "call %d", i)
 		if i == 0 {
 			assert.Zero(t, c.int(accEstCached), "nothing is cached yet")
 			assert.Zero(t, read)

@@ -304,9 +304,7 @@ func TestBudgetWaitsExactlyForRefill(t *testing.T) {
 		{"output: 100/s", tollgate.Limits{OutputTokensPerMinute: 6000}, 1, 6000, 1000, 10 * time.Second},
 		{"output: partial level", tollgate.Limits{OutputTokensPerMinute: 6000}, 1, 5000, 1500, 5 * time.Second},
 		{"output above capacity waits for a full bucket", tollgate.Limits{OutputTokensPerMinute: 600}, 1, 600, 5000, time.Minute},
-		// Token limits that count input keep a second's refill in the
-		// bucket besides the cost (input estimates err): 1,000 + 100 − 10.
-		{"combined tokens", tollgate.Limits{TokensPerMinute: 6000}, 1, 5990, 1000, 10*time.Second + 900*time.Millisecond},
+		{"combined tokens", tollgate.Limits{TokensPerMinute: 6000}, 1, 5990, 1000, 9*time.Second + 900*time.Millisecond},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -795,6 +793,30 @@ func TestBudgetPullsDownToRemaining(t *testing.T) {
 			}
 			rig.waitLevels(bgtLevels{tc.dim: tc.want}, "the snapshot's level")
 		})
+	}
+}
+
+func TestBudgetKeepsASecondsRefillOfInputWhileOthersAreInFlight(t *testing.T) {
+	// The input estimates of attempts in flight may fall short together:
+	// while one is in flight, a bucket that counts input admits the next
+	// once it holds the cost and a second's refill; alone, at the cost.
+	rig := newBgtRig(t, tollgate.WithLimits(tollgate.Limits{TokensPerMinute: 6000}),
+		tollgate.WithOutputAccounting(tollgate.ReserveMaxTokens))
+	release := make(chan *http.Response, 2)
+	rig.setReply(func(*http.Request) (*http.Response, error) { return <-release, nil })
+	first := rig.start(bgtReq(context.Background(), "first", "", 1000))
+	rig.waitSent(1)
+	second := rig.start(bgtReq(context.Background(), "second", "", 5000))
+	require.True(t, rig.clk.WaitForWaiters(1, 5*time.Second))
+	assert.Equal(t, []time.Duration{time.Second}, rig.clk.Pending(), "5,000 left, 5,000 + 100 needed at 100 a second")
+	rig.clk.Advance(time.Second)
+	rig.waitSent(2)
+	release <- bgtReply(200, nil, 0, 1000)
+	release <- bgtReply(200, nil, 0, 5000)
+	for _, done := range []<-chan bgtResult{first, second} {
+		r := bgtReceive(t, done)
+		require.NoError(t, r.err)
+		bgtSettle(r)
 	}
 }
 

@@ -49,7 +49,12 @@
 // grows with the square root of their number, three learned deviations of
 // one call's output times √n. tollgate starts from the provider's rule and
 // switches when a response's output-tokens-remaining, read at its start,
-// proves the other. A cost larger than a bucket's capacity waits for a full
+// proves the other; until a response has confirmed a rule of counting as
+// produced, attempts are charged their max_tokens, the safe way to be wrong
+// (with told limits the first calls go together, before any response). The
+// buckets that count input must hold more than the cost (a twentieth of
+// it, and a second's refill while other attempts are in flight): estimates
+// may fall short, together, until they settle. A cost larger than a bucket's capacity waits for a full
 // bucket and takes all of it. Waiters are served in arrival order per Key,
 // so a small attempt never overtakes a bigger one that came first.
 //

@@ -281,39 +281,46 @@ func (p *pool) learnLocked(now time.Time, r *reservation, h RateLimitHeaders) bo
 		r.outAtReading = min(r.charged[OutputTokens], float64(r.maxTokens))
 	}
 	if fresh != ([NumDimensions]bool{}) {
-		// A bucket the store has not seen holds, until the store reports
-		// it, what the next admission will start it at (Admission.Start),
-		// or all of it when the response did not say what remains. The
-		// level is kept as of levelAt: it is set back by the refill since.
-		start, has := p.startLevelsLocked(now)
-		for d, f := range fresh {
-			if !f {
-				continue
-			}
-			// The bucket starts at what the response said remains, or,
-			// where that is rounded (or not said) and the bucket was
-			// full before r, the limit less r's charge: the bucket held
-			// at most its limit before the server counted r. What r is
-			// charged later counts from there (syncLocked).
-			l := float64(b.limits[d])
-			level := l
-			r.started[d] = startBound
-			if has[d] {
-				level, r.started[d] = start[d], startReading
-			}
-			if bound := l - r.charged[d]; bound < level {
-				level, r.started[d] = bound, startBound
-			}
-			r.startCharge[d] = r.charged[d]
-			r.credited[d] = r.sinceStart(d)
-			b.level[d], b.levelKnown[d] = level-l*max(now.Sub(b.levelAt), 0).Minutes(), true
-		}
+		p.startFreshLocked(now, r, fresh)
 	}
 	if rd := h.Limits[OutputTokens]; dl.detectOutput && rd.HasRemaining && rd.HasLimit && rd.Limit > 0 {
 		r.outRemaining, r.outLimit = float64(rd.Remaining), float64(rd.Limit)
 		p.producedEvidenceLocked(r, dl.rounding[OutputTokens])
 	}
 	return learned
+}
+
+// startFreshLocked starts the buckets of the dimensions whose limits r's
+// response made known (fresh).
+func (p *pool) startFreshLocked(now time.Time, r *reservation, fresh [NumDimensions]bool) {
+	b := &p.budget
+	// A bucket the store has not seen holds, until the store reports it,
+	// what the next admission will start it at (Admission.Start), or all
+	// of it when the response did not say what remains. The level is kept
+	// as of levelAt: it is set back by the refill since.
+	start, has := p.startLevelsLocked(now)
+	for d, f := range fresh {
+		if !f {
+			continue
+		}
+		// The bucket starts at what the response said remains, or, where
+		// that is rounded (or not said) and the bucket was full before r,
+		// the limit less r's charge: the bucket held at most its limit
+		// before the server counted r. What r is charged later counts from
+		// there (syncLocked).
+		l := float64(b.limits[d])
+		level := l
+		r.started[d] = startBound
+		if has[d] {
+			level, r.started[d] = start[d], startReading
+		}
+		if bound := l - r.charged[d]; bound < level {
+			level, r.started[d] = bound, startBound
+		}
+		r.startCharge[d] = r.charged[d]
+		r.credited[d] = r.sinceStart(d)
+		b.level[d], b.levelKnown[d] = level-l*max(now.Sub(b.levelAt), 0).Minutes(), true
+	}
 }
 
 // The output rule is detected from what a response's output-tokens
@@ -335,7 +342,7 @@ func (p *pool) learnLocked(now time.Time, r *reservation, h RateLimitHeaders) bo
 // response proves it.
 func (p *pool) producedEvidenceLocked(r *reservation, u float64) {
 	b := &p.budget
-	if b.outputSource == "option" || b.output != ReserveMaxTokens || r.maxTokens <= 0 {
+	if b.outputSource == "option" || b.outputSource == "detected" && b.output == CountAsProduced || r.maxTokens <= 0 {
 		return
 	}
 	if r.outRemaining-u > r.outLimit-float64(r.maxTokens) {

@@ -170,26 +170,9 @@ func Run(ctx context.Context, cfg Config, fleets ...Fleet) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(fleets) == 0 {
-		return nil, errors.New("procfleet: no fleets")
+	if fleets, err = named(fleets); err != nil {
+		return nil, err
 	}
-	fleets = slices.Clone(fleets) // names are filled in below
-	for i := range fleets {
-		f := &fleets[i]
-		switch f.Mode {
-		case ModeRedis:
-			if f.RedisAddr == "" {
-				return nil, fmt.Errorf("procfleet: fleet %d: redis mode needs RedisAddr", i)
-			}
-		case ModeMemory:
-		default:
-			return nil, fmt.Errorf("procfleet: fleet %d: unknown mode %q", i, f.Mode)
-		}
-		if f.Name == "" {
-			f.Name = string(f.Mode)
-		}
-	}
-
 	runs := make([]*run, len(fleets))
 	for i, f := range fleets {
 		sc := cfg.Fleet.Server
@@ -200,18 +183,11 @@ func Run(ctx context.Context, cfg Config, fleets ...Fleet) ([]Result, error) {
 		defer srv.Close()
 		runs[i] = &run{fleet: f, srv: srv}
 	}
-
 	// The Redis counters before any worker connects, so that the
 	// connections' set-up is counted too.
-	before := map[string]map[string]int64{}
-	for _, r := range runs {
-		addr := r.fleet.RedisAddr
-		if r.fleet.Mode != ModeRedis || before[addr] != nil {
-			continue
-		}
-		if before[addr], err = CommandStats(ctx, addr); err != nil {
-			return nil, fmt.Errorf("procfleet: fleet %s: %w", r.fleet.Name, err)
-		}
+	before, err := redisCounters(ctx, runs)
+	if err != nil {
+		return nil, err
 	}
 
 	// The workers' own context: cancelled at once when ctx is, or when a
@@ -237,22 +213,9 @@ func Run(ctx context.Context, cfg Config, fleets ...Fleet) ([]Result, error) {
 			all = append(all, p)
 		}
 	}
-
-	// Wait until every worker is ready.
-	deadline := time.NewTimer(cfg.StartTimeout)
-	defer deadline.Stop()
-	for _, p := range all {
-		select {
-		case <-p.ready:
-		case p := <-failed:
-			return nil, p.failure()
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-deadline.C:
-			return nil, fmt.Errorf("procfleet: worker %s not ready after %v%s", p.name, cfg.StartTimeout, p.stderrTail())
-		}
+	if err := awaitReady(ctx, cfg, all, failed); err != nil {
+		return nil, err
 	}
-
 	start := time.Now().Add(startLead)
 	for _, p := range all {
 		if err := p.send(startMessage{StartAt: start}); err != nil {
@@ -263,8 +226,91 @@ func Run(ctx context.Context, cfg Config, fleets ...Fleet) ([]Result, error) {
 	if cfg.OnStart != nil {
 		cfg.OnStart(start)
 	}
+	if err := watch(cfg, runs, all, failed, start, stop); err != nil {
+		return nil, err
+	}
+	end := time.Now()
+	for _, p := range all {
+		if !p.succeeded() {
+			return nil, p.failure()
+		}
+	}
 
-	// Report progress until every worker has exited.
+	results := make([]Result, len(runs))
+	for i, r := range runs {
+		results[i] = r.result(cfg)
+	}
+	addRedisStats(ctx, cfg, runs, before, results)
+	if cfg.Progress != nil {
+		cfg.Progress(progressOf(runs, cfg.Fleet.Limits, start, end, true))
+	}
+	return results, nil
+}
+
+// named checks the fleets' modes and names each fleet without a name after
+// its mode, in a copy.
+func named(fleets []Fleet) ([]Fleet, error) {
+	if len(fleets) == 0 {
+		return nil, errors.New("procfleet: no fleets")
+	}
+	fleets = slices.Clone(fleets)
+	for i := range fleets {
+		f := &fleets[i]
+		switch f.Mode {
+		case ModeRedis:
+			if f.RedisAddr == "" {
+				return nil, fmt.Errorf("procfleet: fleet %d: redis mode needs RedisAddr", i)
+			}
+		case ModeMemory:
+		default:
+			return nil, fmt.Errorf("procfleet: fleet %d: unknown mode %q", i, f.Mode)
+		}
+		if f.Name == "" {
+			f.Name = string(f.Mode)
+		}
+	}
+	return fleets, nil
+}
+
+// redisCounters reads the command counters of each Redis the runs use.
+func redisCounters(ctx context.Context, runs []*run) (map[string]map[string]int64, error) {
+	counters := map[string]map[string]int64{}
+	for _, r := range runs {
+		addr := r.fleet.RedisAddr
+		if r.fleet.Mode != ModeRedis || counters[addr] != nil {
+			continue
+		}
+		c, err := CommandStats(ctx, addr)
+		if err != nil {
+			return nil, fmt.Errorf("procfleet: fleet %s: %w", r.fleet.Name, err)
+		}
+		counters[addr] = c
+	}
+	return counters, nil
+}
+
+// awaitReady waits until every worker is ready, one fails, ctx is done or
+// cfg.StartTimeout has passed.
+func awaitReady(ctx context.Context, cfg Config, all []*proc, failed <-chan *proc) error {
+	deadline := time.NewTimer(cfg.StartTimeout)
+	defer deadline.Stop()
+	for _, p := range all {
+		select {
+		case <-p.ready:
+		case p := <-failed:
+			return p.failure()
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-deadline.C:
+			return fmt.Errorf("procfleet: worker %s not ready after %v%s", p.name, cfg.StartTimeout, p.stderrTail())
+		}
+	}
+	return nil
+}
+
+// watch reports progress until every worker has exited; when one fails, it
+// stops the others (stop) and returns that worker's failure.
+func watch(cfg Config, runs []*run, all []*proc, failed <-chan *proc, start time.Time, stop func()) error {
 	allExited := make(chan struct{})
 	go func() {
 		for _, p := range all {
@@ -278,32 +324,25 @@ func Run(ctx context.Context, cfg Config, fleets ...Fleet) ([]Result, error) {
 		defer t.Stop()
 		tick = t.C
 	}
-wait:
 	for {
 		select {
 		case <-allExited:
-			break wait
+			return nil
 		case p := <-failed:
 			stop()
 			<-allExited
-			return nil, p.failure()
+			return p.failure()
 		case now := <-tick:
 			if now.After(start) {
 				cfg.Progress(progressOf(runs, cfg.Fleet.Limits, start, now, false))
 			}
 		}
 	}
-	end := time.Now()
-	for _, p := range all {
-		if !p.succeeded() {
-			return nil, p.failure()
-		}
-	}
+}
 
-	results := make([]Result, len(runs))
-	for i, r := range runs {
-		results[i] = r.result(cfg)
-	}
+// addRedisStats sets the Redis figures of the results of the runs that
+// paced through Redis: the growth of its counters since before.
+func addRedisStats(ctx context.Context, cfg Config, runs []*run, before map[string]map[string]int64, results []Result) {
 	users := map[string]int{} // fleets per Redis address
 	for _, r := range runs {
 		if r.fleet.Mode == ModeRedis {
@@ -325,10 +364,6 @@ wait:
 		results[i].Redis = redisStats(addr, before[addr], after, results[i])
 		results[i].Redis.Shared = users[addr] > 1
 	}
-	if cfg.Progress != nil {
-		cfg.Progress(progressOf(runs, cfg.Fleet.Limits, start, end, true))
-	}
-	return results, nil
 }
 
 func (c Config) withDefaults() (Config, error) {
