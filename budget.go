@@ -304,35 +304,7 @@ func (p *pool) admit(ctx context.Context, c *call, ex *exchange) (*reservation, 
 	r.info = &c.info
 	p.enqueueLocked(r, c, start)
 	for {
-		now := clock.Now()
-		if !w.pausedAt.IsZero() {
-			w.pausedFor += now.Sub(w.pausedAt)
-			w.pausedAt = time.Time{}
-		}
-		p.orderLocked(now)
-		switch {
-		case w.err != nil || !p.mayAskLocked(r):
-		case p.pause.until.After(now):
-			// The pool is paused: nothing is asked of the store until the
-			// pause is over, and a caller that cannot wait it out is
-			// answered as the Breaker answers it.
-			w.woken = false
-			w.err = p.hopelessLocked(ctx, c, now, w.pausedFor, w.deadline)
-			w.retryAt, w.timed = p.pause.until, true
-			if !p.pause.pacing {
-				w.pausedAt = now
-			}
-		default:
-			w.woken = false
-			p.askLocked(r, c, start) // unlocks around the store call
-			now = clock.Now()
-		}
-		if w.err == nil && w.granted && ctx.Err() != nil {
-			w.err = ctx.Err() // ended as it was granted: not sent
-		}
-		if w.err == nil && !w.granted && !w.deadline.IsZero() && !now.Before(w.deadline) {
-			w.err = p.queueWaitErrorLocked(r, c, now, w.deadline.Add(-p.budget.cfg.maxQueueWait), p.whyWaitingLocked(r, now))
-		}
+		now := p.stepLocked(ctx, c, r, start)
 		switch {
 		case w.err != nil:
 			p.leaveLocked(r)
@@ -351,6 +323,45 @@ func (p *pool) admit(ctx context.Context, c *call, ex *exchange) (*reservation, 
 		blocked = true
 		p.waitLocked(ctx, c, r, &t) // unlocks while it waits
 	}
+}
+
+// stepLocked moves r one step toward admission: it asks the store when r
+// heads the queue and may, or, while the pool is paused, notes the pause
+// (and whether the caller can wait it out); then it notes a context ended as
+// r was granted, or r's queue-wait cap passed, in r's waiter. It returns the
+// time after the step. It may unlock p.mu around the store call.
+func (p *pool) stepLocked(ctx context.Context, c *call, r *reservation, start time.Time) time.Time {
+	w := &r.waiter
+	now := p.state.cfg.clock.Now()
+	if !w.pausedAt.IsZero() {
+		w.pausedFor += now.Sub(w.pausedAt)
+		w.pausedAt = time.Time{}
+	}
+	p.orderLocked(now)
+	switch {
+	case w.err != nil || !p.mayAskLocked(r):
+	case p.pause.until.After(now):
+		// The pool is paused: nothing is asked of the store until the
+		// pause is over, and a caller that cannot wait it out is
+		// answered as the Breaker answers it.
+		w.woken = false
+		w.err = p.hopelessLocked(ctx, c, now, w.pausedFor, w.deadline)
+		w.retryAt, w.timed = p.pause.until, true
+		if !p.pause.pacing {
+			w.pausedAt = now
+		}
+	default:
+		w.woken = false
+		p.askLocked(r, c, start) // unlocks around the store call
+		now = p.state.cfg.clock.Now()
+	}
+	if w.err == nil && w.granted && ctx.Err() != nil {
+		w.err = ctx.Err() // ended as it was granted: not sent
+	}
+	if w.err == nil && !w.granted && !w.deadline.IsZero() && !now.Before(w.deadline) {
+		w.err = p.queueWaitErrorLocked(r, c, now, w.deadline.Add(-p.budget.cfg.maxQueueWait), p.whyWaitingLocked(r, now))
+	}
+	return now
 }
 
 // mayAskLocked reports whether r may ask the store now: it heads the queue,
@@ -409,21 +420,7 @@ func (p *pool) askLocked(r *reservation, c *call, start time.Time) {
 	w := &r.waiter
 	clock, g := p.state.cfg.clock, p.state.guard
 	st := g.pick()
-	// Estimated when it asks, not when it queued: what the pool has learned
-	// meanwhile (the bytes per token, the prompt cache, what calls produce)
-	// counts.
-	p.estimateLocked(r, r.info)
-	now := clock.Now()
-	if w.rank == Interactive.rank() && !w.learned {
-		w.learned = true
-		p.learnInteractiveLocked(r, now)
-	}
-	a := Admission{Limits: p.budget.limits, Cost: r.cost, Need: r.need, MaxWait: grantAhead(w.ctx), Keep: p.headroomLocked(w, now)}
-	if !w.deadline.IsZero() {
-		a.MaxWait = min(a.MaxWait, max(w.deadline.Sub(now), 0))
-	}
-	a.Start, a.HasStart = p.startLevelsLocked(now)
-	a.Settle = p.takeSettlementsLocked(st)
+	a := p.admissionLocked(r, st)
 	asked := clock.Now()
 	w.asking = true
 	p.mu.Unlock()
@@ -434,7 +431,7 @@ func (p *pool) askLocked(r *reservation, c *call, start time.Time) {
 	// The store's waits are from when it answered, at the earliest when it
 	// was asked: waiting from then never waits past what it said, however
 	// long the answer took to come back.
-	now = clock.Now()
+	now := clock.Now()
 	w.timed = false
 	if err != nil {
 		w.err = err
@@ -465,6 +462,28 @@ func (p *pool) askLocked(r *reservation, c *call, start time.Time) {
 		p.grantLocked(now, r, st, limits, res)
 		w.granted, w.sendAt = true, now.Add(res.Wait)
 	}
+}
+
+// admissionLocked is what r asks of st: its cost, estimated when it asks,
+// not when it queued, so that what the pool has learned meanwhile (the
+// bytes per token, the prompt cache, what calls produce) counts; what it
+// needs and must leave for higher priorities; how long a grant ahead may
+// wait; where new buckets start; and the settlements riding along.
+func (p *pool) admissionLocked(r *reservation, st Store) Admission {
+	w := &r.waiter
+	p.estimateLocked(r, r.info)
+	now := p.state.cfg.clock.Now()
+	if w.rank == Interactive.rank() && !w.learned {
+		w.learned = true
+		p.learnInteractiveLocked(r, now)
+	}
+	a := Admission{Limits: p.budget.limits, Cost: r.cost, Need: r.need, MaxWait: grantAhead(w.ctx), Keep: p.headroomLocked(w, now)}
+	if !w.deadline.IsZero() {
+		a.MaxWait = min(a.MaxWait, max(w.deadline.Sub(now), 0))
+	}
+	a.Start, a.HasStart = p.startLevelsLocked(now)
+	a.Settle = p.takeSettlementsLocked(st)
+	return a
 }
 
 // startLevelsLocked returns what this process knows of the levels now,
