@@ -384,76 +384,11 @@ func Run(ctx context.Context, cfg Config, clients ...Client) ([]Result, error) {
 		}
 	}
 
-	progressDone := make(chan struct{})
-	stopProgress := make(chan struct{})
-	if cfg.Progress != nil {
-		go func() {
-			defer close(progressDone)
-			t := time.NewTicker(cfg.ProgressInterval)
-			defer t.Stop()
-			for {
-				select {
-				case <-stopProgress:
-					return
-				case <-t.C:
-					cfg.Progress(progressOf(runs, time.Now(), false))
-				}
-			}
-		}()
-	} else {
-		close(progressDone)
-	}
-
-	deadline := time.NewTimer(cfg.Duration)
-	interrupted := false
-	select {
-	case <-deadline.C:
-	case <-ctx.Done():
-		deadline.Stop()
-		interrupted = true
-	}
-	end := time.Now()
-	for _, r := range runs {
-		r.stop()
-	}
-	agentsDone := make(chan struct{})
-	go func() {
-		agents.Wait()
-		close(agentsDone)
-	}()
-	if !interrupted {
-		// Let the attempts already sent finish, so everything the servers
-		// admitted before the deadline is counted; then give the calls a
-		// moment to return what they read before cancelling the rest (calls
-		// waiting to retry, whose next attempt would be refused anyway).
-		drain := time.NewTimer(cfg.Drain)
-	wait:
-		for _, r := range runs {
-			select {
-			case <-r.base.drained:
-			case <-drain.C:
-				break wait
-			case <-ctx.Done():
-				interrupted = true
-				break wait
-			}
-		}
-		drain.Stop()
-		if !interrupted {
-			t := time.NewTimer(returnGrace)
-			select {
-			case <-agentsDone:
-			case <-t.C:
-			case <-ctx.Done():
-				interrupted = true
-			}
-			t.Stop()
-		}
-	}
+	stopProgress := reportProgress(cfg, runs)
+	end, interrupted := awaitEnd(ctx, cfg, runs, &agents)
 	cancelRuns()
-	<-agentsDone
-	close(stopProgress)
-	<-progressDone
+	agents.Wait()
+	stopProgress()
 
 	results := make([]Result, len(runs))
 	for i, r := range runs {
@@ -464,6 +399,82 @@ func Run(ctx context.Context, cfg Config, clients ...Client) ([]Result, error) {
 	}
 	closeAll()
 	return results, nil
+}
+
+// reportProgress calls cfg.Progress every cfg.ProgressInterval, if set,
+// until the function it returns is called (which waits for the last call).
+func reportProgress(cfg Config, runs []*run) (stop func()) {
+	if cfg.Progress == nil {
+		return func() {}
+	}
+	done, quit := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(cfg.ProgressInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-quit:
+				return
+			case <-t.C:
+				cfg.Progress(progressOf(runs, time.Now(), false))
+			}
+		}
+	}()
+	return func() {
+		close(quit)
+		<-done
+	}
+}
+
+// awaitEnd waits out the run's duration and stops the runs' agents from
+// starting calls; then, unless ctx ended first, it lets the attempts already
+// sent finish, so everything the servers admitted before the deadline is
+// counted, and gives the calls a moment to return what they read (calls
+// waiting to retry, whose next attempt would be refused anyway, are then
+// cancelled by the caller). It returns when the duration ended and whether
+// ctx interrupted the run.
+func awaitEnd(ctx context.Context, cfg Config, runs []*run, agents *sync.WaitGroup) (end time.Time, interrupted bool) {
+	deadline := time.NewTimer(cfg.Duration)
+	select {
+	case <-deadline.C:
+	case <-ctx.Done():
+		deadline.Stop()
+		interrupted = true
+	}
+	end = time.Now()
+	for _, r := range runs {
+		r.stop()
+	}
+	if interrupted {
+		return end, true
+	}
+	drain := time.NewTimer(cfg.Drain)
+	defer drain.Stop()
+drained:
+	for _, r := range runs {
+		select {
+		case <-r.base.drained:
+		case <-drain.C:
+			break drained
+		case <-ctx.Done():
+			return end, true
+		}
+	}
+	agentsDone := make(chan struct{})
+	go func() {
+		agents.Wait()
+		close(agentsDone)
+	}()
+	grace := time.NewTimer(returnGrace)
+	defer grace.Stop()
+	select {
+	case <-agentsDone:
+	case <-grace.C:
+	case <-ctx.Done():
+		return end, true
+	}
+	return end, false
 }
 
 // run is one client's fleet.
