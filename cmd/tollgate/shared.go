@@ -43,30 +43,7 @@ func benchShared(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	outage := f.fs.String("outage", "", "DOWN,UP: stop this run's own redis-server DOWN after the start and start it again, "+
 		"empty, UP after the start (e.g. 30s,45s); not with --redis")
 	f.fs.Usage = func() {
-		fmt.Fprintf(stderr, `usage: tollgate bench-shared [flags]
-
-Runs one fleet of agents split across several OS processes (this program,
-re-executed), each process with a tollgate Transport of its own, all of them
-against one fake Anthropic API on 127.0.0.1 with tier-1-like limits. Two such
-fleets run side by side, each against its own fake API with the same limits:
-
-  redis     the processes share one budget through Redis (redisstore)
-  private   each process has a budget of its own in memory (no store)
-
-and a table shows what each got out of the limits, from the fake API's
-counters (which see every process):
-
-  share of binding limit   what the server admitted, over the most it could have
-                           admitted in the time (buckets start full): for each limit
-                           L, used / (L + L·minutes); the largest is shown
-  failed calls             calls that returned an error to an agent
-  429s per 100 OK          rate-limit responses drawn, per successful call
-  Redis round trips per    commands the processes sent to Redis (INFO commandstats:
-  request                  script runs and connection set-up), per request served
-  OK calls/min, p50, p95   successful calls per minute, and their latency
-
-flags:
-`)
+		fmt.Fprint(stderr, benchSharedUsage)
 		f.fs.PrintDefaults()
 	}
 	if err := f.parse(args); err != nil {
@@ -87,20 +64,12 @@ flags:
 		live = stderr
 	}
 
-	addr, redisNote := *redisAddr, "at "+*redisAddr
-	var srv *procfleet.RedisServer
-	if addr == "" {
-		srv, err = procfleet.StartRedis(ctx)
-		if errors.Is(err, procfleet.ErrNoRedisServer) {
-			return fmt.Errorf("%w: install it (e.g. apt-get install redis-server) or give --redis host:port", err)
-		}
-		if err != nil {
-			return fmt.Errorf("starting a redis-server: %w", err)
-		}
+	srv, addr, redisNote, err := sharedRedis(ctx, *redisAddr)
+	if err != nil {
+		return err
+	}
+	if srv != nil {
 		defer func() { srv.Stop() }()
-		addr, redisNote = srv.Addr, "of this run's own at "+srv.Addr
-	} else if err := procfleet.Ping(ctx, addr); err != nil {
-		return fmt.Errorf("no Redis answers at --redis %s: %w", addr, err)
 	}
 
 	cfg := procfleet.Config{
@@ -154,29 +123,79 @@ flags:
 		}
 		return err
 	}
-	interrupted := results[0].Interrupted
 	if f.json {
 		if err := writeJSON(stdout, newSharedSummary(started, f, cfg, addr, results)); err != nil {
 			return err
 		}
 	} else {
-		fmt.Fprintln(stdout)
-		if interrupted {
-			fmt.Fprintf(stdout, "Interrupted after %s: the figures cover only that time.\n\n", results[0].Elapsed.Round(100*time.Millisecond))
-		}
-		writeSharedRows(stdout, results)
-		combined := make([]fleet.Result, len(results))
-		for i, r := range results {
-			combined[i] = r.Result
-		}
-		writeFailures(stdout, combined)
-		fmt.Fprintln(stdout)
-		writeSharedDetails(stdout, results)
+		writeSharedResults(stdout, results)
 	}
-	if interrupted {
+	if results[0].Interrupted {
 		return errInterrupted
 	}
 	return nil
+}
+
+// benchSharedUsage is bench-shared's usage text, before its flags.
+const benchSharedUsage = `usage: tollgate bench-shared [flags]
+
+Runs one fleet of agents split across several OS processes (this program,
+re-executed), each process with a tollgate Transport of its own, all of them
+against one fake Anthropic API on 127.0.0.1 with tier-1-like limits. Two such
+fleets run side by side, each against its own fake API with the same limits:
+
+  redis     the processes share one budget through Redis (redisstore)
+  private   each process has a budget of its own in memory (no store)
+
+and a table shows what each got out of the limits, from the fake API's
+counters (which see every process):
+
+  share of binding limit   what the server admitted, over the most it could have
+                           admitted in the time (buckets start full): for each limit
+                           L, used / (L + L·minutes); the largest is shown
+  failed calls             calls that returned an error to an agent
+  429s per 100 OK          rate-limit responses drawn, per successful call
+  Redis round trips per    commands the processes sent to Redis (INFO commandstats:
+  request                  script runs and connection set-up), per request served
+  OK calls/min, p50, p95   successful calls per minute, and their latency
+
+flags:
+`
+
+// sharedRedis is the Redis of a bench-shared run: the one at addr, which must
+// answer, or, where addr is empty, a redis-server of the run's own (srv, for
+// the caller to stop). note says which, for the header.
+func sharedRedis(ctx context.Context, addr string) (srv *procfleet.RedisServer, at, note string, err error) {
+	if addr != "" {
+		if err := procfleet.Ping(ctx, addr); err != nil {
+			return nil, "", "", fmt.Errorf("no Redis answers at --redis %s: %w", addr, err)
+		}
+		return nil, addr, "at " + addr, nil
+	}
+	srv, err = procfleet.StartRedis(ctx)
+	if errors.Is(err, procfleet.ErrNoRedisServer) {
+		return nil, "", "", fmt.Errorf("%w: install it (e.g. apt-get install redis-server) or give --redis host:port", err)
+	}
+	if err != nil {
+		return nil, "", "", fmt.Errorf("starting a redis-server: %w", err)
+	}
+	return srv, srv.Addr, "of this run's own at " + srv.Addr, nil
+}
+
+// writeSharedResults writes bench-shared's tables.
+func writeSharedResults(w io.Writer, results []procfleet.Result) {
+	fmt.Fprintln(w)
+	if results[0].Interrupted {
+		fmt.Fprintf(w, "Interrupted after %s: the figures cover only that time.\n\n", results[0].Elapsed.Round(100*time.Millisecond))
+	}
+	writeSharedRows(w, results)
+	combined := make([]fleet.Result, len(results))
+	for i, r := range results {
+		combined[i] = r.Result
+	}
+	writeFailures(w, combined)
+	fmt.Fprintln(w)
+	writeSharedDetails(w, results)
 }
 
 // parseOutage reads --outage: DOWN,UP, both within the run.
