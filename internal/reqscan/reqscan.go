@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
-	"math"
 	"net/http"
 	"strings"
 	"sync"
@@ -400,7 +399,7 @@ func (p *parser) int() int64 {
 		p.skip()
 		return 0
 	}
-	v, _ := parseInt(p.scalar())
+	v, _ := jsonscan.ParseInt(p.scalar())
 	return v
 }
 
@@ -495,27 +494,4 @@ func jsonStringOf(quoted, raw []byte) string {
 func isScalarByte(c byte) bool {
 	return c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' ||
 		c == '-' || c == '+' || c == '.'
-}
-
-// parseInt parses a non-negative JSON integer (an integral float such as
-// 12.0 or 1e3 too); ok is false for anything else.
-func parseInt(b []byte) (int64, bool) {
-	if len(b) == 0 {
-		return 0, false
-	}
-	var v int64
-	for i, c := range b {
-		if c < '0' || c > '9' || i >= 18 {
-			if len(b) > 64 || (b[0] < '0' || b[0] > '9') {
-				return 0, false
-			}
-			var f float64
-			if json.Unmarshal(b, &f) != nil || f != math.Trunc(f) || f < 0 || f >= math.MaxInt64 {
-				return 0, false
-			}
-			return int64(f), true
-		}
-		v = v*10 + int64(c-'0')
-	}
-	return v, true
 }

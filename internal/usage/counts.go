@@ -3,7 +3,8 @@ package usage
 import (
 	"bytes"
 	"encoding/json"
-	"math"
+
+	"github.com/tollgate-go/tollgate/internal/jsonscan"
 )
 
 // counts keeps the latest value of every usage field seen, under the
@@ -23,7 +24,7 @@ type optInt struct {
 
 // take keeps the value of one usage field, when it is a number.
 func (a *counts) take(f int, raw []byte) {
-	v, ok := parseInt(raw)
+	v, ok := jsonscan.ParseInt(raw)
 	if !ok {
 		return // one malformed field does not lose the others
 	}
@@ -145,31 +146,4 @@ func tolerantString(b []byte) string {
 		return string(b)
 	}
 	return ""
-}
-
-// parseInt parses a non-negative JSON integer (an integral float such as
-// 12.0 or 1e3 too); ok is false for anything else.
-func parseInt(b []byte) (int64, bool) {
-	if len(b) == 0 {
-		return 0, false
-	}
-	var v int64
-	for i, c := range b {
-		if c < '0' || c > '9' || i >= 18 {
-			return parseFloatInt(b)
-		}
-		v = v*10 + int64(c-'0')
-	}
-	return v, true
-}
-
-func parseFloatInt(b []byte) (int64, bool) {
-	if len(b) > 64 || (b[0] < '0' || b[0] > '9') {
-		return 0, false
-	}
-	var f float64
-	if json.Unmarshal(b, &f) != nil || f != math.Trunc(f) || f < 0 || f >= math.MaxInt64 {
-		return 0, false
-	}
-	return int64(f), true
 }

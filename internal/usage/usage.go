@@ -453,7 +453,7 @@ func (st *state) apply(set fieldSet, sc *jsonscan.Scanner) (output bool) {
 				i = len(chunk) - 1
 			}
 			if c.Field == fChoiceIndex {
-				if v, ok := parseInt(c.Raw); ok {
+				if v, ok := jsonscan.ParseInt(c.Raw); ok {
 					chunk[i].index, chunk[i].hasIndex = int(min(v, math.MaxInt32)), true
 				}
 			} else {
