@@ -138,12 +138,7 @@ func (r *run) call(ctx context.Context, c Call, params anthropic.MessageNewParam
 		reply = m
 		return err
 	}
-	var err error
-	if r.target.Wrap != nil {
-		err = r.target.Wrap(ctx, do)
-	} else {
-		err = do(ctx)
-	}
+	err := r.wrap(ctx, do)
 	c.Latency = time.Since(t0)
 	c.Attempts = int(attempts.Load())
 	if err == nil && reply != nil {
@@ -221,12 +216,7 @@ func (r *run) callOpenAI(ctx context.Context, c Call, prompt string) Call {
 		}
 		return nil
 	}
-	var err error
-	if r.target.Wrap != nil {
-		err = r.target.Wrap(ctx, do)
-	} else {
-		err = do(ctx)
-	}
+	err := r.wrap(ctx, do)
 	c.Latency = time.Since(t0)
 	c.Attempts = int(attempts.Load())
 	if err == nil {
@@ -326,4 +316,12 @@ func countAttempt(ctx context.Context) {
 	if n, ok := ctx.Value(attemptsKey{}).(*atomic.Int32); ok {
 		n.Add(1)
 	}
+}
+
+// wrap runs do through the target's Wrap, if it has one.
+func (r *run) wrap(ctx context.Context, do func(context.Context) error) error {
+	if r.target.Wrap != nil {
+		return r.target.Wrap(ctx, do)
+	}
+	return do(ctx)
 }
