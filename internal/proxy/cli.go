@@ -259,8 +259,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	addr := ln.Addr().(*net.TCPAddr)
 	base := "http://" + net.JoinHostPort(hostOf(f.listen, addr), strconv.Itoa(addr.Port))
-	if !addr.IP.IsLoopback() {
-		fmt.Fprintf(stderr, "WARNING: listening on %s, not a loopback address: anyone who can reach it spends the API keys that pass through it.\n", addr)
+	if w := exposedWarning(addr); w != "" {
+		fmt.Fprintln(stderr, w)
 	}
 	otlp.Notice(stderr, Service)
 	fmt.Fprintf(stdout, "tollgate proxy: listening on %s; export ANTHROPIC_BASE_URL=%s OPENAI_BASE_URL=%s/v1 (status: %s/status)%s\n",
@@ -284,6 +284,15 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	<-served
 	return nil
+}
+
+// exposedWarning is the warning for a listener that is not on a loopback
+// address, empty for one that is.
+func exposedWarning(addr *net.TCPAddr) string {
+	if addr.IP.IsLoopback() {
+		return ""
+	}
+	return fmt.Sprintf("WARNING: listening on %s, not a loopback address: anyone who can reach it spends the API keys that pass through it.", addr)
 }
 
 // hostOf is the host to print for the listen address: as given, unless it
