@@ -158,7 +158,9 @@ func TestAnthropicJSONAndStream(t *testing.T) {
 	require.Equal(t, http.StatusOK, resp.StatusCode, body)
 	var msg struct {
 		Type  string
-		Usage struct{ OutputTokens int `json:"output_tokens"` }
+		Usage struct {
+			OutputTokens int `json:"output_tokens"`
+		}
 	}
 	require.NoError(t, json.Unmarshal([]byte(body), &msg))
 	assert.Equal(t, "message", msg.Type)
