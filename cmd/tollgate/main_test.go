@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -22,8 +23,16 @@ import (
 // bench-shared re-executes it.
 func TestMain(m *testing.M) {
 	procfleet.MaybeRunWorker()
+	// A test that needs the command as a process of its own (signals, exit
+	// codes) re-executes this binary with runMainEnv set.
+	if os.Getenv(runMainEnv) == "1" {
+		main()
+	}
 	goleak.VerifyTestMain(m)
 }
+
+// runMainEnv makes the test binary run main with its arguments.
+const runMainEnv = "TOLLGATE_TEST_RUN_MAIN"
 
 // fast are flags for a short run whose limits are far above what it uses.
 var fast = []string{"--duration", "1s", "--agents", "3", "--rpm", "600000", "--itpm", "100000000",
@@ -68,6 +77,10 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"bench-shared", "--agents", "0"}, "--agents must be at least 1"},
 		{[]string{"demo", "--upstream", "ftp://example.com"}, "--upstream must be an http(s) URL"},
 		{[]string{"demo", "--upstream", "https://example.invalid"}, "needs ANTHROPIC_API_KEY"},
+		{[]string{"proxy", "--nope"}, "flag provided but not defined: -nope"},
+		{[]string{"proxy", "--listen", "8787"}, "--listen must be host:port"},
+		{[]string{"proxy", "--anthropic-upstream", "localhost:1"}, "--anthropic-upstream must be an http(s) base URL"},
+		{[]string{"proxy", "--max-body", "big"}, `invalid value "big" for flag -max-body`},
 	} {
 		code, stdout, stderr := runCLI(context.Background(), tc.args...)
 		assert.Equal(t, exitUsage, code, "%v", tc.args)
