@@ -354,6 +354,7 @@ func (d *Dashboard) keyStatusLocked(source int, ks tollgate.KeySnapshot, now tim
 			Name:        tollgate.Dimension(dim).String(),
 			Limit:       db.Limit,
 			LimitSource: db.Source.String(),
+			Paced:       db.Limit > 0,
 			Level:       db.Level,
 			Reserved:    db.Reserved,
 			Used:        db.Used,

@@ -63,6 +63,9 @@ type DimensionStatus struct {
 	// does not pace by.
 	Limit       int64  `json:"limit"`
 	LimitSource string `json:"limit_source"`
+	// Paced reports that the budget paces by this limit: Level, Reserved,
+	// Used and Utilization are its bucket's.
+	Paced bool `json:"paced"`
 	// Level is what the budget's bucket holds now (below zero in debt);
 	// Reserved what admitted attempts hold of it until they settle.
 	Level    float64 `json:"level"`

@@ -228,7 +228,9 @@ func TestProxyTypeScriptSDKs(t *testing.T) {
 	var st struct {
 		Keys []struct {
 			Provider, Family string
-			Counters         struct{ RateLimited int64 `json:"rate_limited"` }
+			Counters         struct {
+				RateLimited int64 `json:"rate_limited"`
+			}
 		}
 	}
 	require.NoError(t, json.Unmarshal([]byte(p.get(t, "/status.json")), &st))
