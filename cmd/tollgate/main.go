@@ -92,6 +92,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = benchStorm(ctx, args[1:], stdout, stderr)
 	case "proxy":
 		err = proxyCommand(ctx, args[1:], stdout, stderr)
+	case "bench-proxy":
+		err = benchProxy(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
