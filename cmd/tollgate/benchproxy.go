@@ -400,4 +400,3 @@ func (r benchProxyResult) writeTable(w io.Writer) {
 		_ = tw.Flush()
 	}
 }
-
