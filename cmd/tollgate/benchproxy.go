@@ -26,8 +26,7 @@ import (
 
 // Defaults of bench-proxy.
 const (
-	DefaultBenchProxyModel = "claude-sonnet-5"
-	DefaultOverheadCalls   = 200
+	DefaultOverheadCalls = 200
 	// DefaultOverheadLatency is the fake API's wait in the overhead part: a
 	// fast API, so the proxy's share of each call shows.
 	DefaultOverheadLatency = 5 * time.Millisecond
@@ -35,8 +34,6 @@ const (
 
 func benchProxy(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	f := newFleetFlags("bench-proxy", fleet.DefaultDuration, stderr)
-	f.model = DefaultBenchProxyModel
-	f.fs.Lookup("model").DefValue = DefaultBenchProxyModel
 	nodeDir := f.fs.String("node-dir", filepath.Join("e2e", "node"), "folder of package.json and bench.mjs, with the SDK installed (npm ci --prefix e2e/node)")
 	calls := f.fs.Int("overhead-calls", DefaultOverheadCalls, "calls of each kind (JSON, stream) direct and through the proxy, for the overhead (0: skip it)")
 	overheadLatency := f.fs.Duration("overhead-latency", DefaultOverheadLatency, "fake API's wait before each reply in the overhead part")
@@ -342,7 +339,7 @@ func runProxyOverhead(ctx context.Context, node, script string, calls int, laten
 	}
 	defer stop()
 	env := []string{"BENCH_DIRECT_URL=" + api.URL, "BENCH_PROXY_URL=" + base, "ANTHROPIC_API_KEY=" + fleet.DefaultAPIKey,
-		"BENCH_CALLS=" + strconv.Itoa(calls), "BENCH_MODEL=" + DefaultBenchProxyModel}
+		"BENCH_CALLS=" + strconv.Itoa(calls), "BENCH_MODEL=" + fleet.DefaultModel}
 	return runNodeBench(ctx, node, script, "overhead", env, func(l benchLine) error {
 		if l.Overhead == nil {
 			return nil
