@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -39,9 +40,29 @@ var fast = []string{"--duration", "1s", "--agents", "3", "--rpm", "600000", "--i
 	"--otpm", "10000000", "--latency", "5ms", "--per-token", "0s", "--max-tokens", "16"}
 
 func runCLI(ctx context.Context, args ...string) (code int, stdout, stderr string) {
-	var out, errb bytes.Buffer
+	var out, errb lockedBuffer
 	code = run(ctx, args, &out, &errb)
 	return code, out.String(), errb.String()
+}
+
+// lockedBuffer is a bytes.Buffer that goroutines may write at once, as they
+// may write os.Stdout and os.Stderr: bench-shared's live view and its
+// workers' relayed lines both go to stderr.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func TestUsageErrors(t *testing.T) {
