@@ -2,9 +2,9 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"regexp"
@@ -20,12 +20,31 @@ import (
 )
 
 // The proxy as its own process: it prints where it listens, passes a stream
-// through, and on SIGTERM lets that stream finish and exits 0. What it
-// writes never holds a key.
+// through, and on SIGTERM stops accepting, lets that stream finish and exits
+// 0. The upstream holds the stream open until the proxy has said it is
+// shutting down, so the call is in flight then. What it writes never holds
+// a key.
 func TestProxyProcessSIGTERM(t *testing.T) {
 	const key = "sk-ant-cmd-test-SECRET-991"
-	api := tollgatetest.NewServer(tollgatetest.Config{APIKey: key, RequestsPerMinute: 1000, InputTokensPerMinute: 1_000_000,
-		OutputTokensPerMinute: 1_000_000, StreamEventDelay: 2 * time.Millisecond})
+	release := make(chan struct{})
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		if r.Header.Get("x-api-key") != key {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		w.Header().Set("content-type", "text/event-stream")
+		_, _ = io.WriteString(w, "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\","+
+			"\"role\":\"assistant\",\"model\":\"claude-sonnet-5\",\"content\":[],\"usage\":{\"input_tokens\":12,\"output_tokens\":1}}}\n\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return
+		}
+		_, _ = io.WriteString(w, "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":5}}\n\n"+
+			"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
+	}))
 	t.Cleanup(api.Close)
 	dead := tollgatetest.NewServer(tollgatetest.Config{})
 	deadURL := dead.URL
@@ -36,8 +55,8 @@ func TestProxyProcessSIGTERM(t *testing.T) {
 	cmd.Env = append(os.Environ(), runMainEnv+"=1", "OTEL_EXPORTER_OTLP_ENDPOINT=")
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
+	stderr := newWatchedBuffer()
+	cmd.Stderr = stderr
 	require.NoError(t, cmd.Start())
 	exited := make(chan error, 1)
 	t.Cleanup(func() {
@@ -90,6 +109,25 @@ func TestProxyProcessSIGTERM(t *testing.T) {
 	require.NoError(t, err)
 
 	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	stderr.wait(t, regexp.MustCompile(`shutting down; 1 calls in flight`))
+	// No new connections, while the stream in flight goes on.
+	refuse := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r, err := refuse.Get(base + "/healthz")
+		if err != nil {
+			break
+		}
+		_ = r.Body.Close()
+		require.False(t, time.Now().After(deadline), "still accepting connections after SIGTERM")
+		time.Sleep(5 * time.Millisecond)
+	}
+	select {
+	case err := <-exited:
+		t.Fatalf("the proxy exited with a call in flight: %v; stderr: %s", err, stderr.String())
+	default:
+	}
+	close(release)
 	rest, err := io.ReadAll(body)
 	require.NoError(t, err)
 	assert.Contains(t, string(rest), "message_stop", "the stream in flight ran to its end")
@@ -101,7 +139,36 @@ func TestProxyProcessSIGTERM(t *testing.T) {
 		t.Fatal("the proxy did not exit after SIGTERM")
 	}
 	assert.Contains(t, stderr.String(), "upstream request failed")
-	assert.Contains(t, stderr.String(), "shutting down")
 	assert.NotContains(t, first+stderr.String(), key)
 	assert.NotContains(t, stderr.String(), "SECRET")
+}
+
+// watchedBuffer is a lockedBuffer that wakes those waiting for a line.
+type watchedBuffer struct {
+	lockedBuffer
+	more chan struct{}
+}
+
+func newWatchedBuffer() *watchedBuffer { return &watchedBuffer{more: make(chan struct{}, 1)} }
+
+func (b *watchedBuffer) Write(p []byte) (int, error) {
+	n, err := b.lockedBuffer.Write(p)
+	select {
+	case b.more <- struct{}{}:
+	default:
+	}
+	return n, err
+}
+
+// wait waits until what was written matches re, up to a deadline.
+func (b *watchedBuffer) wait(t *testing.T, re *regexp.Regexp) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for !re.MatchString(b.String()) {
+		select {
+		case <-b.more:
+		case <-deadline:
+			t.Fatalf("no %s in %q", re, b.String())
+		}
+	}
 }

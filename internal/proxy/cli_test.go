@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"strings"
 	"sync"
@@ -102,18 +103,17 @@ func (l *lines) wait(t *testing.T, re *regexp.Regexp) []string {
 // StartLine matches the line the proxy prints when it listens.
 var StartLine = regexp.MustCompile(`tollgate proxy: listening on (http://127\.0\.0\.1:\d+); export ANTHROPIC_BASE_URL=(\S+) OPENAI_BASE_URL=(\S+) `)
 
-// Run serves until its context ends, then lets the calls in flight finish
-// and returns nil.
+// Run serves until its context ends, then stops accepting, lets the calls
+// in flight finish and returns nil. The upstream holds its stream open until
+// the proxy has said it is shutting down, so the call is in flight then.
 func TestRunServesUntilCancelledThenDrains(t *testing.T) {
-	api := tollgatetest.NewServer(tollgatetest.Config{RequestsPerMinute: 1000, InputTokensPerMinute: 1_000_000, OutputTokensPerMinute: 1_000_000,
-		StreamEventDelay: 2 * time.Millisecond})
-	t.Cleanup(api.Close)
+	up := newGatedStream(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	stdout, stderr := newLines(), newLines()
 	done := make(chan error, 1)
 	go func() {
-		done <- proxy.Run(ctx, []string{"--listen", "127.0.0.1:0", "--anthropic-upstream", api.URL, "--openai-upstream", api.URL}, stdout, stderr)
+		done <- proxy.Run(ctx, []string{"--listen", "127.0.0.1:0", "--anthropic-upstream", up.URL, "--openai-upstream", up.URL}, stdout, stderr)
 	}()
 	m := stdout.wait(t, StartLine)
 	base := m[1]
@@ -122,7 +122,6 @@ func TestRunServesUntilCancelledThenDrains(t *testing.T) {
 	assert.Equal(t, 1, strings.Count(stdout.String(), "\n"), "one line")
 	assert.NotContains(t, stderr.String(), "WARNING", "loopback: no warning")
 
-	// A stream in flight when the proxy is told to stop still finishes.
 	resp, err := http.DefaultClient.Do(anthropicRequest(t, base, messages("claude-sonnet-5", true)))
 	require.NoError(t, err)
 	defer resp.Body.Close()
@@ -131,6 +130,13 @@ func TestRunServesUntilCancelledThenDrains(t *testing.T) {
 	require.NoError(t, err)
 	cancel()
 	stderr.wait(t, regexp.MustCompile(`shutting down; 1 calls in flight`))
+	refused(t, base)
+	select {
+	case err := <-done:
+		t.Fatalf("Run returned with a call in flight: %v", err)
+	default:
+	}
+	close(up.release)
 	rest, err := io.ReadAll(br)
 	require.NoError(t, err)
 	assert.Contains(t, string(rest), "message_stop", "the stream ran to its end")
@@ -140,8 +146,51 @@ func TestRunServesUntilCancelledThenDrains(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run did not return after its calls finished")
 	}
-	_, err = http.Get(base + "/healthz")
-	assert.Error(t, err, "no longer accepting")
+}
+
+// gatedStream is an upstream whose Messages stream sends message_start,
+// then waits for release (or the request's end) before the rest.
+type gatedStream struct {
+	*httptest.Server
+	release chan struct{}
+}
+
+func newGatedStream(t *testing.T) *gatedStream {
+	g := &gatedStream{release: make(chan struct{})}
+	g.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("content-type", "text/event-stream")
+		_, _ = io.WriteString(w, "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\","+
+			"\"role\":\"assistant\",\"model\":\"claude-sonnet-5\",\"content\":[],\"usage\":{\"input_tokens\":12,\"output_tokens\":1}}}\n\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-g.release:
+		case <-r.Context().Done():
+			return
+		}
+		_, _ = io.WriteString(w, "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":5}}\n\n"+
+			"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
+	}))
+	t.Cleanup(g.Close)
+	return g
+}
+
+// refused waits until base takes no new connection, up to a deadline.
+func refused(t *testing.T, base string) {
+	t.Helper()
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		resp, err := client.Get(base + "/healthz")
+		if err != nil {
+			return
+		}
+		_ = resp.Body.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("still accepting connections after shutting down")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // Past --shutdown-timeout, calls still in flight are cut and Run returns.
