@@ -19,6 +19,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/tollgate-go/tollgate"
 	"github.com/tollgate-go/tollgate/internal/fleet"
 	"github.com/tollgate-go/tollgate/internal/proxy"
 	"github.com/tollgate-go/tollgate/tollgatetest"
@@ -177,14 +178,14 @@ type benchLine struct {
 	} `json:"overhead"`
 }
 
-// startProxyServer serves a proxy in front of upstream on 127.0.0.1 until
-// the returned stop is called.
-func startProxyServer(upstream string) (base string, stop func(), err error) {
+// startProxyServer serves a proxy in front of upstream on 127.0.0.1, with
+// opts for its Transports, until the returned stop is called.
+func startProxyServer(upstream string, opts ...tollgate.Option) (base string, stop func(), err error) {
 	u, err := url.Parse(upstream)
 	if err != nil {
 		return "", nil, err
 	}
-	p, err := proxy.New(proxy.Config{AnthropicUpstream: u, OpenAIUpstream: u})
+	p, err := proxy.New(proxy.Config{AnthropicUpstream: u, OpenAIUpstream: u, Options: opts})
 	if err != nil {
 		return "", nil, err
 	}
@@ -261,7 +262,13 @@ func runProxyFleet(ctx context.Context, f *fleetFlags, node, script string, live
 	server.OutputTokensFunc = fleet.ReplyLengths(f.seed, max(1, f.maxTokens/4), f.maxTokens)
 	api := tollgatetest.NewServer(server)
 	defer api.Close()
-	base, stop, err := startProxyServer(api.URL)
+	var opts []tollgate.Option
+	if f.withLimit { // as `tollgate proxy --rpm … --itpm … --otpm …` would
+		opts = append(opts, tollgate.WithLimits(tollgate.Limits{RequestsPerMinute: f.limits.RequestsPerMinute,
+			InputTokensPerMinute: f.limits.InputTokensPerMinute, OutputTokensPerMinute: f.limits.OutputTokensPerMinute,
+			TokensPerMinute: f.limits.TokensPerMinute}))
+	}
+	base, stop, err := startProxyServer(api.URL, opts...)
 	if err != nil {
 		return err
 	}
@@ -307,6 +314,8 @@ func runProxyFleet(ctx context.Context, f *fleetFlags, node, script string, live
 	}
 	// What the API counted in the run's whole seconds: everything admitted
 	// from the start to the deadline, not the calls that finish after it.
+	// bench.mjs starts its agents on a whole second of the clock, so the
+	// API's seconds from there are the run's.
 	from := start.Truncate(time.Second)
 	elapsed := f.duration
 	if res.Interrupted {
