@@ -222,3 +222,50 @@ func TestRunCutsCallsAfterShutdownTimeout(t *testing.T) {
 	_, err = io.ReadAll(resp.Body)
 	assert.Error(t, err, "the stream was cut")
 }
+
+// With OTEL_EXPORTER_OTLP_ENDPOINT set, Run exports its spans with OTLP
+// over HTTP, service tollgate-proxy, flushed when it shuts down; no key is in
+// them.
+func TestRunExportsSpansWithoutKeys(t *testing.T) {
+	var mu sync.Mutex
+	var exported bytes.Buffer
+	collector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		if r.URL.Path == "/v1/traces" {
+			mu.Lock()
+			exported.Write(b)
+			mu.Unlock()
+		}
+		w.Header().Set("Content-Type", "application/x-protobuf")
+	}))
+	t.Cleanup(collector.Close)
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.URL)
+	t.Setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "")
+	api := tollgatetest.NewServer(tollgatetest.Config{APIKey: anthropicKey})
+	t.Cleanup(api.Close)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stdout, stderr := newLines(), newLines()
+	done := make(chan error, 1)
+	go func() {
+		done <- proxy.Run(ctx, []string{"--listen", "127.0.0.1:0", "--anthropic-upstream", api.URL, "--openai-upstream", api.URL}, stdout, stderr)
+	}()
+	base := stdout.wait(t, StartLine)[1]
+	assert.Contains(t, stderr.String(), `exporting tollgate's spans to `+collector.URL+` (service "tollgate-proxy")`)
+	resp, body := do(t, anthropicRequest(t, base, messages("claude-sonnet-5", false)))
+	require.Equal(t, http.StatusOK, resp.StatusCode, body)
+	cancel()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Contains(t, exported.String(), "tollgate-proxy", "the service name")
+	assert.Contains(t, exported.String(), "chat claude-sonnet-5", "the call's span")
+	assert.NotContains(t, exported.String(), anthropicKey)
+	assert.NotContains(t, exported.String()+stdout.String()+stderr.String(), "SECRET")
+}
