@@ -45,9 +45,9 @@ func runCLI(ctx context.Context, args ...string) (code int, stdout, stderr strin
 	return code, out.String(), errb.String()
 }
 
-// lockedBuffer is a bytes.Buffer that goroutines may write at once, as they
-// may write os.Stdout and os.Stderr: bench-shared's live view and its
-// workers' relayed lines both go to stderr.
+// lockedBuffer is a bytes.Buffer that several goroutines may write, as they
+// may write os.Stdout and os.Stderr (bench-shared copies its workers'
+// stderr while its live view writes).
 type lockedBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
