@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -26,14 +25,11 @@ func TestMain(m *testing.M) {
 	procfleet.MaybeRunWorker()
 	// A test that needs the command as a process of its own (signals, exit
 	// codes) re-executes this binary with runMainEnv set.
-	if os.Getenv(runMainEnv) == "1" {
+	if runMainRequested() {
 		main()
 	}
 	goleak.VerifyTestMain(m)
 }
-
-// runMainEnv makes the test binary run main with its arguments.
-const runMainEnv = "TOLLGATE_TEST_RUN_MAIN"
 
 // fast are flags for a short run whose limits are far above what it uses.
 var fast = []string{"--duration", "1s", "--agents", "3", "--rpm", "600000", "--itpm", "100000000",

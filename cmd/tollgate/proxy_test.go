@@ -19,6 +19,11 @@ import (
 	"github.com/tollgate-go/tollgate/tollgatetest"
 )
 
+// runMainEnv makes the test binary run main with its arguments (TestMain).
+const runMainEnv = "TOLLGATE_TEST_RUN_MAIN"
+
+func runMainRequested() bool { return os.Getenv(runMainEnv) == "1" }
+
 // The proxy as its own process: it prints where it listens, passes a stream
 // through, and on SIGTERM stops accepting, lets that stream finish and exits
 // 0. The upstream holds the stream open until the proxy has said it is
