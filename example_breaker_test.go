@@ -36,7 +36,7 @@ func ExampleWithFailFast() {
 	client := &http.Client{Transport: rt}
 	send := func() (*http.Response, error) {
 		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/v1/messages",
-			strings.NewReader(`{"model":"claude-sonnet-4-5","max_tokens":16,"messages":[{"role":"user","content":"Hi"}]}`))
+			strings.NewReader(`{"model":"claude-sonnet-5","max_tokens":16,"messages":[{"role":"user","content":"Hi"}]}`))
 		req.Header.Set("anthropic-version", "2023-06-01")
 		return client.Do(req)
 	}
@@ -67,5 +67,5 @@ func ExampleWithFailFast() {
 	// second call: open for another 30s (retry-after), errors.Is(err, ErrOpen): true
 	// requests the server saw: 1
 	// snapshot: open retry-after
-	// breaker anthropic/claude-sonnet-4: closed → open for 30s (retry-after)
+	// breaker anthropic/claude-sonnet-5: closed → open for 30s (retry-after)
 }

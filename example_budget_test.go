@@ -20,7 +20,7 @@ func ExampleBudget() {
 			w.Header().Set("anthropic-ratelimit-"+l[0]+"-remaining", l[2])
 		}
 		w.Header().Set("content-type", "application/json")
-		io.WriteString(w, `{"id":"msg_1","type":"message","model":"claude-sonnet-4-5","stop_reason":"end_turn","usage":{"input_tokens":12,"output_tokens":3}}`)
+		io.WriteString(w, `{"id":"msg_1","type":"message","model":"claude-sonnet-5","stop_reason":"end_turn","usage":{"input_tokens":12,"output_tokens":3}}`)
 	}))
 	defer srv.Close()
 
@@ -33,7 +33,7 @@ func ExampleBudget() {
 	client := &http.Client{Transport: tollgate.Chain(nil, tollgate.Budget(s), tollgate.Observe(s))}
 	for range 3 {
 		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/v1/messages",
-			strings.NewReader(`{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"Hi"}]}`))
+			strings.NewReader(`{"model":"claude-sonnet-5","max_tokens":64,"messages":[{"role":"user","content":"Hi"}]}`))
 		resp, err := client.Do(req)
 		if err != nil {
 			fmt.Println(err)

@@ -40,7 +40,7 @@ func Example_anthropicSDK() {
 	)
 
 	msg, err := client.Messages.New(context.Background(), anthropic.MessageNewParams{
-		Model:     anthropic.ModelClaudeSonnet4_5,
+		Model:     anthropic.ModelClaudeSonnet5,
 		MaxTokens: 64,
 		Messages:  []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock("Hello, Claude"))},
 	})
@@ -60,7 +60,7 @@ func Example_anthropicSDK() {
 	// "lorem ipsum dolor sit amet"
 	// stop: end_turn, usage: 3 input, 5 output tokens
 	// server saw 3 requests: map[200:1 429:1 529:1]
-	// tollgate: anthropic/claude-sonnet-4, tier Tier 1, 1 rate limited, 1 overloaded
+	// tollgate: anthropic/claude-sonnet-5, tier Tier 1, 1 rate limited, 1 overloaded
 }
 
 // A stream through tollgate: an overloaded answer is retried before any byte
@@ -86,7 +86,7 @@ func Example_anthropicSDKStreaming() {
 	)
 
 	stream := client.Messages.NewStreaming(context.Background(), anthropic.MessageNewParams{
-		Model:     anthropic.ModelClaudeSonnet4_5,
+		Model:     anthropic.ModelClaudeSonnet5,
 		MaxTokens: 64,
 		Messages:  []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock("Tell me a story"))},
 	})

@@ -33,7 +33,7 @@ func ExampleWithStore() {
 	}
 	call := func(c *http.Client, timeout time.Duration) error {
 		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/v1/messages",
-			strings.NewReader(`{"model":"claude-sonnet-4-5","max_tokens":8,"messages":[{"role":"user","content":"Hi"}]}`))
+			strings.NewReader(`{"model":"claude-sonnet-5","max_tokens":8,"messages":[{"role":"user","content":"Hi"}]}`))
 		c.Timeout = timeout
 		resp, err := c.Do(req)
 		if err != nil {

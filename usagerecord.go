@@ -62,7 +62,7 @@ func (r UsageRecord) TotalInputTokens() int64 {
 // RFC 3339 and durations in seconds, e.g.
 //
 //	{"time":"2026-01-02T15:04:05Z","duration_s":1.5,"request_id":"req_…",
-//	 "provider":"anthropic","operation":"chat","model":"claude-sonnet-4-5",…}
+//	 "provider":"anthropic","operation":"chat","model":"claude-sonnet-5",…}
 func (r UsageRecord) MarshalJSON() ([]byte, error) {
 	return json.Marshal(struct {
 		Time                     time.Time `json:"time"`

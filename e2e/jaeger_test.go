@@ -89,7 +89,7 @@ func TestJaegerTraces(t *testing.T) {
 		option.WithTracerProvider(tp),
 	)
 	params := anthropic.MessageNewParams{
-		Model:     anthropic.ModelClaudeSonnet4_5,
+		Model:     anthropic.ModelClaudeSonnet5,
 		MaxTokens: 64,
 		Messages:  []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock("Write a haiku about rate limits."))},
 	}
@@ -150,7 +150,7 @@ func TestJaegerTraces(t *testing.T) {
 			spans := traces[c.trace.String()]
 			root := only(t, spans, "e2e "+c.name)
 			sdk := only(t, spans, "anthropic.messages.create")
-			ours := only(t, spans, "chat claude-sonnet-4-5")
+			ours := only(t, spans, "chat claude-sonnet-5")
 			attempts := named(spans, "POST")
 
 			// root → the SDK's span → tollgate's call span → one span per attempt

@@ -55,7 +55,7 @@ func (s *syncBuffer) count(sub string) int {
 func call(t *testing.T, c *http.Client, url string) {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodPost, url+"/v1/messages",
-		strings.NewReader(`{"model":"claude-sonnet-4-5","max_tokens":8,"messages":[{"role":"user","content":"Hi"}]}`))
+		strings.NewReader(`{"model":"claude-sonnet-5","max_tokens":8,"messages":[{"role":"user","content":"Hi"}]}`))
 	require.NoError(t, err)
 	req.Header.Set("X-Api-Key", "sk-test")
 	resp, err := c.Do(req)
@@ -66,7 +66,7 @@ func call(t *testing.T, c *http.Client, url string) {
 }
 
 func budgetOf(rt *tollgate.Transport) tollgate.BudgetSnapshot {
-	ks, _ := rt.Snapshot().Key(tollgate.Key{Provider: tollgate.ProviderAnthropic, Family: "claude-sonnet-4"})
+	ks, _ := rt.Snapshot().Key(tollgate.Key{Provider: tollgate.ProviderAnthropic, Family: "claude-sonnet-5"})
 	return ks.Budget
 }
 
@@ -170,7 +170,7 @@ func TestTransportsShareOneBudget(t *testing.T) {
 	}
 	// b would be granted ahead by 20 s; it cannot wait that long.
 	req, err := http.NewRequest(http.MethodPost, upstream.URL+"/v1/messages",
-		strings.NewReader(`{"model":"claude-sonnet-4-5","max_tokens":8,"messages":[{"role":"user","content":"Hi"}]}`))
+		strings.NewReader(`{"model":"claude-sonnet-5","max_tokens":8,"messages":[{"role":"user","content":"Hi"}]}`))
 	require.NoError(t, err)
 	req.Header.Set("X-Api-Key", "sk-test")
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
@@ -211,7 +211,7 @@ func TestTransportsSharePauses(t *testing.T) {
 	t.Cleanup(upstream.Close)
 	send := func(rt *tollgate.Transport, ctx context.Context) (*http.Response, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, upstream.URL+"/v1/messages",
-			strings.NewReader(`{"model":"claude-sonnet-4-5","max_tokens":8,"messages":[{"role":"user","content":"Hi"}]}`))
+			strings.NewReader(`{"model":"claude-sonnet-5","max_tokens":8,"messages":[{"role":"user","content":"Hi"}]}`))
 		require.NoError(t, err)
 		req.Header.Set("X-Api-Key", "sk-test")
 		return (&http.Client{Transport: rt}).Do(req)
@@ -232,7 +232,7 @@ func TestTransportsSharePauses(t *testing.T) {
 	assert.InDelta(t, 30, time.Until(open.Until).Seconds(), 1)
 	assert.Less(t, time.Since(start), time.Second, "told at once, not after waiting")
 	assert.Equal(t, int64(1), served.Load(), "b sent nothing")
-	ks, ok := b.Snapshot().Key(tollgate.Key{Provider: tollgate.ProviderAnthropic, Family: "claude-sonnet-4"})
+	ks, ok := b.Snapshot().Key(tollgate.Key{Provider: tollgate.ProviderAnthropic, Family: "claude-sonnet-5"})
 	require.True(t, ok)
 	assert.Equal(t, tollgate.BreakerOpen, ks.Breaker.State, "b's own breaker now holds its next calls")
 }

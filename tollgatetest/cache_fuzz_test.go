@@ -17,7 +17,7 @@ import (
 // count_tokens says of the same body.
 func FuzzAnthropicPrompt(f *testing.F) {
 	for _, seed := range []string{
-		`{"model":"claude-sonnet-4-5","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}`,
+		`{"model":"claude-sonnet-5","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}`,
 		`{"model":"m","max_tokens":5,"system":[{"type":"text","text":"s s s","cache_control":{"type":"ephemeral","ttl":"1h"}}],` +
 			`"messages":[{"role":"user","content":[{"type":"text","text":"a","cache_control":{"type":"ephemeral"}}]}]}`,
 		`{"model":"m","max_tokens":5,"tools":[{"name":"t","description":"d","input_schema":{"type":"object"},"cache_control":{"type":"ephemeral"}}],` +

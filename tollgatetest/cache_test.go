@@ -104,7 +104,7 @@ func counted(t *testing.T, rc *rawClient, body string) int {
 	return c.InputTokens
 }
 
-const sonnet = "claude-sonnet-4-5"
+const sonnet = "claude-sonnet-5"
 
 // A system prompt with a breakpoint is written once, then read; the usage
 // fields sum to the prompt; Stats counts reads and writes apart from the
@@ -152,8 +152,8 @@ func TestCacheMinimumLength(t *testing.T) {
 		tokens  int
 		written bool
 	}{
-		{"claude-sonnet-4-5", 1023, false},
-		{"claude-sonnet-4-5", 1024, true},
+		{"claude-sonnet-5", 1023, false},
+		{"claude-sonnet-5", 1024, true},
 		{"claude-opus-4-1", 1024, true},
 		{"claude-haiku-4-5", 2047, false},
 		{"claude-haiku-4-5", 2048, true},
@@ -176,7 +176,7 @@ func TestCacheMinimumLength(t *testing.T) {
 			assert.Equal(t, tc.tokens+5, u2.InputTokens, "%+v", tc)
 		}
 	}
-	assert.Equal(t, 1024, tollgatetest.DefaultMinCacheableTokens("claude-sonnet-4-5"))
+	assert.Equal(t, 1024, tollgatetest.DefaultMinCacheableTokens("claude-sonnet-5"))
 	assert.Equal(t, 2048, tollgatetest.DefaultMinCacheableTokens("Claude-Haiku-4-5"))
 
 	srv := newServer(t, tollgatetest.Config{OutputTokens: 1, MinCacheableTokens: func(string) int { return 10 }})
@@ -418,7 +418,7 @@ func TestCacheReadsAndTheInputLimit(t *testing.T) {
 		}
 	}
 	assert.True(t, tollgatetest.DefaultCacheReadsCountAsInput("claude-3-5-haiku-latest"))
-	assert.False(t, tollgatetest.DefaultCacheReadsCountAsInput("claude-sonnet-4-5"))
+	assert.False(t, tollgatetest.DefaultCacheReadsCountAsInput("claude-sonnet-5"))
 
 	// A 429 neither reads nor writes.
 	clock := tollgatetest.NewClock(t0)

@@ -41,9 +41,9 @@
 //     max_completion_tokens, else max_tokens, else none; finish_reason is
 //     "length" when the reply was capped, else "stop". n is ignored.
 //   - GET /v1/models and GET /v1/models/{id}: a short fixed list of models
-//     (claude-sonnet-4-5, claude-haiku-4-5, …; gpt-4o, …), in Anthropic's
-//     shape when the request carries anthropic-version or x-api-key, else in
-//     OpenAI's; an unknown id is 404. Like the real endpoints, they are not
+//     (claude-opus-5-5, claude-sonnet-5, claude-haiku-5-5, …; gpt-4o, …), in
+//     Anthropic's shape when the request carries anthropic-version or
+//     x-api-key, else in OpenAI's; an unknown id is 404. Like the real endpoints, they are not
 //     paced by the Messages limits: they draw on no bucket and carry no
 //     rate-limit headers, so a test can show that a client leaves them
 //     unpaced. Message Batches and Files are not served (404).

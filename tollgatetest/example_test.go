@@ -25,7 +25,7 @@ func Example() {
 		option.WithMaxRetries(0),
 	)
 	params := anthropic.MessageNewParams{
-		Model:     "claude-sonnet-4-5",
+		Model:     "claude-sonnet-5",
 		MaxTokens: 1024,
 		Messages:  []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock("Hello, Claude"))},
 	}
@@ -60,7 +60,7 @@ func ExampleServer_Inject() {
 
 	client := anthropic.NewClient(option.WithBaseURL(srv.URL), option.WithAPIKey("test"), option.WithMaxRetries(2))
 	_, err := client.Messages.New(context.Background(), anthropic.MessageNewParams{
-		Model:     "claude-sonnet-4-5",
+		Model:     "claude-sonnet-5",
 		MaxTokens: 100,
 		Messages:  []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock("Hi"))},
 	})
@@ -79,7 +79,7 @@ func Example_promptCaching() {
 
 	client := anthropic.NewClient(option.WithBaseURL(srv.URL), option.WithAPIKey("test"), option.WithMaxRetries(0))
 	params := anthropic.MessageNewParams{
-		Model:     "claude-sonnet-4-5",
+		Model:     "claude-sonnet-5",
 		MaxTokens: 8192,
 		System: []anthropic.TextBlockParam{{
 			Text:         strings.Repeat("You are a careful coding agent. ", 400), // 2,800 tokens

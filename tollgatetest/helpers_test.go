@@ -57,7 +57,7 @@ func openAIClient(t *testing.T, srv *tollgatetest.Server, opts ...ooption.Reques
 
 func userParams(prompt string, maxTokens int64) anthropic.MessageNewParams {
 	return anthropic.MessageNewParams{
-		Model:     "claude-sonnet-4-5",
+		Model:     "claude-sonnet-5",
 		MaxTokens: maxTokens,
 		Messages:  []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock(prompt))},
 	}
@@ -94,7 +94,7 @@ func (rc *rawClient) post(path, body string, hdr ...string) (*http.Response, str
 
 // msg is a minimal Messages body with the given prompt and max_tokens.
 func msg(prompt string, maxTokens int) string {
-	return `{"model":"claude-sonnet-4-5","max_tokens":` + itoa(maxTokens) +
+	return `{"model":"claude-sonnet-5","max_tokens":` + itoa(maxTokens) +
 		`,"messages":[{"role":"user","content":` + quote(prompt) + `}]}`
 }
 

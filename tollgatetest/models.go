@@ -14,6 +14,10 @@ type modelInfo struct {
 // anthropicModels and openAIModels are what GET /v1/models lists.
 var (
 	anthropicModels = []modelInfo{
+		{"claude-opus-5-5", "Claude Opus 5.5", time.Date(2026, 9, 15, 0, 0, 0, 0, time.UTC)},
+		{"claude-sonnet-5-5", "Claude Sonnet 5.5", time.Date(2026, 9, 15, 0, 0, 0, 0, time.UTC)},
+		{"claude-haiku-5-5", "Claude Haiku 5.5", time.Date(2026, 9, 15, 0, 0, 0, 0, time.UTC)},
+		{"claude-sonnet-5", "Claude Sonnet 5", time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)},
 		{"claude-opus-4-5", "Claude Opus 4.5", time.Date(2025, 11, 24, 0, 0, 0, 0, time.UTC)},
 		{"claude-sonnet-4-5", "Claude Sonnet 4.5", time.Date(2025, 9, 29, 0, 0, 0, 0, time.UTC)},
 		{"claude-haiku-4-5", "Claude Haiku 4.5", time.Date(2025, 10, 15, 0, 0, 0, 0, time.UTC)},

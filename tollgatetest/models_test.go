@@ -28,10 +28,10 @@ func TestModelsAreNotPaced(t *testing.T) {
 		ids = append(ids, m.ID)
 		assert.NotEmpty(t, m.DisplayName)
 	}
-	assert.Contains(t, ids, "claude-sonnet-4-5")
-	m, err := ac.Models.Get(context.Background(), "claude-haiku-4-5", anthropic.ModelGetParams{})
+	assert.Contains(t, ids, "claude-sonnet-5")
+	m, err := ac.Models.Get(context.Background(), "claude-haiku-5-5", anthropic.ModelGetParams{})
 	require.NoError(t, err)
-	assert.Equal(t, "Claude Haiku 4.5", m.DisplayName)
+	assert.Equal(t, "Claude Haiku 5.5", m.DisplayName)
 	_, err = ac.Models.Get(context.Background(), "claude-nope", anthropic.ModelGetParams{})
 	assert.ErrorContains(t, err, "404")
 

@@ -73,7 +73,7 @@ func TestAnthropicSDKMessage(t *testing.T) {
 	assert.True(t, strings.HasPrefix(m.ID, "msg_"), m.ID)
 	assert.Equal(t, "message", string(m.Type))
 	assert.Equal(t, "assistant", string(m.Role))
-	assert.Equal(t, "claude-sonnet-4-5", string(m.Model))
+	assert.Equal(t, "claude-sonnet-5", string(m.Model))
 	require.Len(t, m.Content, 1)
 	assert.Equal(t, "text", m.Content[0].Type)
 	assert.Equal(t, tollgatetest.GeneratedText(10), m.Content[0].Text)
@@ -198,7 +198,7 @@ func TestAnthropicRawJSONShape(t *testing.T) {
 	assert.Regexp(t, `^msg_[0-9A-Za-z]{24}$`, m["id"])
 	delete(m, "id")
 	assert.Equal(t, map[string]any{
-		"type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+		"type": "message", "role": "assistant", "model": "claude-sonnet-5",
 		"content":     []any{map[string]any{"type": "text", "text": "lorem ipsum"}},
 		"stop_reason": "end_turn", "stop_sequence": nil,
 		"usage": map[string]any{"input_tokens": 2.0, "output_tokens": 2.0,

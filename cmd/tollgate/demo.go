@@ -21,7 +21,7 @@ const (
 	upstreamAgents          = 2
 	upstreamDuration        = 20 * time.Second
 	upstreamMaxTokens       = 32
-	upstreamModel           = "claude-haiku-4-5"
+	upstreamModel           = "claude-haiku-5-5"
 	upstreamMinPromptTokens = 20
 	upstreamMaxPromptTokens = 100
 )

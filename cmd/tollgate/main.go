@@ -8,11 +8,19 @@
 //	                         Redis or not, side by side (2 minutes)
 //	tollgate bench-storm [flags]
 //	                         a few seconds of overload: what each client sends into it
+//	tollgate proxy [flags]   an HTTP proxy that puts tollgate in front of any client
+//	                         that takes a base URL (Python, TypeScript, Claude Code),
+//	                         with a live status page and Prometheus metrics
+//	tollgate bench-proxy [flags]
+//	                         16 agents of the TypeScript SDK through the proxy, and
+//	                         its overhead next to direct calls
 //
-// Everything runs against fake APIs listening on 127.0.0.1, in this process
-// (bench-shared re-executes this program for its processes, and starts a
-// redis-server unless given one); nothing leaves the machine unless demo is
-// given --upstream. Run a subcommand with -h for its flags.
+// The demo and benches run against fake APIs listening on 127.0.0.1, in this
+// process (bench-shared re-executes this program for its processes, and
+// starts a redis-server unless given one; bench-proxy runs node); nothing
+// leaves the machine unless demo is given --upstream. The proxy forwards to
+// the real APIs (--anthropic-upstream, --openai-upstream). Run a subcommand
+// with -h for its flags.
 package main
 
 import (
@@ -57,6 +65,11 @@ commands:
   bench-storm
           stream from 8 agents into a few seconds of overload (529s, or 200s whose
           stream fails with overloaded_error) and count what each client sent into it
+  proxy   serve the Anthropic and OpenAI APIs through tollgate on 127.0.0.1:8787 for
+          any client that takes a base URL, with /status and /metrics
+  bench-proxy
+          drive the proxy with 16 agents of the official TypeScript SDK (node) against
+          tier-1 limits, and measure its overhead next to direct calls
 
 Run 'tollgate <command> -h' for the flags of a command.
 `
@@ -77,6 +90,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = benchShared(ctx, args[1:], stdout, stderr)
 	case "bench-storm":
 		err = benchStorm(ctx, args[1:], stdout, stderr)
+	case "proxy":
+		err = proxyCommand(ctx, args[1:], stdout, stderr)
+	case "bench-proxy":
+		err = benchProxy(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return exitOK

@@ -24,6 +24,11 @@ import (
 // bench-shared re-executes it.
 func TestMain(m *testing.M) {
 	procfleet.MaybeRunWorker()
+	// A test that needs the command as a process of its own (signals, exit
+	// codes) re-executes this binary with runMainEnv set.
+	if runMainRequested() {
+		main()
+	}
 	goleak.VerifyTestMain(m)
 }
 
@@ -99,6 +104,10 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"bench-shared", "--agents", "0"}, "--agents must be at least 1"},
 		{[]string{"demo", "--upstream", "ftp://example.com"}, "--upstream must be an http(s) URL"},
 		{[]string{"demo", "--upstream", "https://example.invalid"}, "needs ANTHROPIC_API_KEY"},
+		{[]string{"proxy", "--nope"}, "flag provided but not defined: -nope"},
+		{[]string{"proxy", "--listen", "8787"}, "--listen must be host:port"},
+		{[]string{"proxy", "--anthropic-upstream", "localhost:1"}, "--anthropic-upstream must be an http(s) base URL"},
+		{[]string{"proxy", "--max-body", "big"}, `invalid value "big" for flag -max-body`},
 	} {
 		code, stdout, stderr := runCLI(context.Background(), tc.args...)
 		assert.Equal(t, exitUsage, code, "%v", tc.args)

@@ -31,7 +31,7 @@ import (
 
 func main() {
 	upstream := flag.String("upstream", "", "base URL of the real API, e.g. https://api.anthropic.com (uses ANTHROPIC_API_KEY); empty: an in-process fake")
-	model := flag.String("model", string(anthropic.ModelClaudeSonnet4_5), "model to call")
+	model := flag.String("model", string(anthropic.ModelClaudeSonnet5), "model to call")
 	timeout := flag.Duration("timeout", 2*time.Minute, "give up after this long")
 	flag.Parse()
 

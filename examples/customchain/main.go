@@ -102,7 +102,7 @@ func run(ctx context.Context) error {
 // call sends one Messages request over plain HTTP and reads the reply to the
 // end, which settles its reservation with the budget.
 func call(ctx context.Context, client *http.Client, url string, i int) error {
-	body := fmt.Sprintf(`{"model":"claude-sonnet-4-5","max_tokens":800,"messages":[{"role":"user","content":"Question number %d, please."}]}`, i)
+	body := fmt.Sprintf(`{"model":"claude-sonnet-5","max_tokens":800,"messages":[{"role":"user","content":"Question number %d, please."}]}`, i)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+"/v1/messages", strings.NewReader(body))
 	if err != nil {
 		return err

@@ -103,7 +103,7 @@ func run(ctx context.Context) (err error) {
 		option.WithTracerProvider(tp), // the SDK's own span, anthropic.messages.create, in the same trace
 	)
 	params := anthropic.MessageNewParams{
-		Model:     anthropic.ModelClaudeSonnet4_5,
+		Model:     anthropic.ModelClaudeSonnet5,
 		MaxTokens: 64,
 		Messages:  []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock("Write a haiku about rate limits."))},
 	}

@@ -64,7 +64,7 @@ import (
 const (
 	DefaultAgents           = 16
 	DefaultDuration         = 2 * time.Minute
-	DefaultModel            = "claude-sonnet-4-5"
+	DefaultModel            = "claude-sonnet-5"
 	DefaultMaxTokens        = 256
 	DefaultMinPromptTokens  = 300
 	DefaultMaxPromptTokens  = 1500
