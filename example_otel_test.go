@@ -27,8 +27,8 @@ func ExampleWithUsageRecorder() {
 	)
 	client := &http.Client{Transport: rt}
 	for _, body := range []string{
-		`{"model":"claude-sonnet-4-5","max_tokens":256,"messages":[{"role":"user","content":"Hi"}]}`,
-		`{"model":"claude-sonnet-4-5","max_tokens":256,"stream":true,"messages":[{"role":"user","content":"Hi"}]}`,
+		`{"model":"claude-sonnet-5","max_tokens":256,"messages":[{"role":"user","content":"Hi"}]}`,
+		`{"model":"claude-sonnet-5","max_tokens":256,"stream":true,"messages":[{"role":"user","content":"Hi"}]}`,
 	} {
 		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/v1/messages", strings.NewReader(body))
 		req.Header.Set("anthropic-version", "2023-06-01")
@@ -41,8 +41,8 @@ func ExampleWithUsageRecorder() {
 		_ = resp.Body.Close()
 	}
 	// Output:
-	// {"time":"2026-01-02T03:04:05Z","duration_s":0,"request_id":"req_011CSHU","provider":"anthropic","operation":"chat","model":"claude-sonnet-4-5","response_model":"claude-sonnet-4-5-20250929","stream":false,"input_tokens":12,"output_tokens":40,"cache_read_input_tokens":2048,"cache_creation_input_tokens":0,"status":200,"attempts":1,"budget_wait_s":0,"pause_wait_s":0,"backoff_wait_s":0,"priority":"normal"}
-	// {"time":"2026-01-02T03:04:05Z","duration_s":0,"request_id":"req_011CSHU","provider":"anthropic","operation":"chat","model":"claude-sonnet-4-5","response_model":"claude-sonnet-4-5-20250929","stream":true,"input_tokens":12,"output_tokens":40,"cache_read_input_tokens":2048,"cache_creation_input_tokens":0,"status":200,"attempts":1,"budget_wait_s":0,"pause_wait_s":0,"backoff_wait_s":0,"priority":"normal"}
+	// {"time":"2026-01-02T03:04:05Z","duration_s":0,"request_id":"req_011CSHU","provider":"anthropic","operation":"chat","model":"claude-sonnet-5","response_model":"claude-sonnet-5-20260415","stream":false,"input_tokens":12,"output_tokens":40,"cache_read_input_tokens":2048,"cache_creation_input_tokens":0,"status":200,"attempts":1,"budget_wait_s":0,"pause_wait_s":0,"backoff_wait_s":0,"priority":"normal"}
+	// {"time":"2026-01-02T03:04:05Z","duration_s":0,"request_id":"req_011CSHU","provider":"anthropic","operation":"chat","model":"claude-sonnet-5","response_model":"claude-sonnet-5-20260415","stream":true,"input_tokens":12,"output_tokens":40,"cache_read_input_tokens":2048,"cache_creation_input_tokens":0,"status":200,"attempts":1,"budget_wait_s":0,"pause_wait_s":0,"backoff_wait_s":0,"priority":"normal"}
 }
 
 // usageServer answers every Messages request with the same usage, as JSON or
@@ -56,12 +56,12 @@ func usageServer() *httptest.Server {
 		w.Header().Set("anthropic-ratelimit-requests-remaining", "49")
 		if !strings.Contains(string(body), `"stream":true`) {
 			w.Header().Set("content-type", "application/json")
-			_, _ = io.WriteString(w, `{"id":"msg_01","type":"message","model":"claude-sonnet-4-5-20250929","stop_reason":"end_turn",`+usage+`}`)
+			_, _ = io.WriteString(w, `{"id":"msg_01","type":"message","model":"claude-sonnet-5-20260415","stop_reason":"end_turn",`+usage+`}`)
 			return
 		}
 		w.Header().Set("content-type", "text/event-stream")
 		_, _ = io.WriteString(w, "event: message_start\n"+
-			`data: {"type":"message_start","message":{"id":"msg_02","model":"claude-sonnet-4-5-20250929",`+strings.Replace(usage, `"output_tokens":40`, `"output_tokens":1`, 1)+"}}\n\n"+
+			`data: {"type":"message_start","message":{"id":"msg_02","model":"claude-sonnet-5-20260415",`+strings.Replace(usage, `"output_tokens":40`, `"output_tokens":1`, 1)+"}}\n\n"+
 			"event: message_delta\n"+
 			`data: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":40}}`+"\n\n"+
 			"event: message_stop\n"+`data: {"type":"message_stop"}`+"\n\n")
