@@ -24,14 +24,14 @@ func flakyServer() (*httptest.Server, *atomic.Int32) {
 			return
 		}
 		w.Header().Set("content-type", "application/json")
-		io.WriteString(w, `{"id":"msg_1","type":"message","model":"claude-sonnet-4-5","stop_reason":"end_turn","usage":{"input_tokens":12,"output_tokens":3}}`)
+		io.WriteString(w, `{"id":"msg_1","type":"message","model":"claude-sonnet-5","stop_reason":"end_turn","usage":{"input_tokens":12,"output_tokens":3}}`)
 	}))
 	return srv, &n
 }
 
 func newRequest(url string) *http.Request {
 	req, _ := http.NewRequest(http.MethodPost, url+"/v1/messages",
-		strings.NewReader(`{"model":"claude-sonnet-4-5","max_tokens":16,"messages":[{"role":"user","content":"Hi"}]}`))
+		strings.NewReader(`{"model":"claude-sonnet-5","max_tokens":16,"messages":[{"role":"user","content":"Hi"}]}`))
 	req.Header.Set("anthropic-version", "2023-06-01")
 	return req
 }
@@ -57,7 +57,7 @@ func ExampleNew() {
 	fmt.Println("overloaded answers:", ks.Counters.Overloaded)
 	// Output:
 	// status: 200 attempts: 3
-	// pool: anthropic/claude-sonnet-4 requests remaining: 42
+	// pool: anthropic/claude-sonnet-5 requests remaining: 42
 	// overloaded answers: 2
 }
 

@@ -37,9 +37,9 @@ const nodeDir = "node"
 func requireService(t *testing.T, what, why string) {
 	t.Helper()
 	if os.Getenv("TOLLGATE_REQUIRE_SERVICES") == "1" {
-		t.Fatalf("%s is required (TOLLGATE_REQUIRE_SERVICES=1): %s", what, why)
+		t.Fatalf("%s: required (TOLLGATE_REQUIRE_SERVICES=1): %s", what, why)
 	}
-	t.Skipf("%s not available: %s", what, why)
+	t.Skipf("%s: not available: %s", what, why)
 }
 
 // node returns the node binary, with the SDKs installed.
