@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tollgate-go/tollgate/internal/proxy"
+	"github.com/tollgate-go/tollgate/internal/syncbuf"
 	"github.com/tollgate-go/tollgate/tollgatetest"
 )
 
@@ -57,38 +57,12 @@ func node(t *testing.T) string {
 	return bin
 }
 
-// lineBuffer collects what the proxy prints and wakes those waiting for it.
-type lineBuffer struct {
-	mu   sync.Mutex
-	buf  bytes.Buffer
-	more chan struct{}
-}
-
-func newLineBuffer() *lineBuffer { return &lineBuffer{more: make(chan struct{}, 1)} }
-
-func (l *lineBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.buf.Write(p)
-	select {
-	case l.more <- struct{}{}:
-	default:
-	}
-	return len(p), nil
-}
-
-func (l *lineBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 var startLine = regexp.MustCompile(`tollgate proxy: listening on (http://127\.0\.0\.1:\d+); `)
 
 // runningProxy is `tollgate proxy` running in this process.
 type runningProxy struct {
 	URL            string
-	stdout, stderr *lineBuffer
+	stdout, stderr *syncbuf.Buffer
 }
 
 // startProxy runs `tollgate proxy` with args (after --listen 127.0.0.1:0) in
@@ -96,7 +70,7 @@ type runningProxy struct {
 func startProxy(t *testing.T, args ...string) *runningProxy {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &runningProxy{stdout: newLineBuffer(), stderr: newLineBuffer()}
+	p := &runningProxy{stdout: &syncbuf.Buffer{}, stderr: &syncbuf.Buffer{}}
 	done := make(chan error, 1)
 	go func() {
 		done <- proxy.Run(ctx, append([]string{"--listen", "127.0.0.1:0"}, args...), p.stdout, p.stderr)
@@ -113,12 +87,13 @@ func startProxy(t *testing.T, args ...string) *runningProxy {
 	t.Cleanup(queryClient.CloseIdleConnections)
 	deadline := time.After(10 * time.Second)
 	for {
+		written := p.stdout.Written()
 		if m := startLine.FindStringSubmatch(p.stdout.String()); m != nil {
 			p.URL = m[1]
 			return p
 		}
 		select {
-		case <-p.stdout.more:
+		case <-written:
 		case err := <-done:
 			t.Fatalf("the proxy stopped: %v; stderr: %s", err, p.stderr.String())
 		case <-deadline:

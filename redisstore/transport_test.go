@@ -1,14 +1,12 @@
 package redisstore_test
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,6 +16,7 @@ import (
 
 	"github.com/tollgate-go/tollgate"
 	"github.com/tollgate-go/tollgate/internal/redistest"
+	"github.com/tollgate-go/tollgate/internal/syncbuf"
 	"github.com/tollgate-go/tollgate/redisstore"
 )
 
@@ -32,24 +31,6 @@ func api(t *testing.T) (*httptest.Server, *atomic.Int64) {
 	}))
 	t.Cleanup(srv.Close)
 	return srv, &served
-}
-
-// syncBuffer is a log destination safe for the Transport's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) count(sub string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return strings.Count(s.b.String(), sub)
 }
 
 func call(t *testing.T, c *http.Client, url string) {
@@ -78,7 +59,7 @@ func TestTransportFallsBackAndRecovers(t *testing.T) {
 	srv := redistest.Start(t)
 	rdb := client(t, srv.Addr)
 	prefix := redistest.Prefix(t)
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	rt := tollgate.New(nil,
 		tollgate.WithStore(redisstore.New(rdb, redisstore.WithPrefix(prefix))),
 		tollgate.WithLimits(tollgate.Limits{RequestsPerMinute: 600}),
@@ -109,7 +90,7 @@ func TestTransportFallsBackAndRecovers(t *testing.T) {
 	assert.True(t, b.Fallback)
 	assert.InDelta(t, 0.5*595-5, b.Dimensions[tollgate.Requests].Level, 1,
 		"paced locally at half of 600, from half of the level Redis last reported")
-	assert.Equal(t, 1, logs.count("level=WARN"), "said once")
+	assert.Equal(t, 1, strings.Count(logs.String(), "level=WARN"), "said once")
 
 	srv.Restart()
 	// The next admission once the retry interval has passed asks Redis
@@ -118,7 +99,7 @@ func TestTransportFallsBackAndRecovers(t *testing.T) {
 		call(t, httpc, upstream.URL)
 		return !budgetOf(rt).Fallback
 	}, 5*time.Second, 5*time.Millisecond)
-	assert.Equal(t, 1, logs.count("answers again"))
+	assert.Equal(t, 1, strings.Count(logs.String(), "answers again"))
 	keys, err = rdb.Keys(context.Background(), prefix+":*").Result()
 	require.NoError(t, err)
 	require.Len(t, keys, 1, "the restarted Redis (no persistence) holds the budget again")

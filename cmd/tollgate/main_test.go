@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +17,7 @@ import (
 	"github.com/tollgate-go/tollgate/internal/fleet/peers"
 	"github.com/tollgate-go/tollgate/internal/procfleet"
 	"github.com/tollgate-go/tollgate/internal/redistest"
+	"github.com/tollgate-go/tollgate/internal/syncbuf"
 )
 
 // TestMain runs the test binary as a bench-shared worker when the test of
@@ -37,29 +37,9 @@ var fast = []string{"--duration", "1s", "--agents", "3", "--rpm", "600000", "--i
 	"--otpm", "10000000", "--latency", "5ms", "--per-token", "0s", "--max-tokens", "16"}
 
 func runCLI(ctx context.Context, args ...string) (code int, stdout, stderr string) {
-	var out, errb lockedBuffer
+	var out, errb syncbuf.Buffer
 	code = run(ctx, args, &out, &errb)
 	return code, out.String(), errb.String()
-}
-
-// lockedBuffer is a bytes.Buffer that several goroutines may write, as they
-// may write os.Stdout and os.Stderr (bench-shared copies its workers'
-// stderr while its live view writes).
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func TestUsageErrors(t *testing.T) {

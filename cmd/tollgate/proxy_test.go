@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/tollgate-go/tollgate/internal/syncbuf"
 	"github.com/tollgate-go/tollgate/tollgatetest"
 )
 
@@ -60,7 +61,7 @@ func TestProxyProcessSIGTERM(t *testing.T) {
 	cmd.Env = append(os.Environ(), runMainEnv+"=1", "OTEL_EXPORTER_OTLP_ENDPOINT=")
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
-	stderr := newWatchedBuffer()
+	stderr := &syncbuf.Buffer{}
 	cmd.Stderr = stderr
 	require.NoError(t, cmd.Start())
 	exited := make(chan error, 1)
@@ -114,7 +115,7 @@ func TestProxyProcessSIGTERM(t *testing.T) {
 	require.NoError(t, err)
 
 	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
-	stderr.wait(t, regexp.MustCompile(`shutting down; 1 calls in flight`))
+	waitFor(t, stderr, regexp.MustCompile(`shutting down; 1 calls in flight`))
 	// No new connections, while the stream in flight goes on.
 	refuse := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 	deadline := time.Now().Add(5 * time.Second)
@@ -148,32 +149,10 @@ func TestProxyProcessSIGTERM(t *testing.T) {
 	assert.NotContains(t, stderr.String(), "SECRET")
 }
 
-// watchedBuffer is a lockedBuffer that wakes those waiting for a line.
-type watchedBuffer struct {
-	lockedBuffer
-	more chan struct{}
-}
-
-func newWatchedBuffer() *watchedBuffer { return &watchedBuffer{more: make(chan struct{}, 1)} }
-
-func (b *watchedBuffer) Write(p []byte) (int, error) {
-	n, err := b.lockedBuffer.Write(p)
-	select {
-	case b.more <- struct{}{}:
-	default:
-	}
-	return n, err
-}
-
-// wait waits until what was written matches re, up to a deadline.
-func (b *watchedBuffer) wait(t *testing.T, re *regexp.Regexp) {
+// waitFor waits until what b has had written matches re, up to a deadline.
+func waitFor(t *testing.T, b *syncbuf.Buffer, re *regexp.Regexp) {
 	t.Helper()
-	deadline := time.After(10 * time.Second)
-	for !re.MatchString(b.String()) {
-		select {
-		case <-b.more:
-		case <-deadline:
-			t.Fatalf("no %s in %q", re, b.String())
-		}
+	if b.Wait(re, 10*time.Second) == nil {
+		t.Fatalf("no %s in %q", re, b.String())
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tollgate-go/tollgate/internal/proxy"
+	"github.com/tollgate-go/tollgate/internal/syncbuf"
 	"github.com/tollgate-go/tollgate/tollgatetest"
 )
 
@@ -57,47 +58,15 @@ func TestRunUsageErrors(t *testing.T) {
 	assert.Contains(t, stderr.String(), "(default 32MiB)")
 }
 
-// lines collects what Run prints, line by line.
-type lines struct {
-	mu   sync.Mutex
-	buf  bytes.Buffer
-	more chan struct{}
-}
-
-func newLines() *lines { return &lines{more: make(chan struct{}, 100)} }
-
-func (l *lines) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.buf.Write(p)
-	select {
-	case l.more <- struct{}{}:
-	default:
-	}
-	return len(p), nil
-}
-
-func (l *lines) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-// wait returns the first match of re in what was written, waiting for it
-// up to a deadline.
-func (l *lines) wait(t *testing.T, re *regexp.Regexp) []string {
+// waitLine returns the first match of re in what b has had written,
+// waiting for it up to a deadline.
+func waitLine(t *testing.T, b *syncbuf.Buffer, re *regexp.Regexp) []string {
 	t.Helper()
-	deadline := time.After(5 * time.Second)
-	for {
-		if m := re.FindStringSubmatch(l.String()); m != nil {
-			return m
-		}
-		select {
-		case <-l.more:
-		case <-deadline:
-			t.Fatalf("no %s in %q", re, l.String())
-		}
+	m := b.Wait(re, 5*time.Second)
+	if m == nil {
+		t.Fatalf("no %s in %q", re, b.String())
 	}
+	return m
 }
 
 // StartLine matches the line the proxy prints when it listens.
@@ -110,12 +79,12 @@ func TestRunServesUntilCancelledThenDrains(t *testing.T) {
 	up := newGatedStream(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	stdout, stderr := newLines(), newLines()
+	stdout, stderr := &syncbuf.Buffer{}, &syncbuf.Buffer{}
 	done := make(chan error, 1)
 	go func() {
 		done <- proxy.Run(ctx, []string{"--listen", "127.0.0.1:0", "--anthropic-upstream", up.URL, "--openai-upstream", up.URL}, stdout, stderr)
 	}()
-	m := stdout.wait(t, StartLine)
+	m := waitLine(t, stdout, StartLine)
 	base := m[1]
 	assert.Equal(t, base, m[2])
 	assert.Equal(t, base+"/v1", m[3])
@@ -129,7 +98,7 @@ func TestRunServesUntilCancelledThenDrains(t *testing.T) {
 	_, err = br.ReadString('\n')
 	require.NoError(t, err)
 	cancel()
-	stderr.wait(t, regexp.MustCompile(`shutting down; 1 calls in flight`))
+	waitLine(t, stderr, regexp.MustCompile(`shutting down; 1 calls in flight`))
 	refused(t, base)
 	select {
 	case err := <-done:
@@ -199,13 +168,13 @@ func TestRunCutsCallsAfterShutdownTimeout(t *testing.T) {
 	t.Cleanup(api.Close)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	stdout, stderr := newLines(), newLines()
+	stdout, stderr := &syncbuf.Buffer{}, &syncbuf.Buffer{}
 	done := make(chan error, 1)
 	go func() {
 		done <- proxy.Run(ctx, []string{"--listen", "127.0.0.1:0", "--shutdown-timeout", "50ms",
 			"--anthropic-upstream", api.URL, "--openai-upstream", api.URL}, stdout, stderr)
 	}()
-	base := stdout.wait(t, StartLine)[1]
+	base := waitLine(t, stdout, StartLine)[1]
 	resp, err := http.DefaultClient.Do(anthropicRequest(t, base, messages("claude-sonnet-5", true)))
 	require.NoError(t, err)
 	defer resp.Body.Close()
@@ -246,12 +215,12 @@ func TestRunExportsSpansWithoutKeys(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	stdout, stderr := newLines(), newLines()
+	stdout, stderr := &syncbuf.Buffer{}, &syncbuf.Buffer{}
 	done := make(chan error, 1)
 	go func() {
 		done <- proxy.Run(ctx, []string{"--listen", "127.0.0.1:0", "--anthropic-upstream", api.URL, "--openai-upstream", api.URL}, stdout, stderr)
 	}()
-	base := stdout.wait(t, StartLine)[1]
+	base := waitLine(t, stdout, StartLine)[1]
 	assert.Contains(t, stderr.String(), `exporting tollgate's spans to `+collector.URL+` (service "tollgate-proxy")`)
 	resp, body := do(t, anthropicRequest(t, base, messages("claude-sonnet-5", false)))
 	require.Equal(t, http.StatusOK, resp.StatusCode, body)

@@ -2,7 +2,6 @@ package proxy_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -11,7 +10,6 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +21,7 @@ import (
 
 	"github.com/tollgate-go/tollgate"
 	"github.com/tollgate-go/tollgate/internal/proxy"
+	"github.com/tollgate-go/tollgate/internal/syncbuf"
 	"github.com/tollgate-go/tollgate/tollgatetest"
 )
 
@@ -41,25 +40,8 @@ type rig struct {
 	api   *tollgatetest.Server
 	proxy *proxy.Proxy
 	srv   *httptest.Server
-	logs  *syncBuffer
+	logs  *syncbuf.Buffer
 	spans *tracetest.InMemoryExporter
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func newRig(t *testing.T, cfg tollgatetest.Config, opts ...tollgate.Option) *rig {
@@ -74,7 +56,7 @@ func newRigTo(t *testing.T, api *tollgatetest.Server, upstream string, opts ...t
 	t.Helper()
 	u, err := url.Parse(upstream)
 	require.NoError(t, err)
-	r := &rig{api: api, logs: &syncBuffer{}, spans: tracetest.NewInMemoryExporter()}
+	r := &rig{api: api, logs: &syncbuf.Buffer{}, spans: tracetest.NewInMemoryExporter()}
 	tp := trace.NewTracerProvider(trace.WithSyncer(r.spans))
 	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
 	opts = append([]tollgate.Option{tollgate.WithTracerProvider(tp), tollgate.WithBackoff(time.Millisecond, 5*time.Millisecond)}, opts...)
