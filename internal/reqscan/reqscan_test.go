@@ -10,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/tollgate-go/tollgate/internal/testio"
 )
 
 func newRequest(t testing.TB, method, url, body string) *http.Request {
@@ -177,16 +178,16 @@ func TestReadInfoWithoutGetBody(t *testing.T) {
 
 func TestReadInfoClosesItsCopy(t *testing.T) {
 	req := newRequest(t, "POST", "https://api.anthropic.com/v1/messages", anthropicRequest)
-	var copies []*chunkReader
+	var copies []*testio.ChunkReader
 	req.GetBody = func() (io.ReadCloser, error) {
-		c := &chunkReader{data: []byte(anthropicRequest), next: func() int { return 100 }}
+		c := &testio.ChunkReader{Data: []byte(anthropicRequest), Next: func() int { return 100 }}
 		copies = append(copies, c)
 		return c, nil
 	}
 	info := Read(req)
 	assert.Equal(t, "claude-sonnet-4-5", info.Model)
 	require.Len(t, copies, 1)
-	assert.Equal(t, 1, copies[0].closed)
+	assert.Equal(t, 1, copies[0].Closed)
 }
 
 func TestReadInfoBigBody(t *testing.T) {
@@ -220,28 +221,6 @@ func sampleRequest(size int) []byte {
 	b.WriteString(`{"role":"user","content":"end"}],"tools":[{"name":"look","description":"Looks.","input_schema":{"type":"object"}}]}`)
 	return b.Bytes()
 }
-
-// chunkReader returns data in reads of the sizes next gives.
-type chunkReader struct {
-	data   []byte
-	next   func() int
-	closed int
-}
-
-func (r *chunkReader) Read(p []byte) (int, error) {
-	if r.closed > 0 {
-		return 0, errors.New("read after close")
-	}
-	if len(r.data) == 0 {
-		return 0, io.EOF
-	}
-	n := min(max(r.next(), 1), len(p), len(r.data))
-	copy(p, r.data[:n])
-	r.data = r.data[n:]
-	return n, nil
-}
-
-func (r *chunkReader) Close() error { r.closed++; return nil }
 
 // genReader produces size bytes of filler (JSON string contents with an
 // escape now and then) without holding them.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/tollgate-go/tollgate/internal/testio"
 )
 
 // sse joins lines with "\n"; every event in the samples ends with a blank line.
@@ -427,28 +428,6 @@ var jsonCases = []struct {
 	},
 }
 
-// chunkReader returns data in reads of the sizes next gives.
-type chunkReader struct {
-	data   []byte
-	next   func() int
-	closed int
-}
-
-func (r *chunkReader) Read(p []byte) (int, error) {
-	if r.closed > 0 {
-		return 0, errors.New("read after close")
-	}
-	if len(r.data) == 0 {
-		return 0, io.EOF
-	}
-	n := min(max(r.next(), 1), len(p), len(r.data))
-	copy(p, r.data[:n])
-	r.data = r.data[n:]
-	return n, nil
-}
-
-func (r *chunkReader) Close() error { r.closed++; return nil }
-
 func sizes(s ...int) func() int {
 	i := 0
 	return func() int {
@@ -466,7 +445,7 @@ func readThrough(t testing.TB, body []byte, contentType string, next func() int)
 	t.Helper()
 	var got Usage
 	calls := 0
-	r := NewReader(&chunkReader{data: body, next: next}, contentType, doneSink(func(u Usage, err error) {
+	r := NewReader(&testio.ChunkReader{Data: body, Next: next}, contentType, doneSink(func(u Usage, err error) {
 		calls++
 		got = u
 		assert.NoError(t, err)
