@@ -244,19 +244,9 @@ func (rig *accRig) another(opts ...tollgate.Option) *accRig {
 	return other
 }
 
-type accResult struct {
-	resp *http.Response
-	err  error
-}
-
 // start sends req on a goroutine of its own.
-func (rig *accRig) start(req *http.Request) <-chan accResult {
-	done := make(chan accResult, 1)
-	go func() {
-		resp, err := rig.rt.RoundTrip(req)
-		done <- accResult{resp, err}
-	}()
-	return done
+func (rig *accRig) start(req *http.Request) <-chan rtResult {
+	return startRoundTrip(rig.rt, req)
 }
 
 // accGuard bounds how long a test waits for something that needs no fake
@@ -266,7 +256,7 @@ const accGuard = 5 * time.Second
 // send waits for a call started with start, playing the fake clock through
 // every wait the call starts on it (a wait fires at once), and returns the
 // result and the waits it played.
-func (rig *accRig) send(done <-chan accResult) (accResult, []time.Duration) {
+func (rig *accRig) send(done <-chan rtResult) (rtResult, []time.Duration) {
 	rig.t.Helper()
 	var waits []time.Duration
 	guard := time.After(accGuard)
@@ -289,7 +279,7 @@ func (rig *accRig) send(done <-chan accResult) (accResult, []time.Duration) {
 
 // receive is send for a call that must not wait on the fake clock: one that
 // does fails the test (and is played through to its end).
-func (rig *accRig) receive(done <-chan accResult) accResult {
+func (rig *accRig) receive(done <-chan rtResult) rtResult {
 	rig.t.Helper()
 	r, waits := rig.send(done)
 	assert.Empty(rig.t, waits, "the call went without waiting on the clock")
@@ -541,7 +531,7 @@ func TestOutputCountedAsProducedReservesALearnedEstimateNotMaxTokens(t *testing.
 			const together = 4
 			arrived, release := rig.base.hold()
 			t.Cleanup(release)
-			var calls []<-chan accResult
+			var calls []<-chan rtResult
 			for i := range together {
 				calls = append(calls, rig.start(rig.messages(accSmall("claude-sonnet-4-5", maxTokens, fmt.Sprint("call", i)))))
 			}
@@ -627,7 +617,7 @@ func TestOutputToldLimitsChargeMaxTokensUntilAResponseShowsTheRule(t *testing.T)
 	const maxTokens, calls = 2048, 4
 	_, release := rig.base.hold()
 	t.Cleanup(release)
-	var done []<-chan accResult
+	var done []<-chan rtResult
 	for i := range calls {
 		done = append(done, rig.start(rig.messages(accSmall("claude-sonnet-4-5", maxTokens, fmt.Sprint("call", i)))))
 	}

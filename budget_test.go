@@ -160,23 +160,13 @@ func (rig *bgtRig) waitLevels(want bgtLevels, msg string) {
 func (rig *bgtRig) do(req *http.Request) (*http.Response, error) {
 	rig.t.Helper()
 	resp, err := rig.rt.RoundTrip(req)
-	bgtSettle(bgtResult{resp, err})
+	bgtSettle(rtResult{resp, err})
 	return resp, err
 }
 
-type bgtResult struct {
-	resp *http.Response
-	err  error
-}
-
 // start sends req on its own goroutine; the response body is left unread.
-func (rig *bgtRig) start(req *http.Request) <-chan bgtResult {
-	done := make(chan bgtResult, 1)
-	go func() {
-		resp, err := rig.rt.RoundTrip(req)
-		done <- bgtResult{resp, err}
-	}()
-	return done
+func (rig *bgtRig) start(req *http.Request) <-chan rtResult {
+	return startRoundTrip(rig.rt, req)
 }
 
 // bgtEventually polls cond for up to 5 s and reports whether it came true:
@@ -220,7 +210,7 @@ func bgtReceive[T any](t *testing.T, ch <-chan T) T {
 }
 
 // bgtSettle reads the body of r to the end and closes it.
-func bgtSettle(r bgtResult) {
+func bgtSettle(r rtResult) {
 	if r.resp != nil {
 		_, _ = io.Copy(io.Discard, r.resp.Body)
 		_ = r.resp.Body.Close()
@@ -344,7 +334,7 @@ func TestBudgetFIFO(t *testing.T) {
 	rig.setReply(bgtProducesMaxTokens)
 
 	sizes := []int{3000, 100, 100, 500, 100}
-	var dones []<-chan bgtResult
+	var dones []<-chan rtResult
 	for i, n := range sizes {
 		dones = append(dones, rig.start(bgtReq(context.Background(), strconv.Itoa(i), "", n)))
 		rig.waitQueued(i + 1)
@@ -555,7 +545,7 @@ func TestBudgetColdStart(t *testing.T) {
 	assert.False(t, rig.snap().ColdStart)
 	release <- bgtReply(200, nil, 2, 5)
 	release <- bgtReply(200, nil, 2, 5)
-	for _, ch := range []<-chan bgtResult{b, c} {
+	for _, ch := range []<-chan rtResult{b, c} {
 		r := bgtReceive(t, ch)
 		require.NoError(t, r.err)
 		bgtSettle(r)
@@ -592,7 +582,7 @@ func TestBudgetColdStartWithoutLimitHeaders(t *testing.T) {
 	assert.False(t, rig.snap().ColdStart, "a success without limit headers ends the cold start")
 	release <- bgtReply(200, nil, 1, 1)
 	release <- bgtReply(200, nil, 1, 1)
-	for _, ch := range []<-chan bgtResult{a, b, c, d} {
+	for _, ch := range []<-chan rtResult{a, b, c, d} {
 		r := bgtReceive(t, ch)
 		require.NoError(t, r.err)
 		bgtSettle(r)
@@ -758,7 +748,7 @@ func TestBudgetPullsDownToRemaining(t *testing.T) {
 				}
 				return bgtReply(200, nil, 0, 0), nil
 			})
-			var others []<-chan bgtResult
+			var others []<-chan rtResult
 			for i := range tc.before {
 				others = append(others, rig.start(bgtReq(context.Background(), "before", "", 1)))
 				rig.waitSent(i + 1)
@@ -813,7 +803,7 @@ func TestBudgetKeepsASecondsRefillOfInputWhileOthersAreInFlight(t *testing.T) {
 	rig.waitSent(2)
 	release <- bgtReply(200, nil, 0, 1000)
 	release <- bgtReply(200, nil, 0, 5000)
-	for _, done := range []<-chan bgtResult{first, second} {
+	for _, done := range []<-chan rtResult{first, second} {
 		r := bgtReceive(t, done)
 		require.NoError(t, r.err)
 		bgtSettle(r)
@@ -876,7 +866,7 @@ func TestBudgetLearnsBytesPerToken(t *testing.T) {
 		require.NoError(t, err)
 		// In flight, the attempt holds its estimate of the bucket.
 		estimate := rig.snap().Dimensions[tollgate.InputTokens].Reserved
-		bgtSettle(bgtResult{resp: resp})
+		bgtSettle(rtResult{resp: resp})
 		errs = append(errs, (estimate-float64(actual))/float64(actual))
 	}
 	// 4 bytes a token, less three times a tenth of it while nothing is known.
@@ -905,7 +895,7 @@ func TestBudgetEstimatesCoverANoisyTokenizer(t *testing.T) {
 		resp, err := rig.rt.RoundTrip(bgtReq(context.Background(), strconv.Itoa(n), prompt, 10))
 		require.NoError(t, err)
 		estimate := rig.snap().Dimensions[tollgate.InputTokens].Reserved
-		bgtSettle(bgtResult{resp: resp})
+		bgtSettle(rtResult{resp: resp})
 		if n >= 10 {
 			assert.GreaterOrEqual(t, estimate, float64(counts[n%2]), "call %d: the estimate is short", n)
 			// mean less 3 deviations: 3 - 3·0.2 = 2.4 bytes a token, about 4/3 of the smaller count
@@ -940,13 +930,13 @@ func TestBudgetBytesPerTokenStaysInRange(t *testing.T) {
 
 func TestBudgetMaxConcurrencyFIFO(t *testing.T) {
 	rig := newBgtRig(t, tollgate.WithLimits(tollgate.Limits{RequestsPerMinute: 1000}), tollgate.WithMaxConcurrency(2))
-	var held []bgtResult
+	var held []rtResult
 	for _, seq := range []string{"a", "b"} {
 		r := bgtReceive(t, rig.start(bgtReq(context.Background(), seq, "", 1)))
 		require.NoError(t, r.err)
 		held = append(held, r)
 	}
-	var queued []<-chan bgtResult
+	var queued []<-chan rtResult
 	for i, seq := range []string{"c", "d", "e"} {
 		queued = append(queued, rig.start(bgtReq(context.Background(), seq, "", 1)))
 		rig.waitQueued(i + 1)
@@ -1005,7 +995,7 @@ func TestBudgetAloneReadsResponses(t *testing.T) {
 	assert.Equal(t, 1, snap.InFlight)
 	assert.Equal(t, 50, snap.Limits.RequestsPerMinute, "learned from the headers")
 	assert.InDelta(t, 500, snap.Dimensions[tollgate.OutputTokens].Level, 1e-6, "max_tokens reserved")
-	bgtSettle(bgtResult{resp: resp})
+	bgtSettle(rtResult{resp: resp})
 	assert.Zero(t, bgtBudgetOf(s.Snapshot(), bgtSonnet).InFlight)
 	bgtWaitFor(t, "settled to the 100 produced", func() bool {
 		return math.Abs(bgtBudgetOf(s.Snapshot(), bgtSonnet).Dimensions[tollgate.OutputTokens].Level-900) < 1e-6
@@ -1042,7 +1032,7 @@ func TestBudgetManyGoroutines(t *testing.T) {
 				switch {
 				case err == nil:
 					ok.Add(1)
-					bgtSettle(bgtResult{resp: resp})
+					bgtSettle(rtResult{resp: resp})
 				case errors.Is(err, context.Canceled):
 					cancelled.Add(1)
 				}
@@ -1222,10 +1212,10 @@ func TestBudgetStoreAdmitBlockedStallsNothingElse(t *testing.T) {
 	require.NoError(t, err)
 
 	gate.armed.Store(true)
-	blocked := make(chan bgtResult, 1)
+	blocked := make(chan rtResult, 1)
 	go func() {
 		resp, err := tr.RoundTrip(bgtReq(ctx, "blocked", "", 300))
-		blocked <- bgtResult{resp, err}
+		blocked <- rtResult{resp, err}
 	}()
 	bgtReceive(t, gate.entered)
 

@@ -96,7 +96,7 @@ func TestPriorityInteractiveGoesFirst(t *testing.T) {
 		{"b1", tollgate.Background}, {"n1", tollgate.Normal}, {"b2", tollgate.Background},
 		{"i1", tollgate.Interactive}, {"u1", tollgate.Priority(42)}, {"i2", tollgate.Interactive},
 	}
-	var dones []<-chan bgtResult
+	var dones []<-chan rtResult
 	for i, a := range arrivals {
 		dones = append(dones, rig.start(bgtReq(priCtx(a.p, ""), a.seq, "", 100)))
 		rig.waitQueued(i + 1)
@@ -161,7 +161,7 @@ func TestPriorityInteractiveWaitsBehindOneGrantAhead(t *testing.T) {
 	rig.waitQueued(3)
 	assert.Equal(t, []time.Duration{5 * time.Second}, clk.Pending(), "only the grant ahead waits on the clock")
 	clk.Advance(5 * time.Second)
-	for _, ch := range []<-chan bgtResult{first, in, second} {
+	for _, ch := range []<-chan rtResult{first, in, second} {
 		r := bgtReceive(t, ch)
 		require.NoError(t, r.err)
 		bgtSettle(r)
@@ -242,7 +242,7 @@ func TestPriorityAgingBoundsEveryWait(t *testing.T) {
 	rig.waitQueued(3)
 	bg := rig.start(bgtReq(priCtx(tollgate.Background, ""), "background", "", 100))
 	rig.waitQueued(4)
-	var done bgtResult
+	var done rtResult
 	priDriveFleet(t, rig, func() int { return 4 }, func() bool {
 		select {
 		case done = <-bg:

@@ -36,7 +36,7 @@ func TestStateMergesReadingsPerKey(t *testing.T) {
 	call := func(model string, a answer) {
 		answers <- a
 		req := trPost(t, context.Background(), "https://api.anthropic.com", `{"model":"`+model+`","max_tokens":10}`)
-		resp, err, _ := trDrive(clk, func() (*http.Response, error) { return rt.RoundTrip(req) })
+		resp, err, _ := driveClock(clk, func() (*http.Response, error) { return rt.RoundTrip(req) })
 		require.NoError(t, err)
 		require.Equal(t, a.status, resp.StatusCode)
 		trReadAll(t, resp)

@@ -114,35 +114,6 @@ func rtyClient(t *testing.T, clk *fakeclock.Clock, opts ...tollgate.Option) (*ht
 	return &http.Client{Transport: tollgate.Chain(base, tollgate.Retry(s))}, base
 }
 
-type rtyResult struct {
-	resp *http.Response
-	err  error
-}
-
-// rtyDrive runs do while playing the clock: each wait do starts is recorded
-// and then fired at once, so retries run without real sleeping.
-func rtyDrive(clk *fakeclock.Clock, do func() (*http.Response, error)) (*http.Response, error, []time.Duration) {
-	done := make(chan rtyResult, 1)
-	go func() {
-		resp, err := do()
-		done <- rtyResult{resp, err}
-	}()
-	var waits []time.Duration
-	for {
-		changed := clk.Changed()
-		if p := clk.Pending(); len(p) > 0 {
-			waits = append(waits, p[0])
-			clk.AdvanceToNext()
-			continue
-		}
-		select {
-		case r := <-done:
-			return r.resp, r.err, waits
-		case <-changed:
-		}
-	}
-}
-
 func rtyPost(t *testing.T, ctx context.Context, u, body string) *http.Request {
 	t.Helper()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u+"/v1/messages", strings.NewReader(body))
@@ -178,7 +149,7 @@ func TestRetryStatuses(t *testing.T) {
 				fmt.Fprint(w, `{"ok":true}`)
 			})
 			client, _ := rtyClient(t, clk)
-			resp, err, _ := rtyDrive(clk, func() (*http.Response, error) {
+			resp, err, _ := driveClock(clk, func() (*http.Response, error) {
 				return client.Do(rtyPost(t, context.Background(), srv.URL, `{}`))
 			})
 			require.NoError(t, err)
@@ -210,7 +181,7 @@ func TestRetryShouldRetryOverridesStatus(t *testing.T) {
 				}
 			})
 			client, _ := rtyClient(t, clk)
-			resp, err, _ := rtyDrive(clk, func() (*http.Response, error) {
+			resp, err, _ := driveClock(clk, func() (*http.Response, error) {
 				return client.Do(rtyPost(t, context.Background(), srv.URL, `{}`))
 			})
 			require.NoError(t, err)
@@ -240,7 +211,7 @@ func TestRetrySpendLimitIsNotRetried(t *testing.T) {
 				fmt.Fprint(w, tt.body)
 			})
 			client, _ := rtyClient(t, clk)
-			resp, err, waits := rtyDrive(clk, func() (*http.Response, error) {
+			resp, err, waits := driveClock(clk, func() (*http.Response, error) {
 				return client.Do(rtyPost(t, context.Background(), srv.URL, `{}`))
 			})
 			require.NoError(t, err)
@@ -307,7 +278,7 @@ func TestRetryWaitChoice(t *testing.T) {
 				}
 			})
 			client, _ := rtyClient(t, clk)
-			resp, err, waits := rtyDrive(clk, func() (*http.Response, error) {
+			resp, err, waits := driveClock(clk, func() (*http.Response, error) {
 				return client.Do(rtyPost(t, context.Background(), srv.URL, `{}`))
 			})
 			require.NoError(t, err)
@@ -364,7 +335,7 @@ func rtyBackoffGaps(t *testing.T, calls int, opts ...tollgate.Option) [][]time.D
 		mu.Lock()
 		at = nil
 		mu.Unlock()
-		resp, err, _ := rtyDrive(clk, func() (*http.Response, error) {
+		resp, err, _ := driveClock(clk, func() (*http.Response, error) {
 			return rt.RoundTrip(rtyPost(t, context.Background(), "http://api.test", `{}`))
 		})
 		require.NoError(t, err)
@@ -433,7 +404,7 @@ func TestRetryLongServerWaitReturnsResponseAtOnce(t *testing.T) {
 		fmt.Fprint(w, `{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}`)
 	})
 	client, _ := rtyClient(t, clk, tollgate.WithMaxWait(time.Minute))
-	resp, err, waits := rtyDrive(clk, func() (*http.Response, error) {
+	resp, err, waits := driveClock(clk, func() (*http.Response, error) {
 		return client.Do(rtyPost(t, context.Background(), srv.URL, `{}`))
 	})
 	require.NoError(t, err)
@@ -453,7 +424,7 @@ func TestRetryExhaustedReturnsLastResponseIntact(t *testing.T) {
 		fmt.Fprintf(w, `{"type":"error","error":{"type":"overloaded_error","message":"attempt %d"}}`, n)
 	})
 	client, base := rtyClient(t, clk, tollgate.WithMaxAttempts(3))
-	resp, err, waits := rtyDrive(clk, func() (*http.Response, error) {
+	resp, err, waits := driveClock(clk, func() (*http.Response, error) {
 		return client.Do(rtyPost(t, context.Background(), srv.URL, `{}`))
 	})
 	require.NoError(t, err)
@@ -474,15 +445,15 @@ func TestRetryCancelDuringWait(t *testing.T) {
 	})
 	client, base := rtyClient(t, clk)
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan rtyResult, 1)
+	done := make(chan rtResult, 1)
 	go func() {
 		resp, err := client.Do(rtyPost(t, ctx, srv.URL, `{}`))
-		done <- rtyResult{resp, err}
+		done <- rtResult{resp, err}
 	}()
 	require.True(t, clk.WaitForWaiters(1, 5*time.Second))
 	assert.Equal(t, []time.Duration{30 * time.Second}, clk.Pending())
 	cancel()
-	var r rtyResult
+	var r rtResult
 	select {
 	case r = <-done:
 	case <-time.After(5 * time.Second):
@@ -505,7 +476,7 @@ func TestRetryWaitBeyondDeadlineReturnsResponse(t *testing.T) {
 	client, _ := rtyClient(t, clk)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	resp, err, waits := rtyDrive(clk, func() (*http.Response, error) {
+	resp, err, waits := driveClock(clk, func() (*http.Response, error) {
 		return client.Do(rtyPost(t, ctx, srv.URL, `{}`))
 	})
 	require.NoError(t, err)
@@ -525,7 +496,7 @@ func TestRetryReplaysBodyWithGetBody(t *testing.T) {
 	client, _ := rtyClient(t, clk)
 	req := rtyPost(t, context.Background(), srv.URL, `{"model":"claude-sonnet-4-5","max_tokens":5}`)
 	headerBefore := req.Header.Clone()
-	resp, err, _ := rtyDrive(clk, func() (*http.Response, error) { return client.Do(req) })
+	resp, err, _ := driveClock(clk, func() (*http.Response, error) { return client.Do(req) })
 	require.NoError(t, err)
 	rtyReadAll(t, resp)
 	assert.Equal(t, 200, resp.StatusCode)
@@ -549,7 +520,7 @@ func TestRetryNonReplayableBodyIsSentOnce(t *testing.T) {
 	req.Body = io.NopCloser(strings.NewReader(`{"stream":true}`))
 	req.GetBody = nil
 	req.ContentLength = -1
-	resp, err, waits := rtyDrive(clk, func() (*http.Response, error) { return client.Do(req) })
+	resp, err, waits := driveClock(clk, func() (*http.Response, error) { return client.Do(req) })
 	require.NoError(t, err)
 	rtyReadAll(t, resp)
 	assert.Equal(t, 529, resp.StatusCode)
@@ -573,7 +544,7 @@ func TestRetryConnectionErrorBeforeResponse(t *testing.T) {
 		fmt.Fprint(w, "ok")
 	})
 	client, _ := rtyClient(t, clk)
-	resp, err, _ := rtyDrive(clk, func() (*http.Response, error) {
+	resp, err, _ := driveClock(clk, func() (*http.Response, error) {
 		return client.Do(rtyPost(t, context.Background(), srv.URL, `{}`))
 	})
 	require.NoError(t, err)
@@ -612,7 +583,7 @@ func TestRetryFinalErrorsAreReturnedUnwrapped(t *testing.T) {
 			clk := fakeclock.New(rtyEpoch)
 			s := tollgate.NewState(tollgate.WithClock(clk), tollgate.WithMaxAttempts(3))
 			rt := tollgate.Chain(base, tollgate.Retry(s))
-			_, err, _ := rtyDrive(clk, func() (*http.Response, error) {
+			_, err, _ := driveClock(clk, func() (*http.Response, error) {
 				return rt.RoundTrip(rtyPost(t, context.Background(), "http://127.0.0.1:1", `{}`))
 			})
 			require.Error(t, err)
@@ -633,7 +604,7 @@ func TestRetryNeverRetriesAfterTheBodyStarted(t *testing.T) {
 		panic(http.ErrAbortHandler)
 	})
 	client, _ := rtyClient(t, clk)
-	resp, err, _ := rtyDrive(clk, func() (*http.Response, error) {
+	resp, err, _ := driveClock(clk, func() (*http.Response, error) {
 		return client.Do(rtyPost(t, context.Background(), srv.URL, `{"stream":true}`))
 	})
 	require.NoError(t, err)
@@ -659,7 +630,7 @@ func TestRetryRecordsBackoffWaits(t *testing.T) {
 		mu.Unlock()
 	}))
 	rt := tollgate.Chain(rtyNewBase(t), tollgate.Trace(s), tollgate.Retry(s))
-	resp, err, _ := rtyDrive(clk, func() (*http.Response, error) {
+	resp, err, _ := driveClock(clk, func() (*http.Response, error) {
 		return rt.RoundTrip(rtyPost(t, context.Background(), srv.URL, `{"model":"claude-sonnet-4-5"}`))
 	})
 	require.NoError(t, err)

@@ -96,23 +96,13 @@ func (rig *stoRig) lastRecord() tollgate.UsageRecord {
 	return rig.records[len(rig.records)-1]
 }
 
-type stoResult struct {
-	resp *http.Response
-	err  error
-}
-
 // start sends req on its own goroutine; the response body is left unread.
-func (rig *stoRig) start(req *http.Request) <-chan stoResult {
-	done := make(chan stoResult, 1)
-	go func() {
-		resp, err := rig.rt.RoundTrip(req)
-		done <- stoResult{resp, err}
-	}()
-	return done
+func (rig *stoRig) start(req *http.Request) <-chan rtResult {
+	return startRoundTrip(rig.rt, req)
 }
 
 // do sends req and reads its response to the end.
-func (rig *stoRig) do(req *http.Request) stoResult {
+func (rig *stoRig) do(req *http.Request) rtResult {
 	r := stoReceive(rig.t, rig.start(req))
 	stoFinish(r)
 	return r
@@ -138,18 +128,18 @@ func (rig *stoRig) key() tollgate.KeySnapshot {
 
 func (rig *stoRig) budget() tollgate.BudgetSnapshot { return rig.key().Budget }
 
-func stoReceive(t *testing.T, ch <-chan stoResult) stoResult {
+func stoReceive(t *testing.T, ch <-chan rtResult) rtResult {
 	t.Helper()
 	select {
 	case r := <-ch:
 		return r
 	case <-time.After(5 * time.Second):
 		t.Fatal("attempt did not return")
-		return stoResult{}
+		return rtResult{}
 	}
 }
 
-func stoFinish(r stoResult) {
+func stoFinish(r rtResult) {
 	if r.resp != nil {
 		_, _ = io.Copy(io.Discard, r.resp.Body)
 		_ = r.resp.Body.Close()

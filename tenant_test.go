@@ -32,7 +32,7 @@ func TestTenantsTakeTurns(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rig := priDrained(t, tollgate.WithTenantWeights(tc.weights))
-			var dones []<-chan bgtResult
+			var dones []<-chan rtResult
 			queue := func(tenant string, n int) {
 				for i := range n {
 					dones = append(dones, rig.start(bgtReq(priCtx(tollgate.Normal, tenant), tenant+strconv.Itoa(i), "", 100)))
@@ -246,17 +246,17 @@ func TestPriorityAndTenantCarriedByEveryAttempt(t *testing.T) {
 	})
 	rig := trNewRig(t, base, tollgate.WithLimits(tollgate.Limits{OutputTokensPerMinute: 6000}),
 		tollgate.WithOutputAccounting(tollgate.ReserveMaxTokens))
-	send := func(ctx context.Context, seq string, maxTokens int) <-chan trResult {
+	send := func(ctx context.Context, seq string, maxTokens int) <-chan rtResult {
 		body := `{"model":"claude-sonnet-4-5","max_tokens":` + strconv.Itoa(maxTokens) + `,"messages":[{"role":"user","content":"Hi"}]}`
 		req := trPost(t, ctx, srv.URL, body)
 		req.Header.Set("X-Seq", seq)
-		done := make(chan trResult, 1)
+		done := make(chan rtResult, 1)
 		go func() {
 			resp, err := rig.rt.RoundTrip(req)
 			if err == nil {
 				trReadAll(t, resp)
 			}
-			done <- trResult{resp, err}
+			done <- rtResult{resp, err}
 		}()
 		return done
 	}
@@ -281,9 +281,9 @@ func TestPriorityAndTenantCarriedByEveryAttempt(t *testing.T) {
 		defer mu.Unlock()
 		return len(order) == 3
 	}, 5*time.Second, time.Millisecond, "the retry goes at once")
-	var ended []trResult
+	var ended []rtResult
 	priDrive(t, rig.clk, func() bool {
-		for _, ch := range []<-chan trResult{normal, interactive} {
+		for _, ch := range []<-chan rtResult{normal, interactive} {
 			select {
 			case r := <-ch:
 				ended = append(ended, r)

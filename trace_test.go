@@ -89,7 +89,7 @@ func trBase(t *testing.T) *http.Transport {
 // it played.
 func (rig *trRig) do(t *testing.T, req *http.Request) (*http.Response, []time.Duration) {
 	t.Helper()
-	resp, err, waits := trDrive(rig.clk, func() (*http.Response, error) { return rig.rt.RoundTrip(req) })
+	resp, err, waits := driveClock(rig.clk, func() (*http.Response, error) { return rig.rt.RoundTrip(req) })
 	require.NoError(t, err)
 	return resp, waits
 }
@@ -108,35 +108,6 @@ func (rig *trRig) collect(t *testing.T) metricdata.ResourceMetrics {
 	var rm metricdata.ResourceMetrics
 	require.NoError(t, rig.metrics.Collect(context.Background(), &rm))
 	return rm
-}
-
-type trResult struct {
-	resp *http.Response
-	err  error
-}
-
-// trDrive runs do while playing the clock: each wait do starts is recorded
-// and then fired at once, so that waits take no real time.
-func trDrive(clk *fakeclock.Clock, do func() (*http.Response, error)) (*http.Response, error, []time.Duration) {
-	done := make(chan trResult, 1)
-	go func() {
-		resp, err := do()
-		done <- trResult{resp, err}
-	}()
-	var waits []time.Duration
-	for {
-		changed := clk.Changed()
-		if p := clk.Pending(); len(p) > 0 {
-			waits = append(waits, p[0])
-			clk.AdvanceToNext()
-			continue
-		}
-		select {
-		case r := <-done:
-			return r.resp, r.err, waits
-		case <-changed:
-		}
-	}
 }
 
 // trScripted is a test server that answers request n (1-based) with
@@ -674,10 +645,10 @@ func TestTraceWaitsAreEvents(t *testing.T) {
 	assert.InDelta(t, time.Second, pause, float64(time.Millisecond), "the server's retry-after")
 
 	// Call B waits for the pause, then for A's slot.
-	done := make(chan trResult, 1)
+	done := make(chan rtResult, 1)
 	go func() {
 		resp, err := rig.rt.RoundTrip(trPost(t, context.Background(), srv.URL, trChatRequest))
-		done <- trResult{resp, err}
+		done <- rtResult{resp, err}
 	}()
 	require.True(t, rig.clk.WaitForWaiters(1, 5*time.Second), "B waits for the breaker")
 	assert.Equal(t, []time.Duration{pause}, rig.clk.Pending())
@@ -688,7 +659,7 @@ func TestTraceWaitsAreEvents(t *testing.T) {
 	}, 5*time.Second, time.Millisecond, "B queues for A's slot")
 	rig.clk.Advance(2 * time.Second)
 	trReadAll(t, respA)
-	var b trResult
+	var b rtResult
 	select {
 	case b = <-done:
 	case <-time.After(5 * time.Second):
