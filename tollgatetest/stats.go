@@ -77,26 +77,16 @@ type Second struct {
 	OutputTokens             int
 }
 
-func (s *Second) add(o Second) {
-	s.Requests += o.Requests
-	s.OK += o.OK
-	s.RateLimited += o.RateLimited
-	s.InputTokens += o.InputTokens
-	s.CacheCreationInputTokens += o.CacheCreationInputTokens
-	s.CacheReadInputTokens += o.CacheReadInputTokens
-	s.PromptTokens += o.PromptTokens
-	s.OutputTokens += o.OutputTokens
-}
-
-func (s *Second) sub(o Second) {
-	s.Requests -= o.Requests
-	s.OK -= o.OK
-	s.RateLimited -= o.RateLimited
-	s.InputTokens -= o.InputTokens
-	s.CacheCreationInputTokens -= o.CacheCreationInputTokens
-	s.CacheReadInputTokens -= o.CacheReadInputTokens
-	s.PromptTokens -= o.PromptTokens
-	s.OutputTokens -= o.OutputTokens
+// add adds sign times o's counts to s's.
+func (s *Second) add(o Second, sign int) {
+	s.Requests += sign * o.Requests
+	s.OK += sign * o.OK
+	s.RateLimited += sign * o.RateLimited
+	s.InputTokens += sign * o.InputTokens
+	s.CacheCreationInputTokens += sign * o.CacheCreationInputTokens
+	s.CacheReadInputTokens += sign * o.CacheReadInputTokens
+	s.PromptTokens += sign * o.PromptTokens
+	s.OutputTokens += sign * o.OutputTokens
 }
 
 // Window sums the timeline seconds whose Start lies in [from, to): e.g.
@@ -106,7 +96,7 @@ func (s Stats) Window(from, to time.Time) Second {
 	sum := Second{Start: from}
 	for _, sec := range s.Timeline {
 		if !sec.Start.Before(from) && sec.Start.Before(to) {
-			sum.add(sec)
+			sum.add(sec, 1)
 		}
 	}
 	return sum
@@ -133,7 +123,7 @@ func (s Stats) Since(prev Stats) Stats {
 	}
 	d.Timeline = nil
 	for _, sec := range s.Timeline {
-		sec.sub(old[sec.Start.Unix()])
+		sec.add(old[sec.Start.Unix()], -1)
 		if sec != (Second{Start: sec.Start}) {
 			d.Timeline = append(d.Timeline, sec)
 		}
