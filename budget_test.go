@@ -851,6 +851,47 @@ func TestBudgetLevelOfALimitJustLearned(t *testing.T) {
 	bgtSettle(bgtReceive(t, next))
 }
 
+// A JSON response's headers come when its body is done, here 10 s after
+// the send. What they say remains (20 of 60 requests) may have been read at
+// the send or at the headers; the reset, when the bucket will be full,
+// tells which, and the bucket is credited the refill since the send only
+// where it shows it (less a second, for a reset rounded to the second).
+func TestBudgetLimitJustLearnedIsCreditedTheRefillItsResetShows(t *testing.T) {
+	sent := bgtEpoch
+	headersAt := sent.Add(10 * time.Second)
+	cases := []struct {
+		name  string
+		reset string // "": none
+		want  float64
+	}{
+		{"read at the send: full 40 s after it", sent.Add(40 * time.Second).Format(time.RFC3339), 29},
+		{"read at the headers: full 40 s after them", headersAt.Add(40 * time.Second).Format(time.RFC3339), 20},
+		{"no reset", "", 20},
+		{"a reset already past credits no more than the refill since the send", sent.Format(time.RFC3339), 30},
+		{"a reset no bucket of a minute could have is ignored", headersAt.Add(10 * time.Minute).Format(time.RFC3339), 20},
+		{"a malformed reset is ignored", "soon", 20},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			rig := newBgtRig(t)
+			release := make(chan *http.Response, 1)
+			rig.setReply(func(*http.Request) (*http.Response, error) { return <-release, nil })
+			first := rig.start(bgtReq(context.Background(), "first", "", 10))
+			rig.waitSent(1)
+			rig.clk.Advance(headersAt.Sub(sent))
+			h := bgtLimits(60, 20, -1, -1, -1, -1)
+			if tc.reset != "" {
+				h.Set("anthropic-ratelimit-requests-reset", tc.reset)
+			}
+			release <- bgtReply(200, h, 0, 5)
+			r := bgtReceive(t, first)
+			require.NoError(t, r.err)
+			rig.waitLevels(bgtLevels{tollgate.Requests: tc.want}, "at the headers")
+			bgtSettle(r)
+		})
+	}
+}
+
 func TestBudgetLearnsBytesPerToken(t *testing.T) {
 	// The true tokenizer makes 3 bytes a token; the default guess is 4.
 	rig := newBgtRig(t, tollgate.WithLimits(tollgate.Limits{InputTokensPerMinute: 1_000_000}))

@@ -281,7 +281,7 @@ func (p *pool) learnLocked(now time.Time, r *reservation, h RateLimitHeaders) bo
 		r.outAtReading = min(r.charged[OutputTokens], float64(r.maxTokens))
 	}
 	if fresh != ([NumDimensions]bool{}) {
-		p.startFreshLocked(now, r, fresh)
+		p.startFreshLocked(now, r, fresh, h)
 	}
 	if rd := h.Limits[OutputTokens]; dl.detectOutput && rd.HasRemaining && rd.HasLimit && rd.Limit > 0 {
 		r.outRemaining, r.outLimit = float64(rd.Remaining), float64(rd.Limit)
@@ -292,7 +292,7 @@ func (p *pool) learnLocked(now time.Time, r *reservation, h RateLimitHeaders) bo
 
 // startFreshLocked starts the buckets of the dimensions whose limits r's
 // response made known (fresh).
-func (p *pool) startFreshLocked(now time.Time, r *reservation, fresh [NumDimensions]bool) {
+func (p *pool) startFreshLocked(now time.Time, r *reservation, fresh [NumDimensions]bool, h RateLimitHeaders) {
 	b := &p.budget
 	// A bucket the store has not seen holds, until the store reports it,
 	// what the next admission will start it at (Admission.Start), or all
@@ -316,6 +316,24 @@ func (p *pool) startFreshLocked(now time.Time, r *reservation, fresh [NumDimensi
 		}
 		if bound := l - r.charged[d]; bound < level {
 			level, r.started[d] = bound, startBound
+		}
+		// Both are the most the bucket can have held when the server took
+		// its reading, which may be any time from r's send to the arrival
+		// of its headers: a JSON response's headers come when its body is
+		// done, seconds after. The refill since the send is only credited
+		// where the reading says when the bucket will be full again (its
+		// reset), which tells the level now whenever it was read; taken a
+		// second late, for a reset rounded to the second or a clock a
+		// little off. The reset lowers no start: it only credits refill.
+		if full := h.Limits[d].Reset.Add(time.Second).Sub(now); !h.Limits[d].Reset.IsZero() && full <= 2*time.Minute {
+			refilled := level + l*max(now.Sub(r.sentAt), 0).Minutes()
+			fromReset := l - l*max(full, 0).Minutes() + r.afterReading(d)
+			switch {
+			case refilled <= fromReset:
+				level = refilled
+			case level < fromReset:
+				level, r.started[d] = fromReset, startReading // it counted r as the server had
+			}
 		}
 		r.startCharge[d] = r.charged[d]
 		r.credited[d] = r.sinceStart(d)

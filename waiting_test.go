@@ -24,8 +24,8 @@ import (
 
 // Waiting is not failing: 16 agents, through each official SDK, JSON and
 // streamed, offer about three times what a limit serves. Their calls wait
-// in tollgate's queue for minutes (far past WithMaxWait's and
-// WithMaxPause's 60 s, which bound only the waits a server asks for), and
+// in tollgate's queue for minutes (past WithMaxWait's and WithMaxPause's
+// 60 s, which bound only the waits a server asks for), and
 // none fails, with no 429 either. The fake API and tollgate share a fake
 // clock that moves only while every agent waits on it, so the simulated
 // minutes take milliseconds.
@@ -95,7 +95,10 @@ func TestWaitingIsNotFailing(t *testing.T) {
 				st := srv.Stats()
 				assert.Equal(t, agents*callsPerAgent, st.OK)
 				assert.Zero(t, st.RateLimited, "and none drew a 429")
-				assert.Greater(t, longest, 2*time.Minute, "calls waited far past WithMaxWait and WithMaxPause (60 s)")
+				// How long the longest wait is depends on when each agent
+				// queued its first call (the clock may move before the last
+				// has); past a minute it always is.
+				assert.Greater(t, longest, time.Minute, "calls waited past WithMaxWait's and WithMaxPause's 60 s")
 				t.Logf("%d calls in %v simulated; the longest waited %v", st.OK, clk.Now().Sub(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)), longest)
 			})
 		}

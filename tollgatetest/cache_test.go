@@ -133,9 +133,10 @@ func TestCacheWriteThenRead(t *testing.T) {
 	assert.Equal(t, 2*1210, st.PromptTokens)
 	require.Len(t, st.Timeline, 2)
 	assert.Equal(t, tollgatetest.Second{Start: t0, Requests: 2, OK: 2, InputTokens: 1210,
-		CacheCreationInputTokens: 1200, PromptTokens: 1210, OutputTokens: 1}, st.Timeline[0], "the count_tokens call is a request too")
+		CacheCreationInputTokens: 1200, PromptTokens: 1210, OutputTokens: 1, Admitted: 1, AdmittedInputTokens: 1210},
+		st.Timeline[0], "the count_tokens call is a request too, not an admission of the messages limits")
 	assert.Equal(t, tollgatetest.Second{Start: t0.Add(time.Minute), Requests: 1, OK: 1, InputTokens: 10,
-		CacheReadInputTokens: 1200, PromptTokens: 1210, OutputTokens: 1}, st.Timeline[1])
+		CacheReadInputTokens: 1200, PromptTokens: 1210, OutputTokens: 1, Admitted: 1, AdmittedInputTokens: 10}, st.Timeline[1])
 	assert.Equal(t, 1, srv.CacheEntries())
 }
 

@@ -798,8 +798,15 @@ func (x *exchange) admitPlanned(plan func(c *promptCache, now time.Time) cost, c
 	if rej != nil {
 		s.cnt.st.RateLimited++
 		s.cnt.second(now).RateLimited++
-	} else if commit != nil && s.cache != nil {
-		s.cache.commit(commit, now)
+	} else {
+		if !c.countTokens {
+			sec := s.cnt.second(now)
+			sec.Admitted++
+			sec.AdmittedInputTokens += int(c.input)
+		}
+		if commit != nil && s.cache != nil {
+			s.cache.commit(commit, now)
+		}
 	}
 	s.mu.Unlock()
 	if rej == nil {

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -191,10 +192,13 @@ func TestStatsTimelineWindowSinceReset(t *testing.T) {
 
 	st := srv.Stats()
 	require.Len(t, st.Timeline, 3)
-	assert.Equal(t, tollgatetest.Second{Start: t0, Requests: 1, OK: 1, InputTokens: 2, PromptTokens: 2, OutputTokens: 3}, st.Timeline[0])
-	assert.Equal(t, tollgatetest.Second{Start: t0.Add(time.Second), Requests: 2, OK: 1, RateLimited: 1, InputTokens: 1, PromptTokens: 1, OutputTokens: 3}, st.Timeline[1])
+	assert.Equal(t, tollgatetest.Second{Start: t0, Requests: 1, OK: 1, InputTokens: 2, PromptTokens: 2, OutputTokens: 3,
+		Admitted: 1, AdmittedInputTokens: 2}, st.Timeline[0])
+	assert.Equal(t, tollgatetest.Second{Start: t0.Add(time.Second), Requests: 2, OK: 1, RateLimited: 1, InputTokens: 1, PromptTokens: 1, OutputTokens: 3,
+		Admitted: 1, AdmittedInputTokens: 1}, st.Timeline[1])
 	w := st.Window(t0, t0.Add(time.Minute))
-	assert.Equal(t, tollgatetest.Second{Start: t0, Requests: 3, OK: 2, RateLimited: 1, InputTokens: 3, PromptTokens: 3, OutputTokens: 6}, w)
+	assert.Equal(t, tollgatetest.Second{Start: t0, Requests: 3, OK: 2, RateLimited: 1, InputTokens: 3, PromptTokens: 3, OutputTokens: 6,
+		Admitted: 2, AdmittedInputTokens: 3}, w)
 
 	d := st.Since(before)
 	assert.Equal(t, 2, d.Requests)
@@ -208,6 +212,33 @@ func TestStatsTimelineWindowSinceReset(t *testing.T) {
 	assert.Zero(t, st.Requests)
 	assert.Empty(t, st.Timeline)
 	assert.Empty(t, st.Status)
+}
+
+// Input is counted in Stats when the reply is sent, and as admitted in the
+// second the limiter took it: a window's admitted input is what the limit
+// counted in it, even where replies lag.
+func TestStatsTimelineCountsAdmissionWhenTheLimiterAdmits(t *testing.T) {
+	var reads atomic.Int64
+	tick := func() time.Time { return t0.Add(time.Duration(reads.Add(1)) * time.Second) } // every reading a second later
+	srv := newServer(t, tollgatetest.Config{Now: tick, InputTokensPerMinute: 1000, OutputTokens: 3})
+	rc := raw(t, srv)
+	rc.post("/v1/messages", msg("one two", 10))
+
+	var admitted, served []tollgatetest.Second
+	for _, sec := range srv.Stats().Timeline {
+		if sec.Admitted > 0 {
+			admitted = append(admitted, sec)
+		}
+		if sec.InputTokens > 0 {
+			served = append(served, sec)
+		}
+	}
+	require.Len(t, admitted, 1)
+	require.Len(t, served, 1)
+	assert.Equal(t, 2, admitted[0].AdmittedInputTokens)
+	assert.Zero(t, admitted[0].InputTokens, "the reply is sent in a later second")
+	assert.Equal(t, 2, served[0].InputTokens)
+	assert.True(t, admitted[0].Start.Before(served[0].Start))
 }
 
 func TestClientDisconnectMidStream(t *testing.T) {

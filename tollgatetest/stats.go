@@ -75,6 +75,14 @@ type Second struct {
 	CacheReadInputTokens     int
 	PromptTokens             int
 	OutputTokens             int
+	// Admitted counts the requests the rate limiter admitted in this
+	// second (count_tokens excluded), and AdmittedInputTokens the input it
+	// took for them: what InputTokens counts, but in the second the limit
+	// counted it, whatever became of the request after. A share of the
+	// limits over a window is these, not the counts of the responses sent
+	// in it, which lag admission by the time a reply takes.
+	Admitted            int
+	AdmittedInputTokens int
 }
 
 // add adds sign times o's counts to s's.
@@ -87,6 +95,8 @@ func (s *Second) add(o Second, sign int) {
 	s.CacheReadInputTokens += sign * o.CacheReadInputTokens
 	s.PromptTokens += sign * o.PromptTokens
 	s.OutputTokens += sign * o.OutputTokens
+	s.Admitted += sign * o.Admitted
+	s.AdmittedInputTokens += sign * o.AdmittedInputTokens
 }
 
 // Window sums the timeline seconds whose Start lies in [from, to): e.g.

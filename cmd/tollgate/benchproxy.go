@@ -312,8 +312,10 @@ func runProxyFleet(ctx context.Context, f *fleetFlags, node, script string, live
 	if start.IsZero() {
 		return errors.New("bench.mjs never started its agents")
 	}
-	// What the API counted in the run's whole seconds: everything admitted
-	// from the start to the deadline, not the calls that finish after it.
+	// What the API's limits counted in the run's whole seconds: the
+	// requests and input admitted from the start to the deadline, when
+	// they were admitted (a reply is sent seconds later: counting input then
+	// would leave out the run's last seconds), and the output sent in them.
 	// bench.mjs starts its agents on a whole second of the clock, so the
 	// API's seconds from there are the run's.
 	from := start.Truncate(time.Second)
@@ -322,7 +324,7 @@ func runProxyFleet(ctx context.Context, f *fleetFlags, node, script string, live
 		elapsed = time.Since(start).Truncate(time.Second)
 	}
 	w := api.Stats().Window(from, from.Add(elapsed))
-	used := fleet.Usage{Requests: w.Requests, InputTokens: w.InputTokens, OutputTokens: w.OutputTokens,
+	used := fleet.Usage{Requests: w.Admitted, InputTokens: w.AdmittedInputTokens, OutputTokens: w.OutputTokens,
 		CacheReadInputTokens: w.CacheReadInputTokens, CacheCreationInputTokens: w.CacheCreationInputTokens, PromptTokens: w.PromptTokens}
 	res.Shares = fleet.Shares(used, f.limits, elapsed)
 	res.Binding = fleet.Binding(res.Shares)
