@@ -291,10 +291,12 @@ func TestBudgetWaitsExactlyForRefill(t *testing.T) {
 	}{
 		{"requests: 1/s", tollgate.Limits{RequestsPerMinute: 60}, 60, 1, 1, time.Second},
 		{"requests: 1 per 1.2s", tollgate.Limits{RequestsPerMinute: 50}, 50, 1, 1, 1200 * time.Millisecond},
-		{"output: 100/s", tollgate.Limits{OutputTokensPerMinute: 6000}, 1, 6000, 1000, 10 * time.Second},
-		{"output: partial level", tollgate.Limits{OutputTokensPerMinute: 6000}, 1, 5000, 1500, 5 * time.Second},
+		// A bucket that takes max_tokens holds a quarter second's refill
+		// besides (reservedCushion): 25 tokens at 100 a second.
+		{"output: 100/s", tollgate.Limits{OutputTokensPerMinute: 6000}, 1, 6000, 1000, 10*time.Second + 250*time.Millisecond},
+		{"output: partial level", tollgate.Limits{OutputTokensPerMinute: 6000}, 1, 5000, 1500, 5*time.Second + 250*time.Millisecond},
 		{"output above capacity waits for a full bucket", tollgate.Limits{OutputTokensPerMinute: 600}, 1, 600, 5000, time.Minute},
-		{"combined tokens", tollgate.Limits{TokensPerMinute: 6000}, 1, 5990, 1000, 9*time.Second + 900*time.Millisecond},
+		{"combined tokens", tollgate.Limits{TokensPerMinute: 6000}, 1, 5990, 1000, 10*time.Second + 150*time.Millisecond},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -341,8 +343,10 @@ func TestBudgetFIFO(t *testing.T) {
 	}
 	rig.clk.Advance(29 * time.Second)
 	assert.Equal(t, []string{"drain"}, rig.sentOrder(), "the small ones wait behind the big one")
-	// Each is admitted when refill covers it, in order: 30 s, +1 s, +1 s, +5 s, +1 s.
-	for i, step := range []time.Duration{time.Second, time.Second, time.Second, 5 * time.Second, time.Second} {
+	// Each is admitted when refill covers it and the quarter second's refill
+	// kept besides (reservedCushion), in order: 30.25 s, then (the quarter
+	// second kept from there) +1 s, +1 s, +5 s, +1 s.
+	for i, step := range []time.Duration{1250 * time.Millisecond, time.Second, time.Second, 5 * time.Second, time.Second} {
 		// The new head sets its timer once the one before it is admitted.
 		require.True(t, rig.clk.WaitForWaiters(1, 5*time.Second), "attempt %d set no timer", i)
 		rig.clk.Advance(step)
@@ -363,7 +367,8 @@ func TestBudgetSettleFreesOutput(t *testing.T) {
 
 	second := rig.start(bgtReq(context.Background(), "second", "", 500))
 	require.True(t, rig.clk.WaitForWaiters(1, 5*time.Second))
-	assert.Equal(t, []time.Duration{30 * time.Second}, rig.clk.Pending())
+	// 500 and a quarter second's refill (reservedCushion), at 1,000 a minute.
+	assert.Equal(t, []time.Duration{30*time.Second + 250*time.Millisecond}, rig.clk.Pending())
 
 	bgtSettle(first) // the body ends: 100 of the 1000 reserved were produced
 	r := bgtReceive(t, second)
@@ -469,10 +474,12 @@ func TestBudgetCancelWhileWaiting(t *testing.T) {
 		rig.waitQueued(1)
 		small := rig.start(bgtReq(context.Background(), "small", "", 100))
 		rig.waitQueued(2)
-		rig.clk.Advance(time.Second) // enough for small, not for big
+		// Enough for small and the quarter second's refill kept besides
+		// (reservedCushion), not for big.
+		rig.clk.Advance(1250 * time.Millisecond)
 		assert.Equal(t, []string{"drain"}, rig.sentOrder())
 
-		levels[tollgate.OutputTokens].Level += 100 // refilled in that second
+		levels[tollgate.OutputTokens].Level += 125 // refilled meanwhile
 		levels[tollgate.Requests].Level = 60
 		cancel()
 		r := bgtReceive(t, big)
@@ -789,7 +796,9 @@ func TestBudgetPullsDownToRemaining(t *testing.T) {
 func TestBudgetKeepsASecondsRefillOfInputWhileOthersAreInFlight(t *testing.T) {
 	// The input estimates of attempts in flight may fall short together:
 	// while one is in flight, a bucket that counts input admits the next
-	// once it holds the cost and a second's refill; alone, at the cost.
+	// once it holds the cost and a second's refill; alone, at the cost. (As
+	// it counts max_tokens too, it keeps a quarter second's refill besides:
+	// reservedCushion.)
 	rig := newBgtRig(t, tollgate.WithLimits(tollgate.Limits{TokensPerMinute: 6000}),
 		tollgate.WithOutputAccounting(tollgate.ReserveMaxTokens))
 	release := make(chan *http.Response, 2)
@@ -798,8 +807,8 @@ func TestBudgetKeepsASecondsRefillOfInputWhileOthersAreInFlight(t *testing.T) {
 	rig.waitSent(1)
 	second := rig.start(bgtReq(context.Background(), "second", "", 5000))
 	require.True(t, rig.clk.WaitForWaiters(1, 5*time.Second))
-	assert.Equal(t, []time.Duration{time.Second}, rig.clk.Pending(), "5,000 left, 5,000 + 100 needed at 100 a second")
-	rig.clk.Advance(time.Second)
+	assert.Equal(t, []time.Duration{1250 * time.Millisecond}, rig.clk.Pending(), "5,000 left, 5,000 + 100 + 25 needed at 100 a second")
+	rig.clk.Advance(1250 * time.Millisecond)
 	rig.waitSent(2)
 	release <- bgtReply(200, nil, 0, 1000)
 	release <- bgtReply(200, nil, 0, 5000)

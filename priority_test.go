@@ -114,30 +114,31 @@ func TestPriorityInteractiveGoesFirst(t *testing.T) {
 }
 
 func TestPriorityInteractiveWaitsOnlyForItsOwnRefill(t *testing.T) {
-	// A Background attempt heads the queue, waiting 30 s for the refill of
-	// its 3,000 tokens. An Interactive attempt of 100 that comes after it
-	// waits 1 s, the refill of its own cost, not the Background one's.
+	// A Background attempt heads the queue, waiting 30.25 s for the refill
+	// of its 3,000 tokens (and the quarter second's refill kept besides,
+	// reservedCushion). An Interactive attempt of 100 that comes after it
+	// waits 1.25 s, the refill of its own cost, not the Background one's.
 	rig := priDrained(t)
 	bg := rig.start(bgtReq(priCtx(tollgate.Background, ""), "background", "", 3000))
 	require.True(t, rig.clk.WaitForWaiters(1, 5*time.Second))
-	assert.Equal(t, []time.Duration{30 * time.Second}, rig.clk.Pending())
+	assert.Equal(t, []time.Duration{30250 * time.Millisecond}, rig.clk.Pending())
 	in := rig.start(bgtReq(priCtx(tollgate.Interactive, ""), "interactive", "", 100))
 	require.True(t, rig.clk.WaitForWaiters(2, 5*time.Second))
-	assert.Equal(t, []time.Duration{30 * time.Second, time.Second}, rig.clk.Pending())
-	rig.clk.Advance(time.Second - time.Nanosecond)
+	assert.Equal(t, []time.Duration{30250 * time.Millisecond, 1250 * time.Millisecond}, rig.clk.Pending())
+	rig.clk.Advance(1250*time.Millisecond - time.Nanosecond)
 	assert.Equal(t, []string{"drain"}, rig.sentOrder())
 	rig.clk.Advance(time.Nanosecond)
 	r := bgtReceive(t, in)
 	require.NoError(t, r.err)
 	bgtSettle(r)
-	assert.Equal(t, time.Second, rig.record("interactive").Waits.Budget)
+	assert.Equal(t, 1250*time.Millisecond, rig.record("interactive").Waits.Budget)
 
 	// The Background attempt asks again, and waits for the second the
 	// Interactive one took, and for the headroom of one Interactive call
 	// (100 tokens) it now leaves.
 	priDrive(t, rig.clk, func() bool { return len(rig.sentOrder()) == 3 })
 	bgtSettle(bgtReceive(t, bg))
-	assert.InDelta(t, 32*time.Second, rig.record("background").Waits.Budget, float64(time.Millisecond))
+	assert.InDelta(t, 32250*time.Millisecond, rig.record("background").Waits.Budget, float64(time.Millisecond))
 }
 
 func TestPriorityInteractiveWaitsBehindOneGrantAhead(t *testing.T) {
@@ -186,15 +187,15 @@ func TestPriorityHeadroom(t *testing.T) {
 		assert.InDelta(t, 1000, rig.snap().Headroom[tollgate.OutputTokens], 1e-6)
 		bg := rig.start(bgtReq(priCtx(tollgate.Background, ""), "background", "", 4500))
 		require.True(t, rig.clk.WaitForWaiters(1, 5*time.Second))
-		assert.Equal(t, []time.Duration{5 * time.Second}, rig.clk.Pending(),
-			"4,500 fit the 5,000 left, but not with 1,000 kept: 500 to refill at 100/s")
+		assert.Equal(t, []time.Duration{5250 * time.Millisecond}, rig.clk.Pending(),
+			"4,500 fit the 5,000 left, but not with 1,000 kept (and 25, reservedCushion): 525 to refill at 100/s")
 		_, err := rig.do(bgtReq(priCtx(tollgate.Interactive, ""), "interactive", "", 1000))
 		require.NoError(t, err, "the Interactive attempt finds its cost in the bucket")
 		assert.Zero(t, rig.record("interactive").Waits.Budget)
 		priDrive(t, rig.clk, func() bool { return len(rig.sentOrder()) == 3 })
 		bgtSettle(bgtReceive(t, bg))
-		assert.Equal(t, 15*time.Second, rig.record("background").Waits.Budget,
-			"then it waits for 4,000 + 1,000 - 3,500 = 1,500 more")
+		assert.Equal(t, 15250*time.Millisecond, rig.record("background").Waits.Budget,
+			"then it waits for 4,500 + 25 + 1,000 - 4,000 = 1,525 from the start")
 	})
 	t.Run("off", func(t *testing.T) {
 		rig := setup(t, tollgate.WithInteractiveHeadroom(0))
@@ -204,8 +205,8 @@ func TestPriorityHeadroom(t *testing.T) {
 		assert.Zero(t, rig.record("background").Waits.Budget)
 		in := rig.start(bgtReq(priCtx(tollgate.Interactive, ""), "interactive", "", 1000))
 		require.True(t, rig.clk.WaitForWaiters(1, 5*time.Second))
-		assert.Equal(t, []time.Duration{5 * time.Second}, rig.clk.Pending(), "the Interactive attempt waits for its refill")
-		rig.clk.Advance(5 * time.Second)
+		assert.Equal(t, []time.Duration{5250 * time.Millisecond}, rig.clk.Pending(), "the Interactive attempt waits for its refill")
+		rig.clk.Advance(5250 * time.Millisecond)
 		bgtSettle(bgtReceive(t, in))
 	})
 	t.Run("none before an Interactive call", func(t *testing.T) {

@@ -264,11 +264,11 @@ func TestPriorityAndTenantCarriedByEveryAttempt(t *testing.T) {
 	key := tollgate.Key{Provider: tollgate.ProviderAnthropic, Family: "claude-sonnet-4"}
 	snap := func() tollgate.KeySnapshot { ks, _ := rig.rt.Snapshot().Key(key); return ks }
 	normal := send(context.Background(), "normal", 3000)
-	require.True(t, rig.clk.WaitForWaiters(1, 5*time.Second), "the Normal attempt waits 30 s")
+	require.True(t, rig.clk.WaitForWaiters(1, 5*time.Second), "the Normal attempt waits 30.25 s")
 	interactive := send(priCtx(tollgate.Interactive, "acme"), "interactive", 100)
 	require.Eventually(t, func() bool { return snap().Budget.Waiting == 2 }, 5*time.Second, time.Millisecond)
-	require.True(t, rig.clk.WaitForWaiters(2, 5*time.Second), "the Interactive attempt waits 1 s")
-	rig.clk.Advance(time.Second)
+	require.True(t, rig.clk.WaitForWaiters(2, 5*time.Second), "the Interactive attempt waits 1.25 s (reservedCushion)")
+	rig.clk.Advance(1250 * time.Millisecond)
 	// Its first attempt draws the 429: the breaker pauses everyone for the
 	// second the server asked, and the call waits as long to retry.
 	require.Eventually(t, func() bool {
@@ -326,7 +326,7 @@ func TestPriorityAndTenantCarriedByEveryAttempt(t *testing.T) {
 		c, _ := dp.Attributes.Value(attribute.Key("tollgate.wait.cause"))
 		waits[p.AsString()+" "+c.AsString()] += dp.Sum
 	}
-	assert.Equal(t, 1.0, waits["interactive budget"], "its first attempt waited 1 s for its refill")
+	assert.Equal(t, 1.25, waits["interactive budget"], "its first attempt waited 1.25 s for its refill")
 	assert.Positive(t, waits["interactive backoff"], "its retry waited for the retry-after")
 	assert.Positive(t, waits["normal budget"])
 }
