@@ -54,8 +54,11 @@
 // (with told limits the first calls go together, before any response). The
 // buckets that count input must hold more than the cost (a twentieth of
 // it, and a second's refill while other attempts are in flight): estimates
-// may fall short, together, until they settle. A cost larger than a bucket's capacity waits for a full
-// bucket and takes all of it. Waiters are served in arrival order per Key,
+// may fall short, together, until they settle. The buckets that take
+// max_tokens hold a quarter second's refill besides: the server counts an
+// attempt a moment after tollgate does, and a full bucket of the server's
+// loses that moment's refill. A cost larger than a bucket's capacity waits
+// for a full bucket and takes all of it. Waiters are served in arrival order per Key,
 // so a small attempt never overtakes a bigger one that came first.
 //
 // Each endpoint is charged what the server charges it (the provider table in
@@ -105,8 +108,11 @@
 // gave back of the attempt once it ended added — so a level is never pulled
 // further down than the server's count requires. The usage bounds the level
 // too: the bucket held at most its limit before the server counted the
-// attempt. Until any limit is known for a Key, its attempts are admitted one
-// at a time; a Key whose successful responses carry no limit headers (a
+// attempt. A bucket learned from a response starts at the lower of the two,
+// as of the headers' arrival, plus the refill since the attempt was sent as
+// far as the reading's reset (when the bucket will be full) shows it: a
+// JSON response's headers come seconds after the server counted it. Until
+// any limit is known for a Key, its attempts are admitted one at a time; a Key whose successful responses carry no limit headers (a
 // gateway that strips them) ends its cold start with that response and is
 // not paced.
 //

@@ -236,5 +236,7 @@
 // the input limit counted (input + cache creation, plus cache reads where
 // they count; every prompt token on the OpenAI route);
 // CacheReadInputTokens, CacheCreationInputTokens and PromptTokens say how
-// the prompts were served.
+// the prompts were served. Those count when the reply is sent; the
+// timeline's Admitted and AdmittedInputTokens count when the limiter admits,
+// which is what a share of the limits over a window needs.
 package tollgatetest
