@@ -629,7 +629,7 @@ func TestOutputToldLimitsChargeMaxTokensUntilAResponseShowsTheRule(t *testing.T)
 	assert.Equal(t, float64((calls-1)*maxTokens), b.Dimensions[tollgate.OutputTokens].Reserved)
 	// Granted ahead of time for when the refill covers it: the 192 tokens
 	// missing from the bucket and a quarter second's refill (33⅓ tokens,
-	// reservedCushion), at 8,000 a minute. Without that quarter second,
+	// cushion), at 8,000 a minute. Without that quarter second,
 	// this fourth call drew 429s "needs 2048, 2044 available" on a busy
 	// machine: the server's full bucket lost the refill of the moment
 	// between tollgate's charge of the first call and its own.

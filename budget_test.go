@@ -292,7 +292,7 @@ func TestBudgetWaitsExactlyForRefill(t *testing.T) {
 		{"requests: 1/s", tollgate.Limits{RequestsPerMinute: 60}, 60, 1, 1, time.Second},
 		{"requests: 1 per 1.2s", tollgate.Limits{RequestsPerMinute: 50}, 50, 1, 1, 1200 * time.Millisecond},
 		// A bucket that takes max_tokens holds a quarter second's refill
-		// besides (reservedCushion): 25 tokens at 100 a second.
+		// besides (cushion): 25 tokens at 100 a second.
 		{"output: 100/s", tollgate.Limits{OutputTokensPerMinute: 6000}, 1, 6000, 1000, 10*time.Second + 250*time.Millisecond},
 		{"output: partial level", tollgate.Limits{OutputTokensPerMinute: 6000}, 1, 5000, 1500, 5*time.Second + 250*time.Millisecond},
 		{"output above capacity waits for a full bucket", tollgate.Limits{OutputTokensPerMinute: 600}, 1, 600, 5000, time.Minute},
@@ -344,7 +344,7 @@ func TestBudgetFIFO(t *testing.T) {
 	rig.clk.Advance(29 * time.Second)
 	assert.Equal(t, []string{"drain"}, rig.sentOrder(), "the small ones wait behind the big one")
 	// Each is admitted when refill covers it and the quarter second's refill
-	// kept besides (reservedCushion), in order: 30.25 s, then (the quarter
+	// kept besides (cushion), in order: 30.25 s, then (the quarter
 	// second kept from there) +1 s, +1 s, +5 s, +1 s.
 	for i, step := range []time.Duration{1250 * time.Millisecond, time.Second, time.Second, 5 * time.Second, time.Second} {
 		// The new head sets its timer once the one before it is admitted.
@@ -367,7 +367,7 @@ func TestBudgetSettleFreesOutput(t *testing.T) {
 
 	second := rig.start(bgtReq(context.Background(), "second", "", 500))
 	require.True(t, rig.clk.WaitForWaiters(1, 5*time.Second))
-	// 500 and a quarter second's refill (reservedCushion), at 1,000 a minute.
+	// 500 and a quarter second's refill (cushion), at 1,000 a minute.
 	assert.Equal(t, []time.Duration{30*time.Second + 250*time.Millisecond}, rig.clk.Pending())
 
 	bgtSettle(first) // the body ends: 100 of the 1000 reserved were produced
@@ -475,7 +475,7 @@ func TestBudgetCancelWhileWaiting(t *testing.T) {
 		small := rig.start(bgtReq(context.Background(), "small", "", 100))
 		rig.waitQueued(2)
 		// Enough for small and the quarter second's refill kept besides
-		// (reservedCushion), not for big.
+		// (cushion), not for big.
 		rig.clk.Advance(1250 * time.Millisecond)
 		assert.Equal(t, []string{"drain"}, rig.sentOrder())
 
@@ -798,7 +798,7 @@ func TestBudgetKeepsASecondsRefillOfInputWhileOthersAreInFlight(t *testing.T) {
 	// while one is in flight, a bucket that counts input admits the next
 	// once it holds the cost and a second's refill; alone, at the cost. (As
 	// it counts max_tokens too, it keeps a quarter second's refill besides:
-	// reservedCushion.)
+	// cushion.)
 	rig := newBgtRig(t, tollgate.WithLimits(tollgate.Limits{TokensPerMinute: 6000}),
 		tollgate.WithOutputAccounting(tollgate.ReserveMaxTokens))
 	release := make(chan *http.Response, 2)

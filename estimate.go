@@ -189,42 +189,46 @@ func (p *pool) estimateLocked(r *reservation, info *requestInfo) {
 		out = min(maxOut, out)
 	}
 	r.cost = [NumDimensions]float64{Requests: 1, Tokens: in + out, InputTokens: in, OutputTokens: out}
-	// Input estimates may fall short, the attempt's own and those of the
-	// attempts in flight together, until they settle; and the server reads
-	// its level at its own moment. The buckets that count input must hold
-	// more than the cost (inputCushion). It is held back, not charged.
-	r.need = [NumDimensions]float64{InputTokens: in + b.inputCushion(InputTokens, in)}
-	r.need[Tokens] = in + out + b.inputCushion(Tokens, in) + b.reservedCushion(Tokens)
-	r.need[OutputTokens] = out + b.reservedCushion(OutputTokens)
+	// Each token bucket must hold more than the cost (cushion): it is held
+	// back, not charged. Output counted as produced is admitted on a margin
+	// of its own (need), which replaces the output bucket's cushion.
+	for _, d := range []Dimension{InputTokens, OutputTokens, Tokens} {
+		r.need[d] = r.cost[d] + b.cushion(d, in)
+	}
 	if need > 0 {
 		r.need[OutputTokens], r.need[Tokens] = need, r.need[Tokens]-out+need
 	}
 }
 
-// inputCushion is what the bucket of dimension d, which counts input, must
-// hold besides an attempt's cost of in input tokens: a twentieth of in, and
-// a second's refill while other attempts are in flight. Measured on a busy
+// cushion is what the token bucket of dimension d must hold besides the
+// cost of an attempt of in input tokens.
+//
+// The buckets that count input hold a twentieth of in, and a second's
+// refill while other attempts are in flight: input estimates may fall
+// short, the attempt's own and those in flight together, until they settle,
+// and the server reads its level at its own moment. Measured on a busy
 // machine, a level that tracked the server's to the token drew 429s short
 // by up to 2 % of a call's input when alone, and more with others in
 // flight; a twentieth of what was in flight was not enough.
-func (b *budgetState) inputCushion(d Dimension, in float64) float64 {
-	cushion := in / 20
-	if b.inFlight > 0 {
-		cushion += float64(b.limits[d]) / 60
+//
+// The buckets that count output hold a quarter second's refill: the server
+// counts an attempt a moment after tollgate does, and where its bucket was
+// full in that moment, the refill of it was lost to the server and not to
+// tollgate, whose level then leads the server's. Measured the same way,
+// told the limits, calls reserving max_tokens drew 429s short by 1 to 4
+// tokens of 8,000 a minute (up to 30 ms).
+func (b *budgetState) cushion(d Dimension, in float64) float64 {
+	limit, cushion := float64(b.limits[d]), 0.0
+	if d == InputTokens || d == Tokens {
+		cushion = in / 20
+		if b.inFlight > 0 {
+			cushion += limit / 60
+		}
+	}
+	if d == OutputTokens || d == Tokens {
+		cushion += limit / 240
 	}
 	return cushion
-}
-
-// reservedCushion is what the bucket of dimension d, which counts output,
-// must hold besides an attempt's reserved output: a quarter second's refill.
-// The server counts an attempt a moment after tollgate does; where its
-// bucket was full in that moment, the refill of it was lost to the server
-// and not to tollgate, whose level then leads the server's. Measured on a
-// busy machine, told the limits, calls reserving max_tokens drew 429s short
-// by 1 to 4 tokens of 8,000 a minute (up to 30 ms). Output counted as
-// produced has a margin of its own.
-func (b *budgetState) reservedCushion(d Dimension) float64 {
-	return float64(b.limits[d]) / 240
 }
 
 // chargedRuleLocked is the output rule an attempt is charged by: the rule in

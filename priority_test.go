@@ -116,7 +116,7 @@ func TestPriorityInteractiveGoesFirst(t *testing.T) {
 func TestPriorityInteractiveWaitsOnlyForItsOwnRefill(t *testing.T) {
 	// A Background attempt heads the queue, waiting 30.25 s for the refill
 	// of its 3,000 tokens (and the quarter second's refill kept besides,
-	// reservedCushion). An Interactive attempt of 100 that comes after it
+	// cushion). An Interactive attempt of 100 that comes after it
 	// waits 1.25 s, the refill of its own cost, not the Background one's.
 	rig := priDrained(t)
 	bg := rig.start(bgtReq(priCtx(tollgate.Background, ""), "background", "", 3000))
@@ -188,7 +188,7 @@ func TestPriorityHeadroom(t *testing.T) {
 		bg := rig.start(bgtReq(priCtx(tollgate.Background, ""), "background", "", 4500))
 		require.True(t, rig.clk.WaitForWaiters(1, 5*time.Second))
 		assert.Equal(t, []time.Duration{5250 * time.Millisecond}, rig.clk.Pending(),
-			"4,500 fit the 5,000 left, but not with 1,000 kept (and 25, reservedCushion): 525 to refill at 100/s")
+			"4,500 fit the 5,000 left, but not with 1,000 kept (and 25, cushion): 525 to refill at 100/s")
 		_, err := rig.do(bgtReq(priCtx(tollgate.Interactive, ""), "interactive", "", 1000))
 		require.NoError(t, err, "the Interactive attempt finds its cost in the bucket")
 		assert.Zero(t, rig.record("interactive").Waits.Budget)

@@ -267,7 +267,7 @@ func TestPriorityAndTenantCarriedByEveryAttempt(t *testing.T) {
 	require.True(t, rig.clk.WaitForWaiters(1, 5*time.Second), "the Normal attempt waits 30.25 s")
 	interactive := send(priCtx(tollgate.Interactive, "acme"), "interactive", 100)
 	require.Eventually(t, func() bool { return snap().Budget.Waiting == 2 }, 5*time.Second, time.Millisecond)
-	require.True(t, rig.clk.WaitForWaiters(2, 5*time.Second), "the Interactive attempt waits 1.25 s (reservedCushion)")
+	require.True(t, rig.clk.WaitForWaiters(2, 5*time.Second), "the Interactive attempt waits 1.25 s (cushion)")
 	rig.clk.Advance(1250 * time.Millisecond)
 	// Its first attempt draws the 429: the breaker pauses everyone for the
 	// second the server asked, and the call waits as long to retry.
