@@ -929,3 +929,146 @@ func TestOutputCountedAsProducedLevelFollowsTheServer(t *testing.T) {
 		}
 	}
 }
+
+// accScripted is a base transport with no server: it answers each request
+// with the next of its replies, a 200 of the given content type and body.
+type accScripted struct {
+	mu      sync.Mutex
+	replies []accReply
+}
+
+type accReply struct {
+	contentType string
+	body        io.Reader
+}
+
+func (s *accScripted) add(contentType string, body io.Reader) {
+	s.mu.Lock()
+	s.replies = append(s.replies, accReply{contentType, body})
+	s.mu.Unlock()
+}
+
+func (s *accScripted) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Body != nil {
+		_, _ = io.Copy(io.Discard, req.Body)
+		_ = req.Body.Close()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.replies) == 0 {
+		return nil, fmt.Errorf("no reply scripted for %s", req.URL.Path)
+	}
+	r := s.replies[0]
+	s.replies = s.replies[1:]
+	return &http.Response{StatusCode: http.StatusOK, Header: http.Header{"Content-Type": {r.contentType}},
+		Body: io.NopCloser(r.body), Request: req}, nil
+}
+
+// accStream is the pieces of an Anthropic stream: its start, one delta of
+// four tokens, and its end reporting output tokens.
+var accStream = struct {
+	start, delta string
+	end          func(output int) string
+}{
+	start: "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":40,\"output_tokens\":1}}}\n\n",
+	delta: "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\" one two three four\"}}\n\n",
+	end: func(output int) string {
+		return fmt.Sprintf("event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":%d}}\n\n", output) +
+			"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
+	},
+}
+
+// accWholeStream is a stream of output tokens (a multiple of four).
+func accWholeStream(output int) string {
+	return accStream.start + strings.Repeat(accStream.delta, output/4) + accStream.end(output)
+}
+
+// accNeedStore records the output need of every admission it is asked.
+type accNeedStore struct {
+	tollgate.Store
+	mu    sync.Mutex
+	needs []float64
+}
+
+func (s *accNeedStore) Admit(ctx context.Context, name string, a tollgate.Admission) (tollgate.Admitted, error) {
+	s.mu.Lock()
+	s.needs = append(s.needs, a.Need[tollgate.OutputTokens])
+	s.mu.Unlock()
+	return s.Store.Admit(ctx, name, a)
+}
+
+func (s *accNeedStore) lastNeed() float64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.needs[len(s.needs)-1]
+}
+
+// Where output is counted as produced, a stream is charged the output it
+// shows beyond its estimate as it shows it, so that the server's level
+// never falls below tollgate's however long the stream runs; and since its
+// excess is seen, the margin that later attempts are admitted on does not
+// count it among the attempts whose output is unknown. A stream the server
+// answers with a JSON body shows nothing as it goes and counts there.
+func TestOutputCountedAsProducedChargesAStreamAsItShowsOutput(t *testing.T) {
+	clk := fakeclock.New(accEpoch)
+	base := &accScripted{}
+	store := &accNeedStore{Store: tollgate.NewMemoryStore(clk)}
+	rig := newAccRigOn(t, clk, base, tollgate.WithStore(store), tollgate.WithStoreTimeout(time.Hour),
+		tollgate.WithOutputAccounting(tollgate.CountAsProduced),
+		tollgate.WithLimits(tollgate.Limits{RequestsPerMinute: 1000, InputTokensPerMinute: 1_000_000, OutputTokensPerMinute: 8_000}))
+	stream := func(seed string) *http.Request {
+		return rig.messages(`{"stream":true,` + accSmall("claude-sonnet-4-5", 8192, seed)[1:])
+	}
+	// Three streams teach the pool what its calls produce (80, 100, 120
+	// tokens: mean 100, learned deviation √(800/3)) and what their deltas
+	// carry per token.
+	for i, output := range []int{80, 100, 120} {
+		base.add("text/event-stream", strings.NewReader(accWholeStream(output)))
+		rig.ok(stream(fmt.Sprint("learn", i)))
+	}
+	require.InDelta(t, 100, rig.budget(accSonnet).ProducedEstimate, 1e-9)
+	deviation := math.Sqrt(800.0 / 3)
+	secondsRefill := 8_000.0 / 60
+
+	// A stream of 300 tokens, read as the caller reads it.
+	long := strings.NewReader(accWholeStream(300))
+	base.add("text/event-stream", long)
+	r := rig.receive(rig.start(stream("long")))
+	require.NoError(t, r.err)
+	read := func(n int) {
+		_, err := io.ReadFull(r.resp.Body, make([]byte, n))
+		require.NoError(t, err)
+	}
+	reserved := func() float64 { return rig.budget(accSonnet).Dimensions[tollgate.OutputTokens].Reserved }
+	read(len(accStream.start) + 20*len(accStream.delta))
+	assert.Equal(t, 100.0, reserved(), "80 tokens shown: the estimate still covers them")
+	read(10 * len(accStream.delta))
+	assert.Equal(t, 120+math.Ceil(deviation), reserved(), "120 shown: charged them and a deviation ahead")
+	read(30 * len(accStream.delta))
+	assert.Equal(t, 240+math.Ceil(deviation), reserved(), "240 shown")
+
+	// The next attempt is admitted on the second's refill alone: the
+	// stream in flight adds no margin. (The replies beside it report no
+	// usage, so that what is learned stays as it is.)
+	unreported := func() io.Reader { return strings.NewReader(`{"type":"message"}`) }
+	base.add("application/json", unreported())
+	rig.ok(rig.messages(accSmall("claude-sonnet-4-5", 8192, "beside")))
+	assert.Equal(t, 1+math.Ceil(secondsRefill), store.lastNeed())
+
+	// A stream request answered with a JSON body shows nothing as it goes:
+	// while it is in flight, the next attempt needs three deviations more.
+	base.add("application/json", strings.NewReader(`{"type":"message","usage":{"input_tokens":40,"output_tokens":100}}`))
+	held := rig.receive(rig.start(stream("answered in JSON")))
+	require.NoError(t, held.err)
+	base.add("application/json", unreported())
+	rig.ok(rig.messages(accSmall("claude-sonnet-4-5", 8192, "beside JSON")))
+	assert.Equal(t, 1+math.Ceil(3*deviation+secondsRefill), store.lastNeed())
+
+	rest := accReadAll(t, r.resp)
+	assert.True(t, strings.HasSuffix(rest, accStream.end(300)))
+	accReadAll(t, held.resp)
+	b := rig.budget(accSonnet)
+	assert.Zero(t, b.Dimensions[tollgate.OutputTokens].Reserved, "all settled")
+	assert.Equal(t, int64(80+100+120+300+100+100+100), b.Dimensions[tollgate.OutputTokens].Used,
+		"the long stream settled to what the server counted")
+}

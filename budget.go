@@ -60,6 +60,9 @@ func (b *budgeter) RoundTrip(req *http.Request) (*http.Response, error) {
 		a.estInput, a.estCachedInput, a.estOutput = int64(r.cost[InputTokens]), r.cachedTokens, int64(r.cost[OutputTokens])
 	})
 	ex.whenDone((*tenantSettled)(r))
+	if r.watched {
+		ex.watchOutput(r)
+	}
 	resp, err := b.next.RoundTrip(req)
 	if resp != nil {
 		p.responded(r, ex.result())
@@ -192,6 +195,9 @@ type budgetState struct {
 	waiting  PriorityCounts // the attempts queued, by class
 	fair     fairState      // tenant.go
 	inFlight int
+	// watched counts the attempts in flight whose output is seen as it is
+	// produced (reservation.watched).
+	watched int
 	// interactive is what a typical Interactive attempt is estimated to
 	// cost, the unit of the headroom, as of interactiveAt (priority.go).
 	interactive   [NumDimensions]float64
@@ -207,10 +213,13 @@ type budgetState struct {
 	output       OutputAccounting
 	outputSource string
 	produced     tokenEstimate // the output the pool's calls produce
-	cache        promptCache   // promptcache.go
-	window       usageWindow   // utilization.go
-	above        [NumDimensions]bool
-	alerts       []UtilizationAlert // to deliver, in order
+	// streamed is the learned number of bytes a stream's output events take
+	// per output token.
+	streamed tokenEstimate
+	cache    promptCache // promptcache.go
+	window   usageWindow // utilization.go
+	above    [NumDimensions]bool
+	alerts   []UtilizationAlert // to deliver, in order
 }
 
 func (b *budgetState) init(cfg *config, now time.Time, optionLimits bool) {
@@ -575,6 +584,13 @@ func (p *pool) grantLocked(now time.Time, r *reservation, st Store, limits [NumD
 	}
 	r.slot = true
 	b.inFlight++
+	// A stream whose output is counted as produced is charged what it shows
+	// beyond its estimate as it shows it (reservation.produced), once the
+	// pool has learned what its streams carry per token.
+	if r.output == CountAsProduced && r.info != nil && r.info.Stream && b.streamed.samples >= minRatioSamples {
+		r.watched = true
+		b.watched++
+	}
 	if !b.limitsKnown() {
 		r.probe, b.probing = true, true
 	}

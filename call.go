@@ -189,6 +189,7 @@ type exchange struct {
 	status      int       // 0 when no response arrived
 	headers     RateLimitHeaders
 	apiErr      *APIError // the error document of a non-2xx response, when it had one
+	stream      bool      // the response body is an event stream
 	errorBody   []byte    // a non-2xx response's error document, when read whole
 	pause       *pause    // the pause the response asked for, taken when its headers were read
 	accounting  accounting
@@ -198,6 +199,22 @@ type exchange struct {
 	done        bool
 	onOutput    hooks
 	onDone      hooks
+	// watcher is told how much output the stream has shown so far
+	// (Produced); nil when no layer watches it.
+	watcher outputWatcher
+}
+
+// An outputWatcher is told, while an event stream is read, how many bytes
+// its output events have taken so far.
+type outputWatcher interface {
+	produced(outputBytes int64)
+}
+
+// watchOutput has w told of the output the stream shows from now on.
+func (ex *exchange) watchOutput(w outputWatcher) {
+	ex.mu.Lock()
+	ex.watcher = w
+	ex.mu.Unlock()
 }
 
 // accounting is what the Budget layer estimated an attempt would cost and
@@ -328,12 +345,13 @@ type response struct {
 	status  int
 	headers RateLimitHeaders
 	apiErr  *APIError
+	stream  bool // the body is an event stream
 }
 
 // responded records the response's status, headers and error document.
 func (ex *exchange) responded(r response, errorBody []byte) {
 	ex.mu.Lock()
-	ex.status, ex.headers, ex.apiErr, ex.errorBody = r.status, r.headers, r.apiErr, errorBody
+	ex.status, ex.headers, ex.apiErr, ex.stream, ex.errorBody = r.status, r.headers, r.apiErr, r.stream, errorBody
 	ex.mu.Unlock()
 }
 
@@ -341,7 +359,7 @@ func (ex *exchange) responded(r response, errorBody []byte) {
 func (ex *exchange) result() response {
 	ex.mu.Lock()
 	defer ex.mu.Unlock()
-	return response{ex.status, ex.headers, ex.apiErr}
+	return response{ex.status, ex.headers, ex.apiErr, ex.stream}
 }
 
 // tookPause records the pause the response asked for (nil for none).
@@ -426,6 +444,20 @@ func (ex *exchange) Output() {
 	hs := ex.onOutput.take()
 	ex.mu.Unlock()
 	hs.run(ex)
+}
+
+// Produced implements usage.Sink: the stream's output events took
+// outputBytes so far.
+func (ex *exchange) Produced(outputBytes int64) {
+	ex.mu.Lock()
+	w := ex.watcher
+	if ex.done {
+		w = nil
+	}
+	ex.mu.Unlock()
+	if w != nil {
+		w.produced(outputBytes)
+	}
 }
 
 // Done implements usage.Sink: the body ended, at EOF (err nil), on a read

@@ -47,7 +47,13 @@
 // the Key's calls are learned to produce, plus a margin for the attempts in
 // flight together: their excesses add up as independent draws do, so it
 // grows with the square root of their number, three learned deviations of
-// one call's output times √n. tollgate starts from the provider's rule and
+// one call's output times √n. A stream is watched as it is read: once the
+// Key has learned how many bytes its streams' content deltas take per
+// output token, a stream that has shown more output than it was charged is
+// charged what it showed (and a deviation ahead), so the server's level
+// stays above tollgate's whatever the stream produces, and the margin leaves
+// it out of n; only the attempts whose output is unseen until they end
+// (JSON replies) count there. tollgate starts from the provider's rule and
 // switches when a response's output-tokens-remaining, read at its start,
 // proves the other; until a response has confirmed a rule of counting as
 // produced, attempts are charged their max_tokens, the safe way to be wrong

@@ -102,18 +102,16 @@ const (
 	initialRatioDeviation = 0.1
 )
 
-// A ratioEstimate is the learned number of prompt bytes per rate-limited
-// input token of one Key: an exponentially weighted mean and variance.
-type ratioEstimate struct {
+// A tokenEstimate is a learned mean and variance of a measure per call
+// (the output tokens a pool's calls produce, the bytes per token of their
+// streams), exponentially weighted.
+type tokenEstimate struct {
 	mean, variance float64
 	samples        int
 }
 
-func newRatioEstimate() ratioEstimate { return ratioEstimate{mean: defaultBytesPerToken} }
-
 // learn folds in one measurement.
-func (e *ratioEstimate) learn(sample float64) {
-	sample = min(max(sample, minBytesPerToken), maxBytesPerToken)
+func (e *tokenEstimate) learn(sample float64) {
 	e.samples++
 	weight := max(1/float64(e.samples), minLearnWeight)
 	diff := sample - e.mean
@@ -122,44 +120,44 @@ func (e *ratioEstimate) learn(sample float64) {
 	e.variance = (1 - weight) * (e.variance + weight*diff*diff)
 }
 
-// divisor returns the bytes per token that estimates divide by: the
-// learned mean less estimateMargin learned standard deviations, so that
-// nearly every estimate covers what the server will count.
-func (e *ratioEstimate) divisor() float64 {
-	deviation := math.Sqrt(e.variance)
-	if e.samples < minRatioSamples {
-		deviation = max(deviation, initialRatioDeviation*e.mean)
-	}
-	return max(e.mean-estimateMargin*deviation, minBytesPerToken)
-}
-
-// A tokenEstimate is a learned mean and variance of a count per call (the
-// output tokens a pool's calls produce), exponentially weighted.
-type tokenEstimate struct {
-	mean, variance float64
-	samples        int
-}
-
-func (e *tokenEstimate) learn(sample float64) {
-	e.samples++
-	weight := max(1/float64(e.samples), minLearnWeight)
-	diff := sample - e.mean
-	e.mean += weight * diff
-	e.variance = (1 - weight) * (e.variance + weight*diff*diff)
-}
-
 // deviation is the learned standard deviation, at least
 // initialRatioDeviation of the mean until minRatioSamples are in. ok is
 // false before any sample.
 func (e *tokenEstimate) deviation() (float64, bool) {
-	if e.samples == 0 {
-		return 0, false
-	}
 	deviation := math.Sqrt(e.variance)
 	if e.samples < minRatioSamples {
 		deviation = max(deviation, initialRatioDeviation*e.mean)
 	}
-	return deviation, true
+	return deviation, e.samples > 0
+}
+
+// low is the mean less estimateMargin deviations, and at least floor: a
+// ratio that a measure is divided by errs on the side of more tokens. ok is
+// false before any sample.
+func (e *tokenEstimate) low(floor float64) (float64, bool) {
+	deviation, ok := e.deviation()
+	return max(e.mean-estimateMargin*deviation, floor), ok
+}
+
+// A ratioEstimate is the learned number of prompt bytes per rate-limited
+// input token of one Key, starting from defaultBytesPerToken.
+type ratioEstimate struct{ tokenEstimate }
+
+func newRatioEstimate() ratioEstimate {
+	return ratioEstimate{tokenEstimate{mean: defaultBytesPerToken}}
+}
+
+// learn folds in one measurement, kept in range.
+func (e *ratioEstimate) learn(sample float64) {
+	e.tokenEstimate.learn(min(max(sample, minBytesPerToken), maxBytesPerToken))
+}
+
+// divisor returns the bytes per token that estimates divide by: the
+// learned mean less estimateMargin learned standard deviations, so that
+// nearly every estimate covers what the server will count.
+func (e *ratioEstimate) divisor() float64 {
+	d, _ := e.low(minBytesPerToken)
+	return d
 }
 
 // estimateLocked fills r's cost from the request, the learned ratio, the
@@ -255,17 +253,20 @@ func (p *pool) chargedRuleLocked() OutputAccounting {
 // 429 is not its own output but the attempts in flight, together, having
 // produced more than they were charged. Their excesses add up as
 // independent draws do, so the margin grows with the square root of their
-// number: estimateMargin deviations of one call times √n. To that comes a
+// number: estimateMargin deviations of one call times √n. A stream whose
+// output is watched (reservation.produced) is charged what it produces
+// beyond its estimate as it goes, so it adds nothing to n. To that comes a
 // second's refill: the server reads its level at its own moment, on its
-// own clock, in whole tokens. Before anything was learned, the prior is
-// charged and needed in full (need 0: the cost).
+// own clock, in whole tokens, and counts a stream's output a moment before
+// the stream shows it. Before anything was learned, the prior is charged
+// and needed in full (need 0: the cost).
 func (p *pool) producedEstimateLocked() (cost, need float64) {
 	b := &p.budget
 	deviation, ok := b.produced.deviation()
 	if !ok {
 		return producedPrior, 0
 	}
-	margin := estimateMargin*deviation*math.Sqrt(float64(b.inFlight)) + float64(b.limits[OutputTokens])/60
+	margin := estimateMargin*deviation*math.Sqrt(float64(b.inFlight-b.watched)) + float64(b.limits[OutputTokens])/60
 	return math.Ceil(max(b.produced.mean, 1)), 1 + math.Ceil(margin)
 }
 
@@ -313,6 +314,9 @@ func (p *pool) settleUsageLocked(r *reservation, status int, u usage.Usage) {
 	}
 	if u.Reported && status < 300 && u.Complete {
 		b.produced.learn(float64(u.OutputTokens))
+		if u.OutputBytes > 0 && u.OutputTokens > 0 {
+			b.streamed.learn(float64(u.OutputBytes) / float64(u.OutputTokens))
+		}
 	}
 	r.counted = [2]int64{int64(in), int64(out)}
 	tokens := r.charged[Tokens] - (r.charged[InputTokens] + r.charged[OutputTokens]) + in + out

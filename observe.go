@@ -73,7 +73,8 @@ func (o *observer) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	now := clock.Now()
-	r := response{status: resp.StatusCode, headers: parseHeaders(resp.Header, now)}
+	ct := resp.Header.Get("Content-Type")
+	r := response{status: resp.StatusCode, headers: parseHeaders(resp.Header, now), stream: usage.IsEventStream(ct)}
 	var document []byte // the error document, when read whole
 	if resp.StatusCode >= 300 && resp.Body != nil {
 		head, err := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
@@ -96,9 +97,8 @@ func (o *observer) RoundTrip(req *http.Request) (*http.Response, error) {
 		ex.finish(usage.Usage{}, nil)
 		return resp, nil
 	}
-	ct := resp.Header.Get("Content-Type")
 	resp.Body = usage.NewReader(resp.Body, ct, ex)
-	if !usage.IsEventStream(ct) {
+	if !r.stream {
 		// A body that is no stream has nothing more to show than its status.
 		ex.Output()
 	}

@@ -64,6 +64,7 @@ type reservation struct {
 	credited    [NumDimensions]float64
 
 	status   int  // the response status, once headers arrived
+	watched  bool // its output is charged as its stream shows it (produced)
 	slot     bool // holds a place among the attempts in flight
 	probe    bool // holds the cold-start gate
 	refunded bool // gave everything back (429)

@@ -23,6 +23,9 @@ func (p *pool) responded(r *reservation, res response) {
 	p.mu.Lock()
 	now := p.state.cfg.clock.Now()
 	r.status = res.status
+	if !res.stream || res.status >= 300 {
+		p.unwatchLocked(r) // its output will not show as it comes
+	}
 	learned := p.learnLocked(now, r, res.headers)
 	switch {
 	case res.status == http.StatusTooManyRequests:
@@ -228,7 +231,42 @@ func (p *pool) releaseLocked(r *reservation, all bool) {
 		r.slot = false
 		p.budget.inFlight--
 	}
+	p.unwatchLocked(r)
 	p.releaseProbeLocked(r)
+}
+
+// unwatchLocked stops counting r among the attempts whose output is seen
+// as it is produced.
+func (p *pool) unwatchLocked(r *reservation) {
+	if r.watched {
+		r.watched = false
+		p.budget.watched--
+	}
+}
+
+// produced is told that r's stream has shown outputBytes of output so far.
+// Where that is more than r is charged, at the bytes per token the pool's
+// streams are learned to carry, less estimateMargin deviations (so as to
+// count more tokens, not fewer), r is charged it, and a deviation of a
+// call's output ahead, so that a long stream is charged again every so
+// many tokens rather than at every read. The server's level then stays
+// above tollgate's as the stream goes, whatever it produces.
+func (r *reservation) produced(outputBytes int64) {
+	p := r.p
+	p.mu.Lock()
+	b := &p.budget
+	if r.watched && !r.settled && !r.refunded {
+		perToken, _ := b.streamed.low(1)
+		seen := math.Ceil(float64(outputBytes) / perToken)
+		if seen > r.charged[OutputTokens] {
+			ahead, _ := b.produced.deviation()
+			more := seen + max(math.Ceil(ahead), 1) - r.charged[OutputTokens]
+			r.charged[OutputTokens] += more
+			r.charged[Tokens] += more
+			p.syncLocked(r, false)
+		}
+	}
+	p.unlock(nil, nil)
 }
 
 func (p *pool) releaseProbeLocked(r *reservation) {

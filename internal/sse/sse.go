@@ -49,6 +49,7 @@ type Parser struct {
 	dataSeen    bool
 	dataSkipped bool // data lines were dropped while the event was not wanted
 	over        bool // the event's data passed MaxLine
+	size        int  // the bytes of the stream the current event took so far
 	// Dropped reports that a wanted event was dropped: its data passed
 	// MaxLine, or arrived before the line that named it wanted.
 	Dropped bool
@@ -81,15 +82,18 @@ func (s *Parser) feedLines(p []byte) {
 		if s.cr {
 			s.cr = false
 			if p[0] == '\n' {
+				s.size++
 				p = p[1:]
 				continue
 			}
 		}
 		j := jsonscan.IndexEither(p, '\n', '\r')
 		if j < 0 {
+			s.size += len(p)
 			s.appendLine(p)
 			return
 		}
+		s.size += j + 1
 		switch {
 		case s.lineOver:
 			s.overLine()
@@ -195,6 +199,11 @@ func (s *Parser) processLine(line []byte) {
 	// id, retry and unknown fields carry nothing to keep.
 }
 
+// Size returns how many bytes of the stream the event being dispatched
+// took, its lines and their ends, whether its data was kept or not: the
+// measure of an event too long to keep. It is valid during Handler.Event.
+func (s *Parser) Size() int { return s.size }
+
 // ignored reports whether the current event's data is not wanted.
 func (s *Parser) ignored() bool { return s.nameOver || !s.h.Wants(s.name) }
 
@@ -225,6 +234,7 @@ func (s *Parser) resetEvent() {
 	}
 	s.data = s.data[:0]
 	s.nameOver, s.dataSeen, s.dataSkipped, s.over = false, false, false, false
+	s.size = 0
 }
 
 // appendDoubling appends b to buf, growing it by doubling: append's gentler

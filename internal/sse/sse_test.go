@@ -45,3 +45,28 @@ func TestParserLineCap(t *testing.T) {
 	assert.Equal(t, []string{"big:<not kept>", "next:ok"}, h.got)
 	assert.True(t, p.Dropped, "a wanted event over the cap is reported")
 }
+
+// sizes is a Handler that records the Size of each event it is given.
+type sizes struct {
+	p   *Parser
+	got []int
+}
+
+func (s *sizes) Wants(name []byte) bool  { return string(name) != "skip" }
+func (s *sizes) Event(name, data []byte) { s.got = append(s.got, s.p.Size()) }
+
+func TestParserSizeCountsEveryByteOfTheEventKeptOrNot(t *testing.T) {
+	kept := "event: a\ndata: 1\n\n"                                       // 18 bytes
+	skipped := "event: skip\ndata: " + strings.Repeat("x", 3000) + "\n\n" // 12 + 3007
+	crlf := "data: x\r\n\r\n"                                             // 11
+	stream := kept + skipped + crlf
+	for _, n := range []int{1, 5, 64, len(stream)} {
+		h := &sizes{}
+		h.p = New(h)
+		for i := 0; i < len(stream); i += n {
+			h.p.Feed([]byte(stream[i:min(i+n, len(stream))]))
+		}
+		// The '\n' of a "\r\n" ending an event is counted with the next one.
+		assert.Equal(t, []int{len(kept), len(skipped), len(crlf) - 1}, h.got, "pieces of %d", n)
+	}
+}

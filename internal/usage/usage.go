@@ -54,6 +54,10 @@ type Usage struct {
 	// 1 MiB, a value over 64 KiB, too many choices) and was skipped, so the
 	// counts may be incomplete.
 	Partial bool
+	// OutputBytes is how many bytes of an event stream its output events
+	// (content deltas) took, framing included: with OutputTokens, what the
+	// stream carries per output token. Zero for a body that is no stream.
+	OutputBytes int64
 }
 
 // TotalInputTokens returns all input tokens, cached or not.
@@ -76,6 +80,10 @@ type Sink interface {
 	// Output is called at most once, when an event stream shows the first
 	// output (a content delta): the stream is under way, not refused.
 	Output()
+	// Produced is called when an event stream's output events have taken
+	// more bytes (Usage.OutputBytes), with their total so far: at most once
+	// per Read, after Output.
+	Produced(outputBytes int64)
 	// Done is called exactly once, with the usage seen: at EOF (err nil),
 	// on a read error (err is that error), or on Close (err nil), whichever
 	// comes first.
@@ -115,7 +123,8 @@ func mediaType(ct string) string {
 type parser interface {
 	feed(p []byte)
 	usage() Usage
-	output() bool // whether output has been seen
+	output() bool       // whether output has been seen
+	outputBytes() int64 // the bytes output events took so far
 }
 
 type reader struct {
@@ -126,6 +135,7 @@ type reader struct {
 	parser   parser // nil: pass-through
 	started  bool   // FirstByte was called
 	outputAt bool   // Output was called
+	produced int64  // the output bytes Produced was last told
 	fired    bool   // Done was called
 
 	closeOnce sync.Once
@@ -146,6 +156,11 @@ func (r *reader) Read(p []byte) (int, error) {
 	}
 	output := !r.outputAt && r.parser != nil && r.parser.output()
 	r.outputAt = r.outputAt || output
+	produced := int64(0)
+	if r.parser != nil && r.parser.outputBytes() > r.produced {
+		r.produced = r.parser.outputBytes()
+		produced = r.produced
+	}
 	var u Usage
 	done := err != nil
 	if done {
@@ -157,6 +172,9 @@ func (r *reader) Read(p []byte) (int, error) {
 	}
 	if output && r.sink != nil {
 		r.sink.Output()
+	}
+	if produced > 0 && r.sink != nil {
+		r.sink.Produced(produced)
 	}
 	if done && r.sink != nil {
 		if err == io.EOF {
@@ -228,7 +246,8 @@ func (s *sniffParser) usage() Usage {
 	return s.json.usage()
 }
 
-func (s *sniffParser) output() bool { return false }
+func (s *sniffParser) output() bool       { return false }
+func (s *sniffParser) outputBytes() int64 { return 0 }
 
 // jsonParser reads a non-streaming response.
 type jsonParser struct {
@@ -269,7 +288,8 @@ func getScanner() *jsonscan.Scanner {
 
 func putScanner(sc *jsonscan.Scanner) { scanners.Put(sc) }
 
-func (p *jsonParser) output() bool { return false }
+func (p *jsonParser) output() bool       { return false }
+func (p *jsonParser) outputBytes() int64 { return 0 }
 
 // sseParser reads a text/event-stream response: the events of Anthropic's
 // Messages API, OpenAI's chat completions and the Responses API.
@@ -277,7 +297,8 @@ type sseParser struct {
 	frames *sse.Parser
 	sc     *jsonscan.Scanner // reused for the data of each event
 	st     state
-	out    bool // an event carried output
+	out    bool  // an event carried output
+	outLen int64 // the bytes of the stream the events that carried output took
 }
 
 func newSSEParser() *sseParser {
@@ -295,25 +316,34 @@ func (p *sseParser) usage() Usage {
 		p.sc = nil
 	}
 	p.st.partial = p.st.partial || p.frames.Dropped
-	return p.st.usage()
+	u := p.st.usage()
+	u.OutputBytes = p.outLen
+	return u
 }
 
-func (p *sseParser) output() bool { return p.out }
+func (p *sseParser) output() bool       { return p.out }
+func (p *sseParser) outputBytes() int64 { return p.outLen }
 
 // Wants implements sse.Handler.
 func (p *sseParser) Wants(name []byte) bool { return readEvent(name) }
 
 // Event implements sse.Handler: it applies one event.
 func (p *sseParser) Event(name, data []byte) {
-	if outputEvent(name) {
+	if p.apply(name, data) || outputEvent(name) {
 		p.out = true
+		p.outLen += int64(p.frames.Size())
 	}
+}
+
+// apply reads one event, and reports whether its data showed it carried
+// output.
+func (p *sseParser) apply(name, data []byte) (output bool) {
 	if data == nil {
-		return
+		return false
 	}
 	if string(data) == "[DONE]" || string(name) == "message_stop" {
 		p.st.complete = true
-		return
+		return false
 	}
 	sc := p.sc
 	sc.Reset()
@@ -324,18 +354,14 @@ func (p *sseParser) Event(name, data []byte) {
 		if string(name) == "error" {
 			p.st.err = &Error{Type: "error", Message: truncate(string(data), 512)}
 		}
-		return
+		return false
 	}
 	typ := string(name)
 	if typ == "" || typ == "message" {
 		typ = p.st.eventType(sc)
-		if outputEvent([]byte(typ)) {
-			p.out = true
-		}
+		output = outputEvent([]byte(typ))
 	}
-	if p.st.applyEvent(typ, sc) {
-		p.out = true
-	}
+	return p.st.applyEvent(typ, sc) || output
 }
 
 func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
