@@ -1072,3 +1072,33 @@ func TestOutputCountedAsProducedChargesAStreamAsItShowsOutput(t *testing.T) {
 	assert.Equal(t, int64(80+100+120+300+100+100+100), b.Dimensions[tollgate.OutputTokens].Used,
 		"the long stream settled to what the server counted")
 }
+
+// A server whose deltas carry far more bytes than tokens cannot teach the
+// budget to count a stream's output low: what a token is learned to take
+// is bounded above any event framing, so a later stream of ordinary deltas
+// is still charged about what it shows.
+func TestOutputCountedAsProducedStreamsLearnBoundedBytesPerToken(t *testing.T) {
+	clk := fakeclock.New(accEpoch)
+	base := &accScripted{}
+	rig := newAccRigOn(t, clk, base, tollgate.WithOutputAccounting(tollgate.CountAsProduced),
+		tollgate.WithLimits(tollgate.Limits{RequestsPerMinute: 1000, InputTokensPerMinute: 1_000_000, OutputTokensPerMinute: 8_000}))
+	stream := func(seed string) *http.Request {
+		return rig.messages(`{"stream":true,` + accSmall("claude-sonnet-4-5", 8192, seed)[1:])
+	}
+	padded := "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"" +
+		strings.Repeat("x", 40_000) + "\"}}\n\n"
+	for i := range 3 { // 40 KB for 4 tokens: 10,000 bytes a token
+		base.add("text/event-stream", strings.NewReader(accStream.start+padded+accStream.end(4)))
+		rig.ok(stream(fmt.Sprint("padded", i)))
+	}
+	base.add("text/event-stream", strings.NewReader(accWholeStream(400)))
+	r := rig.receive(rig.start(stream("ordinary")))
+	require.NoError(t, r.err)
+	shown := len(accStream.start) + 100*len(accStream.delta) // all 400 tokens, in 100 ordinary deltas
+	_, err := io.ReadFull(r.resp.Body, make([]byte, shown))
+	require.NoError(t, err)
+	reserved := rig.budget(accSonnet).Dimensions[tollgate.OutputTokens].Reserved
+	assert.GreaterOrEqual(t, reserved, math.Ceil(float64(100*len(accStream.delta))/256),
+		"charged at no more than 256 bytes a token")
+	accReadAll(t, r.resp)
+}

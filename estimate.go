@@ -86,6 +86,12 @@ const (
 	// estimate absurd.
 	minBytesPerToken = 1.0
 	maxBytesPerToken = 16.0
+	// maxStreamBytesPerToken bounds what a stream's output events are
+	// learned to take per token: more than any event framing of a token
+	// (an OpenAI chunk of one token takes about 250 bytes), so that a
+	// server whose deltas carry little cannot make a stream's output
+	// counted low; the bound only ever counts more.
+	maxStreamBytesPerToken = 256.0
 	// minLearnWeight is the weight of a new sample once a few are known; the
 	// first samples are averaged with equal weight, so the default guess is
 	// replaced by the first real measurement.
@@ -315,7 +321,7 @@ func (p *pool) settleUsageLocked(r *reservation, status int, u usage.Usage) {
 	if u.Reported && status < 300 && u.Complete {
 		b.produced.learn(float64(u.OutputTokens))
 		if u.OutputBytes > 0 && u.OutputTokens > 0 {
-			b.streamed.learn(float64(u.OutputBytes) / float64(u.OutputTokens))
+			b.streamed.learn(min(float64(u.OutputBytes)/float64(u.OutputTokens), maxStreamBytesPerToken))
 		}
 	}
 	r.counted = [2]int64{int64(in), int64(out)}
