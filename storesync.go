@@ -239,9 +239,12 @@ type storeSync struct {
 	pending []pendingSettlement
 	// pause is a pause this process took, to put into the store so that
 	// every Transport sharing it waits too.
-	pause    *pause
-	flushing bool         // a goroutine is sending what is pending
-	carry    []Settlement // a buffer for the settlements an admission carries
+	pause *pause
+	// pauseSent is closed once the pause taken from pause to be sent is
+	// in the store (or the store failed); nil while none is being sent.
+	pauseSent chan struct{}
+	flushing  bool         // a goroutine is sending what is pending
+	carry     []Settlement // a buffer for the settlements an admission carries
 	// sending holds the settlements a flush is sending: until they are in
 	// the store, an admission asked meanwhile carries their floors too (a
 	// floor is a pull-down, the same applied twice), so that it is never
@@ -323,8 +326,7 @@ func (p *pool) flush() {
 		if !p.admissionComingLocked() { // else they ride with it
 			pending, p.store.pending = p.store.pending, nil
 		}
-		pz := p.store.pause
-		p.store.pause = nil
+		pz, sent := p.takePauseLocked()
 		if len(pending) == 0 && pz == nil {
 			p.store.flushing = false
 			p.mu.Unlock()
@@ -333,7 +335,7 @@ func (p *pool) flush() {
 		p.store.sending = pending
 		p.mu.Unlock()
 		if pz != nil {
-			p.sendPause(*pz)
+			p.sendPause(*pz, sent)
 		}
 		for _, ps := range pending {
 			if !g.usable(ps.store) {
@@ -357,18 +359,46 @@ func (p *pool) flush() {
 }
 
 // publishPause puts the pause this process took, if any is waiting, into
-// the store before the caller gets its answer.
+// the store before the caller gets its answer; where a flush is sending it
+// already, it waits until that is done.
 func (p *pool) publishPause() {
 	p.mu.Lock()
-	pz := p.store.pause
-	p.store.pause = nil
+	pz, sent := p.takePauseLocked()
+	if pz == nil {
+		sent = p.store.pauseSent
+	}
 	p.mu.Unlock()
-	if pz != nil {
-		p.sendPause(*pz)
+	switch {
+	case pz != nil:
+		p.sendPause(*pz, sent)
+	case sent != nil:
+		<-sent
 	}
 }
 
-func (p *pool) sendPause(pz pause) {
+// takePauseLocked takes the pause waiting to be sent, if any, with the
+// channel to close once it is (sendPause does).
+func (p *pool) takePauseLocked() (*pause, chan struct{}) {
+	pz := p.store.pause
+	if pz == nil {
+		return nil, nil
+	}
+	p.store.pause = nil
+	sent := make(chan struct{})
+	p.store.pauseSent = sent
+	return pz, sent
+}
+
+// sendPause puts pz into the store, then closes sent.
+func (p *pool) sendPause(pz pause, sent chan struct{}) {
+	defer func() {
+		p.mu.Lock()
+		if p.store.pauseSent == sent {
+			p.store.pauseSent = nil
+		}
+		p.mu.Unlock()
+		close(sent)
+	}()
 	g := p.state.guard
 	d := pz.until.Sub(p.state.cfg.clock.Now())
 	if d <= 0 {
