@@ -1061,3 +1061,36 @@ func TestMemoryStoreKeep(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, res.Granted, "a NaN or infinite Keep is none")
 }
+
+// Flush returns once what the Transport owes the store is in: while the
+// settlement of a call that ended is blocked on its way, Flush waits (and
+// gives up with its context), and after, it returns at once.
+func TestStoreFlushReturnsOnceWhatIsOwedIsIn(t *testing.T) {
+	clk := fakeclock.New(stoEpoch)
+	store := stoNewBlockedSettle(t, clk, false)
+	rig := stoNewRig(t, clk, tollgate.WithStore(store), tollgate.WithStoreTimeout(time.Hour),
+		tollgate.WithLimits(tollgate.Limits{RequestsPerMinute: 100, OutputTokensPerMinute: 10_000}))
+	tr := rig.s
+
+	require.NoError(t, tr.Flush(context.Background()), "nothing owed")
+	// The call reserves 100 output tokens and uses 10: its body's end
+	// settles 90 back, and that Settle blocks.
+	r := stoReceive(t, rig.start(stoReq(context.Background(), "1", 100)))
+	require.NoError(t, r.err)
+	stoFinish(r)
+	<-store.entered
+
+	ctx, cancel := context.WithCancel(context.Background())
+	flushed := make(chan error, 1)
+	go func() { flushed <- tr.Flush(ctx) }()
+	cancel()
+	require.ErrorIs(t, <-flushed, context.Canceled, "Flush returned while the settlement was still on its way")
+
+	store.once.Do(func() { close(store.release) })
+	require.NoError(t, tr.Flush(context.Background()))
+	select {
+	case <-store.returned:
+	default:
+		t.Fatal("Flush returned before the settlement was in")
+	}
+}

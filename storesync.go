@@ -243,8 +243,10 @@ type storeSync struct {
 	// pauseSent is closed once the pause taken from pause to be sent is
 	// in the store (or the store failed); nil while none is being sent.
 	pauseSent chan struct{}
-	flushing  bool         // a goroutine is sending what is pending
-	carry     []Settlement // a buffer for the settlements an admission carries
+	// flushed is closed when the goroutine sending what is pending is
+	// done; nil while none runs.
+	flushed chan struct{}
+	carry   []Settlement // a buffer for the settlements an admission carries
 	// sending holds the settlements a flush is sending: until they are in
 	// the store, an admission asked meanwhile carries their floors too (a
 	// floor is a pull-down, the same applied twice), so that it is never
@@ -307,13 +309,18 @@ const maxCarried = 64
 // it is owed rides with the pool's next admission, and the levels the pool
 // shows are brought up to date at once (syncLocked).
 func (p *pool) kickFlushLocked() {
-	if p.store.flushing || (len(p.store.pending) == 0 && p.store.pause == nil) {
+	if p.store.flushed != nil || (len(p.store.pending) == 0 && p.store.pause == nil) {
 		return
 	}
 	if p.store.pause == nil && (p.state.guard.own || p.admissionComingLocked()) {
 		return
 	}
-	p.store.flushing = true
+	p.startFlushLocked()
+}
+
+// startFlushLocked starts the goroutine that sends what is pending.
+func (p *pool) startFlushLocked() {
+	p.store.flushed = make(chan struct{})
 	go p.flush()
 }
 
@@ -328,7 +335,8 @@ func (p *pool) flush() {
 		}
 		pz, sent := p.takePauseLocked()
 		if len(pending) == 0 && pz == nil {
-			p.store.flushing = false
+			close(p.store.flushed)
+			p.store.flushed = nil
 			p.mu.Unlock()
 			return
 		}
@@ -355,6 +363,49 @@ func (p *pool) flush() {
 		p.mu.Lock()
 		p.store.sending = nil
 		p.mu.Unlock()
+	}
+}
+
+// Flush sends the Store what s owes it and has not sent yet (what the
+// attempts that ended did not use, and the pauses s took) and returns once
+// it is in, or with ctx's error when ctx is done first. What rides with an
+// attempt waiting for admission goes with it, and attempts in flight
+// settle when they end. Call it when a process stops, before it closes a
+// shared Store's client (a redisstore's Redis client), so that the other
+// processes get back what its last attempts did not use. As at any time,
+// what a failing Store cannot take is given up (its buckets refill on
+// their own), not returned as an error.
+func (s *State) Flush(ctx context.Context) error {
+	var err error
+	s.eachPool(func(p *pool) {
+		if err == nil {
+			err = p.flushAll(ctx)
+		}
+	})
+	return err
+}
+
+// flushAll sends what p owes the store, and waits for what is being sent.
+func (p *pool) flushAll(ctx context.Context) error {
+	for {
+		p.mu.Lock()
+		busy := p.store.flushed
+		if busy == nil && (p.store.pause != nil || len(p.store.pending) > 0 && !p.admissionComingLocked()) {
+			p.startFlushLocked()
+			busy = p.store.flushed
+		}
+		if busy == nil {
+			busy = p.store.pauseSent // a pause publishPause is sending
+		}
+		p.mu.Unlock()
+		if busy == nil {
+			return nil
+		}
+		select {
+		case <-busy:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 }
 

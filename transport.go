@@ -1,6 +1,9 @@
 package tollgate
 
-import "net/http"
+import (
+	"context"
+	"net/http"
+)
 
 // Middleware is one layer of the chain: it wraps a RoundTripper in another.
 type Middleware func(http.RoundTripper) http.RoundTripper
@@ -37,6 +40,10 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 // Snapshot returns a copy of what the Transport has learned: limits,
 // remaining amounts and counters per (provider, model family).
 func (t *Transport) Snapshot() Snapshot { return t.state.Snapshot() }
+
+// Flush sends the Store what the Transport owes it and has not sent yet,
+// and returns once it is in: see State.Flush.
+func (t *Transport) Flush(ctx context.Context) error { return t.state.Flush(ctx) }
 
 // State returns the State the Transport's layers share.
 func (t *Transport) State() *State { return t.state }

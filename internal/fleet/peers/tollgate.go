@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/anthropics/anthropic-sdk-go/v2/option"
 
@@ -36,8 +37,21 @@ func Tollgate(told bool, opts ...tollgate.Option) fleet.Client {
 			OpenAI:   openaiSDK(env, hc, true),
 			Status:   func() string { return Status(rt.Snapshot()) },
 			Classify: classifyTollgate,
+			Close:    func() { flush(rt) },
 		}, nil
 	}}
+}
+
+// flushTimeout bounds how long a run's end waits for what a Transport owes
+// its store.
+const flushTimeout = 5 * time.Second
+
+// flush sends rt's store what rt owes it, as a process does before it
+// closes a shared store's client.
+func flush(rt *tollgate.Transport) {
+	ctx, cancel := context.WithTimeout(context.Background(), flushTimeout)
+	defer cancel()
+	_ = rt.Flush(ctx)
 }
 
 func classifyTollgate(err error) string {
