@@ -197,6 +197,7 @@ type exchange struct {
 	err         error // transport error, refusal, or the error that ended the body
 	output      bool  // the body showed output, or ended
 	done        bool
+	observed    bool // an Observe layer has read the response (claimObserve)
 	onOutput    hooks
 	onDone      hooks
 	// watcher is told how much output the stream has shown so far
@@ -320,7 +321,19 @@ func (ex *exchange) pacedSince(now time.Time) time.Time {
 	return ex.pacedAt
 }
 
-// markSent records that the attempt is leaving for the server now.
+// claimObserve reports whether the Observe layer asking is the first to
+// read the attempt's response: where a middleware of the user's hides an
+// Observe layer from the layers above it, they put another in, and the
+// innermost, whose RoundTrip returns first, is the one that reads.
+func (ex *exchange) claimObserve() bool {
+	ex.mu.Lock()
+	defer ex.mu.Unlock()
+	first := !ex.observed && !ex.done // done: refused before it was sent
+	ex.observed = true
+	return first
+}
+
+// markSent records that the attempt went to the server at now.
 func (ex *exchange) markSent(now time.Time) {
 	ex.mu.Lock()
 	ex.sent, ex.sentAt = true, now

@@ -18,7 +18,10 @@ import (
 //
 // It is innermost in a chain: the other layers of s put an Observe of s
 // under themselves when the transport they wrap has none, and Observe
-// wrapping a transport that already has one of s's adds nothing. A nil s
+// wrapping a transport that already has one of s's adds nothing. Where a
+// middleware of the user's between two layers hides the inner Observe from
+// the outer layer, which then puts in another, only the innermost reads
+// each attempt; the others pass its response through. A nil s
 // gets a State of its own with default options.
 func Observe(s *State) Middleware {
 	s = orNewState(s)
@@ -64,9 +67,14 @@ func (o *observer) RoundTrip(req *http.Request) (*http.Response, error) {
 	req, c := o.state.callFor(req)
 	req, ex := c.exchangeFor(req)
 	clock := o.state.cfg.clock
-	ex.markSent(clock.Now())
-
+	sent := clock.Now()
 	resp, err := o.next.RoundTrip(req)
+	if !ex.claimObserve() {
+		// An Observe of s further in read it: one the layers above could
+		// not see, behind a middleware of the user's between them.
+		return resp, err
+	}
+	ex.markSent(sent)
 	if err != nil {
 		c.pool.recordTransportError()
 		ex.fail(err)
