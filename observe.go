@@ -70,8 +70,9 @@ func (o *observer) RoundTrip(req *http.Request) (*http.Response, error) {
 	sent := clock.Now()
 	resp, err := o.next.RoundTrip(req)
 	if !ex.claimObserve() {
-		// An Observe of s further in read it: one the layers above could
-		// not see, behind a middleware of the user's between them.
+		// An Observe of s further in read it (one the layers above could
+		// not see, behind a middleware of the user's between them), or a
+		// layer further in refused the attempt before it was sent.
 		return resp, err
 	}
 	ex.markSent(sent)
