@@ -19,7 +19,7 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	clients := f.fs.String("clients", strings.Join(benchClients, ","),
 		"comma-separated clients to run side by side: "+strings.Join(peers.Names(), ", "))
 	api := f.fs.String("api", fleet.APIAnthropic, "the API the agents call: anthropic (Messages, through anthropic-sdk-go) or openai "+
-		"(Chat Completions through openai-go, one-shot workload only; give it --tpm, and --itpm 0 --otpm 0, for OpenAI-style limits)")
+		"(Chat Completions through openai-go; give it --tpm, and --itpm 0 --otpm 0, for OpenAI-style limits)")
 	var sc scenarioFlags
 	sc.add(f)
 	f.addWorkloadFlags()
@@ -78,7 +78,15 @@ flags:
 		return usagef("--api must be %s or %s, not %q", fleet.APIAnthropic, fleet.APIOpenAI, cfg.API)
 	}
 	if cfg.API == fleet.APIOpenAI && f.agentsWorkload() {
-		return usagef("--api openai runs the oneshot workload only")
+		// Chat Completions counts every prompt token, cached or not, and
+		// max_tokens up front: a conversation stops growing before one
+		// turn would no longer fit the tokens-per-minute limit.
+		if tpm := f.limits.TokensPerMinute; tpm > 0 {
+			if first := (fleet.Conversation{}).FirstPromptTokens(); first+cfg.MaxTokens > tpm {
+				return usagef("--tpm %d is below the largest first call (%d prompt tokens + --max-tokens %d)", tpm, first, cfg.MaxTokens)
+			}
+			cfg.Conversation.MaxConversationTokens = min(fleet.DefaultConversationTokens, tpm-cfg.MaxTokens)
+		}
 	}
 	table := writeRows
 	scenario, err := sc.apply(f, &cfg)

@@ -77,7 +77,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"bench", "--scenario", "tenants", "--tenant-agents", "0,4"}, "--tenant-agents must be two numbers of at least 1"},
 		{[]string{"bench", "--scenario", "tenants", "--tenant-weights", "1,x"}, "--tenant-weights"},
 		{[]string{"bench", "--api", "grpc"}, `--api must be anthropic or openai, not "grpc"`},
-		{[]string{"bench", "--api", "openai", "--workload", "agents"}, "--api openai runs the oneshot workload only"},
+		{[]string{"bench", "--api", "openai", "--workload", "agents", "--tpm", "12000"}, "--tpm 12000 is below the largest first call"},
 		{[]string{"demo", "--itpm", "1000"}, "below the largest prompt"},
 		{[]string{"demo", "--agents", "-3"}, "--agents must be at least 1"},
 		{[]string{"bench-shared", "--processes", "0"}, "--processes must be between 1 and 64"},
@@ -378,6 +378,26 @@ func TestBenchOpenAI(t *testing.T) {
 			assert.Positive(t, r.Used.InputTokens, "%s stream=%v: usage read from openai-go's response", r.Client, stream)
 			assert.Positive(t, r.Used.OutputTokens, "%s stream=%v", r.Client, stream)
 		}
+	}
+
+	// The agents workload: every prompt token counts, cached or not, and a
+	// conversation stops growing before a turn and its max_tokens would
+	// exceed the tokens-per-minute limit.
+	args := []string{"bench", "--json", "--api", "openai", "--workload", "agents", "--clients", "sdk,tollgate", "--duration", "2s",
+		"--agents", "3", "--rpm", "600000", "--itpm", "0", "--otpm", "0", "--tpm", "60000", "--max-tokens", "1000",
+		"--latency", "5ms", "--per-token", "0s"}
+	code, stdout, stderr := runCLI(context.Background(), args...)
+	require.Equal(t, exitOK, code, stderr)
+	s := decode(t, stdout)
+	assert.Equal(t, "agents", s.Config.Workload)
+	require.Len(t, s.Results, 2)
+	for _, r := range s.Results {
+		assert.Positive(t, r.OKCalls, r.Client)
+		assert.Zero(t, r.FailedCalls, r.Client)
+		assert.Positive(t, r.Used.CacheReadInputTokens, r.Client)
+		assert.Equal(t, r.Used.PromptTokens, r.Used.InputTokens, "%s: cached tokens count", r.Client)
+		assert.Greater(t, r.OKMeanPromptTokens, 6000.0, "the shared system prompt alone is 6,000 tokens")
+		assert.LessOrEqual(t, r.OKMeanPromptTokens, 59000.0, "%s: prompts stay under --tpm less --max-tokens", r.Client)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/anthropics/anthropic-sdk-go/v2"
 	"github.com/anthropics/anthropic-sdk-go/v2/option"
 	"github.com/openai/openai-go/v3"
+	oaioption "github.com/openai/openai-go/v3/option"
 )
 
 // Call is what one agent's call came to.
@@ -84,7 +85,11 @@ func (r *run) agent(ctx context.Context, a agentSpec) {
 		prompt := Prompt(rng, size)
 		c := Call{Agent: a.n, Group: a.group.Name, PromptTokens: countWords(prompt)}
 		if r.cfg.API == APIOpenAI {
-			c = r.callOpenAI(ctx, c, prompt)
+			c, _, _ = r.callOpenAI(ctx, c, openai.ChatCompletionNewParams{
+				Model:               openai.ChatModel(r.cfg.Model),
+				MaxCompletionTokens: openai.Int(int64(r.cfg.MaxTokens)),
+				Messages:            []openai.ChatCompletionMessageParamUnion{openai.UserMessage(prompt)},
+			})
 		} else {
 			params := anthropic.MessageNewParams{
 				Model:     anthropic.Model(r.cfg.Model),
@@ -175,38 +180,36 @@ func (r *run) stream(ctx context.Context, params anthropic.MessageNewParams, opt
 	return &msg, nil
 }
 
-// callOpenAI makes one Chat Completions call of prompt through the
+// callOpenAI makes one Chat Completions call with params through the
 // OpenAI SDK (streamed with its usage in the last chunk when the fleet
-// streams), starting from c.
-func (r *run) callOpenAI(ctx context.Context, c Call, prompt string) Call {
+// streams), starting from c, and returns the reply's text when it
+// succeeded. opts are added to the call's request options.
+func (r *run) callOpenAI(ctx context.Context, c Call, params openai.ChatCompletionNewParams, opts ...oaioption.RequestOption) (Call, string, bool) {
 	var attempts atomic.Int32
 	ctx = context.WithValue(ctx, attemptsKey{}, &attempts)
 	t0 := time.Now()
 	c.Start = t0.Sub(r.start)
-	params := openai.ChatCompletionNewParams{
-		Model:               openai.ChatModel(r.cfg.Model),
-		MaxCompletionTokens: openai.Int(int64(r.cfg.MaxTokens)),
-		Messages:            []openai.ChatCompletionMessageParamUnion{openai.UserMessage(prompt)},
+	if c.Group == "" {
+		c.Group = GroupOf(ctx)
 	}
-	var u openai.CompletionUsage
+	var reply openai.ChatCompletion
 	do := func(ctx context.Context) error {
 		client := r.target.OpenAI
 		if !r.cfg.Stream {
-			cc, err := client.Chat.Completions.New(ctx, params)
+			cc, err := client.Chat.Completions.New(ctx, params, opts...)
 			if err == nil {
-				u = cc.Usage
+				reply = *cc
 			}
 			return err
 		}
 		params.StreamOptions = openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)}
-		s := client.Chat.Completions.NewStreaming(ctx, params)
+		s := client.Chat.Completions.NewStreaming(ctx, params, opts...)
 		defer s.Close()
+		var acc openai.ChatCompletionAccumulator
 		chunks := 0
 		for s.Next() {
 			chunks++
-			if ch := s.Current(); ch.JSON.Usage.Valid() {
-				u = ch.Usage
-			}
+			acc.AddChunk(s.Current())
 		}
 		if err := s.Err(); err != nil {
 			if chunks > 0 {
@@ -214,20 +217,26 @@ func (r *run) callOpenAI(ctx context.Context, c Call, prompt string) Call {
 			}
 			return err
 		}
+		reply = acc.ChatCompletion
 		return nil
 	}
 	err := r.wrap(ctx, do)
 	c.Latency = time.Since(t0)
 	c.Attempts = int(attempts.Load())
 	if err == nil {
+		u := reply.Usage
 		c.OK = true
 		c.InputTokens = int(u.PromptTokens)
 		c.CacheReadTokens = int(u.PromptTokensDetails.CachedTokens)
 		c.OutputTokens = int(u.CompletionTokens)
-		return c
+		text := ""
+		if len(reply.Choices) > 0 {
+			text = reply.Choices[0].Message.Content
+		}
+		return c, text, true
 	}
 	c.Kind, c.Status = r.classify(ctx, err)
-	return c
+	return c, "", false
 }
 
 // streamError is an error after the first event of a stream.

@@ -10,6 +10,9 @@ import (
 
 	"github.com/anthropics/anthropic-sdk-go/v2"
 	"github.com/anthropics/anthropic-sdk-go/v2/option"
+	"github.com/openai/openai-go/v3"
+	oaioption "github.com/openai/openai-go/v3/option"
+	"github.com/openai/openai-go/v3/shared"
 
 	"github.com/tollgate-go/tollgate/tollgatetest"
 )
@@ -134,6 +137,17 @@ var agentsTool = anthropic.ToolParam{
 	},
 }
 
+// agentsOpenAITool is agentsTool as a Chat Completions function.
+var agentsOpenAITool = openai.ChatCompletionFunctionTool(shared.FunctionDefinitionParam{
+	Name:        DefaultAgentsToolName,
+	Description: openai.String(defaultAgentsToolDesc),
+	Parameters: shared.FunctionParameters{
+		"type":       "object",
+		"properties": agentsTool.InputSchema.Properties,
+		"required":   agentsTool.InputSchema.Required,
+	},
+})
+
 // agentsToolTokens is the tool definition's size as the fake API counts it:
 // name, description and the JSON of its input schema.
 func agentsToolTokens() int {
@@ -147,22 +161,24 @@ func SystemPrompt(seed uint64, size int) string {
 	return Prompt(rand.New(rand.NewPCG(seed, 0x73797374656d)), size)
 }
 
-// conversation is one agent's conversation in progress.
-type conversation struct {
-	params   anthropic.MessageNewParams
-	tokens   int                                   // the prompt's size
-	newest   *anthropic.CacheControlEphemeralParam // the breakpoint on the newest block
-	turn     int                                   // turns answered so far
-	turns    int                                   // turns it will have
-	maxToken int
-}
-
 // toolUseInput is the input of the agent's n-th tool call and its size in
 // tokens as the fake API counts a tool_use block (name + input JSON).
 func toolUseInput(n int) (map[string]any, int) {
 	in := map[string]any{"command": "make test STEP=" + strconv.Itoa(n)}
 	b, _ := json.Marshal(in)
 	return in, tollgatetest.CountTokens(DefaultAgentsToolName) + tollgatetest.CountTokens(string(b))
+}
+
+// dialogue is a conversation's messages in one API's terms.
+type dialogue interface {
+	// send makes the call of the next turn, asking for a reply of reply
+	// tokens, starting from c, and returns the reply's text when it
+	// succeeded.
+	send(ctx context.Context, c Call, reply int) (Call, string, bool)
+	// add appends the model's reply text with its tool call (id, input),
+	// and the tool's result, with the cache breakpoint on the result where
+	// the API takes breakpoints.
+	add(text, id string, input map[string]any, result string)
 }
 
 // converse runs conversations until the run stops.
@@ -172,55 +188,109 @@ func (r *run) converse(ctx context.Context, agent int, rng *rand.Rand) {
 	calls := 0 // tool calls made by this agent, for their ids
 	for !r.stopped.Load() && ctx.Err() == nil {
 		task := Prompt(rng, draw(rng, cc.MinTaskTokens, cc.MaxTaskTokens))
-		cv := &conversation{
-			params: anthropic.MessageNewParams{
-				Model:     anthropic.Model(r.cfg.Model),
-				MaxTokens: int64(r.cfg.MaxTokens),
-				Tools:     []anthropic.ToolUnionParam{{OfTool: &agentsTool}},
-				System: []anthropic.TextBlockParam{{Text: system,
-					CacheControl: anthropic.NewCacheControlEphemeralParam()}},
-			},
-			tokens:   agentsToolTokens() + cc.SystemPromptTokens,
-			turns:    draw(rng, cc.MinTurns, cc.MaxTurns),
-			maxToken: cc.MaxConversationTokens,
+		var d dialogue
+		if r.cfg.API == APIOpenAI {
+			d = r.newOpenAIDialogue(system, task)
+		} else {
+			d = r.newAnthropicDialogue(system, task)
 		}
-		first := anthropic.TextBlockParam{Text: task, CacheControl: anthropic.NewCacheControlEphemeralParam()}
-		cv.params.Messages = []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.ContentBlockParamUnion{OfText: &first})}
-		cv.newest = &first.CacheControl
-		cv.tokens += tollgatetest.CountTokens(task)
-
-		for cv.turn < cv.turns && !r.stopped.Load() && ctx.Err() == nil {
+		tokens := agentsToolTokens() + cc.SystemPromptTokens + tollgatetest.CountTokens(task)
+		turns := draw(rng, cc.MinTurns, cc.MaxTurns)
+		for turn := 0; turn < turns && !r.stopped.Load() && ctx.Err() == nil; {
 			reply := draw(rng, cc.MinReplyTokens, cc.MaxReplyTokens)
-			var m *anthropic.Message
-			for m == nil && !r.stopped.Load() && ctx.Err() == nil { // the same turn until it succeeds
+			text, ok := "", false
+			for !ok && !r.stopped.Load() && ctx.Err() == nil { // the same turn until it succeeds
 				var c Call
-				c, m = r.call(ctx, Call{Agent: agent, PromptTokens: cv.tokens, Turn: cv.turn + 1}, cv.params,
-					option.WithHeader(tollgatetest.OutputTokensHeader, strconv.Itoa(reply)))
+				c, text, ok = d.send(ctx, Call{Agent: agent, PromptTokens: tokens, Turn: turn + 1}, reply)
 				r.record(c)
 			}
-			if m == nil {
+			if !ok {
 				return
 			}
-			cv.turn++
+			turn++
 			calls++
-			text := replyText(m)
 			input, toolUseTokens := toolUseInput(calls)
 			result := Prompt(rng, draw(rng, cc.MinToolResultTokens, cc.MaxToolResultTokens))
-			grown := cv.tokens + tollgatetest.CountTokens(text) + toolUseTokens + tollgatetest.CountTokens(result)
-			if cv.turn >= cv.turns || grown > cv.maxToken {
+			grown := tokens + tollgatetest.CountTokens(text) + toolUseTokens + tollgatetest.CountTokens(result)
+			if turn >= turns || grown > cc.MaxConversationTokens {
 				break
 			}
-			id := fmt.Sprintf("toolu_%02d_%06d", agent, calls)
-			res := anthropic.NewToolResultBlock(id, result, false)
-			*cv.newest = anthropic.CacheControlEphemeralParam{} // the breakpoint moves to the newest block
-			res.OfToolResult.CacheControl = anthropic.NewCacheControlEphemeralParam()
-			cv.newest = &res.OfToolResult.CacheControl
-			cv.params.Messages = append(cv.params.Messages,
-				anthropic.NewAssistantMessage(anthropic.NewTextBlock(text), anthropic.NewToolUseBlock(id, input, DefaultAgentsToolName)),
-				anthropic.NewUserMessage(res))
-			cv.tokens = grown
+			d.add(text, fmt.Sprintf("toolu_%02d_%06d", agent, calls), input, result)
+			tokens = grown
 		}
 	}
+}
+
+// anthropicDialogue is a conversation through the Messages API, with
+// cache_control on the system prompt and on the newest block.
+type anthropicDialogue struct {
+	r      *run
+	params anthropic.MessageNewParams
+	newest *anthropic.CacheControlEphemeralParam // the breakpoint on the newest block
+}
+
+func (r *run) newAnthropicDialogue(system, task string) *anthropicDialogue {
+	d := &anthropicDialogue{r: r, params: anthropic.MessageNewParams{
+		Model:     anthropic.Model(r.cfg.Model),
+		MaxTokens: int64(r.cfg.MaxTokens),
+		Tools:     []anthropic.ToolUnionParam{{OfTool: &agentsTool}},
+		System: []anthropic.TextBlockParam{{Text: system,
+			CacheControl: anthropic.NewCacheControlEphemeralParam()}},
+	}}
+	first := anthropic.TextBlockParam{Text: task, CacheControl: anthropic.NewCacheControlEphemeralParam()}
+	d.params.Messages = []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.ContentBlockParamUnion{OfText: &first})}
+	d.newest = &first.CacheControl
+	return d
+}
+
+func (d *anthropicDialogue) send(ctx context.Context, c Call, reply int) (Call, string, bool) {
+	c, m := d.r.call(ctx, c, d.params, option.WithHeader(tollgatetest.OutputTokensHeader, strconv.Itoa(reply)))
+	if m == nil {
+		return c, "", false
+	}
+	return c, replyText(m), true
+}
+
+func (d *anthropicDialogue) add(text, id string, input map[string]any, result string) {
+	res := anthropic.NewToolResultBlock(id, result, false)
+	*d.newest = anthropic.CacheControlEphemeralParam{} // the breakpoint moves to the newest block
+	res.OfToolResult.CacheControl = anthropic.NewCacheControlEphemeralParam()
+	d.newest = &res.OfToolResult.CacheControl
+	d.params.Messages = append(d.params.Messages,
+		anthropic.NewAssistantMessage(anthropic.NewTextBlock(text), anthropic.NewToolUseBlock(id, input, DefaultAgentsToolName)),
+		anthropic.NewUserMessage(res))
+}
+
+// openAIDialogue is a conversation through Chat Completions, which caches
+// prompt prefixes by itself.
+type openAIDialogue struct {
+	r      *run
+	params openai.ChatCompletionNewParams
+}
+
+func (r *run) newOpenAIDialogue(system, task string) *openAIDialogue {
+	return &openAIDialogue{r: r, params: openai.ChatCompletionNewParams{
+		Model:               openai.ChatModel(r.cfg.Model),
+		MaxCompletionTokens: openai.Int(int64(r.cfg.MaxTokens)),
+		Tools:               []openai.ChatCompletionToolUnionParam{agentsOpenAITool},
+		Messages:            []openai.ChatCompletionMessageParamUnion{openai.SystemMessage(system), openai.UserMessage(task)},
+	}}
+}
+
+func (d *openAIDialogue) send(ctx context.Context, c Call, reply int) (Call, string, bool) {
+	return d.r.callOpenAI(ctx, c, d.params, oaioption.WithHeader(tollgatetest.OutputTokensHeader, strconv.Itoa(reply)))
+}
+
+func (d *openAIDialogue) add(text, id string, input map[string]any, result string) {
+	args, _ := json.Marshal(input)
+	call := openai.ChatCompletionMessageToolCallUnionParam{OfFunction: &openai.ChatCompletionMessageFunctionToolCallParam{
+		ID:       id,
+		Function: openai.ChatCompletionMessageFunctionToolCallFunctionParam{Name: DefaultAgentsToolName, Arguments: string(args)},
+	}}
+	asked := openai.ChatCompletionAssistantMessageParam{ToolCalls: []openai.ChatCompletionMessageToolCallUnionParam{call}}
+	asked.Content.OfString = openai.String(text)
+	d.params.Messages = append(d.params.Messages,
+		openai.ChatCompletionMessageParamUnion{OfAssistant: &asked}, openai.ToolMessage(result, id))
 }
 
 // replyText is the text of a reply's text blocks.

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/openai/openai-go/v3"
+	oaioption "github.com/openai/openai-go/v3/option"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -168,4 +170,58 @@ func TestAgentsConfigErrors(t *testing.T) {
 	assert.ErrorContains(t, err, "exceeds MaxConversationTokens")
 	assert.Equal(t, agentsToolTokens()+DefaultSystemPromptTokens+DefaultMaxTaskTokens, Conversation{}.FirstPromptTokens())
 	assert.Equal(t, DefaultAgentsMaxTokens, agents().withDefaults().MaxTokens)
+}
+
+// bareOpenAI is bare for Chat Completions: openai-go with retries off.
+func bareOpenAI(name string) Client {
+	return Client{Name: name, New: func(env Env) (*Target, error) {
+		c := openai.NewClient(oaioption.WithBaseURL(env.BaseURL+"/v1"), oaioption.WithAPIKey(env.APIKey),
+			oaioption.WithHTTPClient(&http.Client{Transport: env.Transport}), oaioption.WithMaxRetries(0))
+		return &Target{OpenAI: &c}, nil
+	}}
+}
+
+// Through Chat Completions, a conversation is a system message, the task,
+// then per turn the assistant's text with its tool call and the tool's
+// message; the API caches prefixes by itself, in steps of 128 tokens from
+// 1,024 on, so each turn reads the previous prompt but for its last step,
+// and nothing is written as cache creation (every prompt token counts).
+func TestAgentsOpenAIConversationsAreCached(t *testing.T) {
+	for _, stream := range []bool{false, true} {
+		cfg := agents()
+		cfg.API, cfg.Stream = APIOpenAI, stream
+		res, err := Run(context.Background(), cfg, bareOpenAI("a"))
+		require.NoError(t, err)
+		r := res[0]
+		require.Zero(t, r.Failed, "stream %v: the API took every message", stream)
+		require.Positive(t, r.OK)
+		conv := cfg.Conversation.withDefaults()
+		later := 0
+		for agent, calls := range byAgent(r.Calls) {
+			var prev *Call
+			for i := range calls {
+				c := calls[i]
+				if !c.OK {
+					continue // cut off at the end
+				}
+				assert.GreaterOrEqual(t, c.OutputTokens, conv.MinReplyTokens)
+				assert.LessOrEqual(t, c.OutputTokens, conv.MaxReplyTokens, "the reply length the agent asked for")
+				assert.Zero(t, c.CacheCreationTokens)
+				assert.Equal(t, c.PromptTokens, c.InputTokens, "agent %d call %d: the fleet counts the prompt as the server does", agent, i)
+				if c.Turn > 1 {
+					later++
+					require.NotNil(t, prev, "agent %d: turn %d follows a turn", agent, c.Turn)
+					assert.Equal(t, prev.Turn+1, c.Turn)
+					assert.Greater(t, c.InputTokens, prev.InputTokens, "agent %d turn %d: the prompt grew", agent, c.Turn)
+					assert.LessOrEqual(t, c.CacheReadTokens, prev.InputTokens, "agent %d turn %d", agent, c.Turn)
+					assert.Greater(t, c.CacheReadTokens, prev.InputTokens-tollgatetest.OpenAICacheIncrement,
+						"agent %d turn %d reads the previous prompt but for its last step", agent, c.Turn)
+				}
+				prev = &calls[i]
+			}
+		}
+		assert.Positive(t, later, "stream %v: conversations went past their first turn", stream)
+		assert.Equal(t, r.Used.PromptTokens, r.Used.InputTokens, "stream %v: cached tokens count as input", stream)
+		assert.Greater(t, r.CacheReadShare, 0.5)
+	}
 }

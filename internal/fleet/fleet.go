@@ -159,7 +159,7 @@ type Config struct {
 
 	// API is what the agents call: APIAnthropic (the Messages API through
 	// the Anthropic SDK, the default) or APIOpenAI (Chat Completions
-	// through openai-go; the one-shot workload only).
+	// through openai-go).
 	API string
 }
 
@@ -253,8 +253,6 @@ func (c Config) validate() error {
 		return fmt.Errorf("fleet: unknown workload %q (known: %s, %s)", c.Workload, WorkloadOneShot, WorkloadAgents)
 	case c.API != APIAnthropic && c.API != APIOpenAI:
 		return fmt.Errorf("fleet: unknown API %q (known: %s, %s)", c.API, APIAnthropic, APIOpenAI)
-	case c.API == APIOpenAI && c.Workload != WorkloadOneShot:
-		return fmt.Errorf("fleet: the %s workload calls the Anthropic API only", c.Workload)
 	case c.Workload == WorkloadAgents:
 		return c.Conversation.validate()
 	}
