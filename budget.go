@@ -180,6 +180,9 @@ type budgetState struct {
 	levelStoreAt time.Time
 	// held is what the store holds of the attempts not yet settled.
 	held [NumDimensions]float64
+	// returned is what the attempts of this pool have given back when they
+	// settled, in all, per dimension (reservation.othersReturned).
+	returned [NumDimensions]float64
 	// reading is the newest response that said what remains: the bound it
 	// puts on the levels, as of when it arrived.
 	reading struct {
@@ -517,7 +520,7 @@ func (p *pool) startLevelsLocked(now time.Time) (start [NumDimensions]float64, h
 		}
 		if rd := &b.reading; rd.has[d] {
 			refill := float64(l) * max(now.Sub(rd.at), 0).Minutes()
-			level = min(level, rd.floor[d]+rd.from.afterReading(d)+refill)
+			level = min(level, rd.from.floorNow(d, b)+refill)
 		}
 		if !math.IsInf(level, 1) {
 			start[d], has[d] = min(level, float64(l)), true
@@ -578,6 +581,7 @@ func (p *pool) grantLocked(now time.Time, r *reservation, st Store, limits [NumD
 	r.store = st
 	r.sentAt, r.storeSentAt = now.Add(res.Wait), res.Levels.At.Add(res.Wait)
 	r.alone, r.outputBefore = b.inFlight == 0, -1
+	r.returnedAt = b.returned
 	if b.limits[OutputTokens] > 0 && b.levelKnown[OutputTokens] {
 		// The store's levels are after the charge: the level before it.
 		r.outputBefore = min(b.levelNow(now, int(OutputTokens))+r.stored[OutputTokens], float64(b.limits[OutputTokens]))

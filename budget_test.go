@@ -793,6 +793,62 @@ func TestBudgetPullsDownToRemaining(t *testing.T) {
 	}
 }
 
+// The server reads what remains when it admits an attempt; the headers of
+// a JSON response carry it when the body is done. What an attempt that was
+// in flight then gives back meanwhile (the max_tokens it reserved and did
+// not use) is on the server's side of the reading: the floor counts it.
+func TestBudgetFloorCountsWhatOthersGaveBackAfterTheReading(t *testing.T) {
+	clk := fakeclock.New(bgtEpoch)
+	store := newBgtRecordingStore(clk)
+	rig := newBgtRigOn(t, clk, append(store.options(), tollgate.WithLimits(tollgate.Limits{OutputTokensPerMinute: 10_000}))...)
+	release := make(chan *http.Response, 1)
+	rig.setReply(func(req *http.Request) (*http.Response, error) {
+		if req.Header.Get("X-Seq") == "observed" {
+			return <-release, nil
+		}
+		return bgtReply(200, nil, 10, 100), nil
+	})
+	before := rig.start(bgtReq(context.Background(), "before", "", 2000))
+	rig.waitSent(1)
+	rb := bgtReceive(t, before) // headers; the body, with the usage, unread
+	require.NoError(t, rb.err)
+	observed := rig.start(bgtReq(context.Background(), "observed", "", 2000))
+	rig.waitSent(2)
+	rig.waitLevels(bgtLevels{tollgate.OutputTokens: 6_000}, "both hold their max_tokens")
+
+	bgtSettle(rb)
+	rig.waitLevels(bgtLevels{tollgate.OutputTokens: 7_900}, "before gave back 1,900")
+
+	// The server said 6,000 remained when it admitted observed: 10,000 less
+	// the two reservations (rounded to the thousand, so up to 7,000).
+	release <- bgtReply(200, bgtLimits(-1, -1, -1, -1, 10_000, 6_000), 10, 100)
+	r := bgtReceive(t, observed)
+	require.NoError(t, r.err)
+	bgtSettle(r)
+	// The server holds 6,000 + 1,900 + 1,900 now. A floor of the reading
+	// and observed's own 1,900 alone would hold it at 8,900.
+	rig.waitLevels(bgtLevels{tollgate.OutputTokens: 9_800}, "both gave back what they did not use")
+	assert.True(t, settledTo(t, store, tollgate.OutputTokens, 9_800), "the store's level")
+}
+
+// settledTo waits until a settlement leaves the store's level of d at
+// want, and reports whether one did (settlements go to the store on a
+// goroutine of their own; the wait guards against a hang, it times
+// nothing).
+func settledTo(t *testing.T, s *bgtRecordingStore, d tollgate.Dimension, want float64) bool {
+	t.Helper()
+	for {
+		select {
+		case l := <-s.settled:
+			if math.Abs(l.Level[d]-want) <= 1e-6 {
+				return true
+			}
+		case <-time.After(5 * time.Second):
+			return false
+		}
+	}
+}
+
 func TestBudgetKeepsASecondsRefillOfInputWhileOthersAreInFlight(t *testing.T) {
 	// The input estimates of attempts in flight may fall short together:
 	// while one is in flight, a bucket that counts input admits the next

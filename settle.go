@@ -114,7 +114,7 @@ func (p *pool) newsLocked(now time.Time, r *reservation) bool {
 	for d := range NumDimensions {
 		if r.hasFloor[d] && p.budget.limits[d] > 0 && p.budget.levelKnown[d] {
 			refill := float64(p.budget.limits[d]) * max(now.Sub(r.sentAt), 0).Minutes()
-			if p.budget.levelNow(now, d) > r.floor[d]+refill {
+			if p.budget.levelNow(now, d) > r.floorNow(d, &p.budget)+refill {
 				return true
 			}
 		}
@@ -144,6 +144,10 @@ func (p *pool) syncLocked(r *reservation, floors bool) {
 		}
 		if delta := r.charged[d] - r.stored[d]; delta != 0 {
 			s.Charge[d], changed = delta, true
+			if delta < 0 {
+				b.returned[d] -= delta
+				r.returned[d] -= delta
+			}
 			if r.storeHas[d] {
 				// What the store will do with the charge, shown at once. A
 				// bucket the store had no limit for when r was admitted is
@@ -162,9 +166,8 @@ func (p *pool) syncLocked(r *reservation, floors bool) {
 			r.credited[d] = since
 		}
 		if floors && r.hasFloor[d] {
-			// The floor is applied after the charges: what the server
-			// gave back of r after it said what remains raises it.
-			floor := r.floor[d] + r.afterReading(d)
+			// The floor is applied after the charges.
+			floor := r.floorNow(d, b)
 			s.Floor[d], s.HasFloor[d], changed = floor, true, true
 			r.hasFloor[d] = false
 			refill := float64(b.limits[d]) * max(now.Sub(r.sentAt), 0).Minutes()
@@ -174,6 +177,29 @@ func (p *pool) syncLocked(r *reservation, floors bool) {
 	if changed {
 		p.queueSettlementLocked(st, s)
 	}
+}
+
+// floorNow is the most the server's level of dimension d can be now, less
+// the refill since r was sent, by what r's response said remains (r.floor):
+// that, with what was given back after the reading, of r (afterReading)
+// and of the pool's other attempts (othersReturned).
+//
+// The server takes its reading when it admits r (a JSON response's headers
+// carry it seconds later), so what the attempts in flight with r give back
+// meanwhile (where max_tokens is reserved, most of it) raises the server's
+// level past the reading; a floor without it held the level tens of
+// thousands of tokens below the server's. The refunds of attempts sent
+// after r count too, their charges not: a server that reads its level when
+// it writes the headers has counted both already. Either way the floor may
+// be above the server's level, a weaker bound, never below it.
+func (r *reservation) floorNow(d int, b *budgetState) float64 {
+	return r.floor[d] + r.afterReading(d) + r.othersReturned(d, b)
+}
+
+// othersReturned is what the attempts of r's pool other than r gave back
+// since r was granted.
+func (r *reservation) othersReturned(d int, b *budgetState) float64 {
+	return b.returned[d] - r.returnedAt[d] - r.returned[d]
 }
 
 // afterReading is what the server changed of r's count in dimension d
