@@ -957,6 +957,54 @@ func TestBudgetLimitJustLearnedIsCreditedTheRefillItsResetShows(t *testing.T) {
 	}
 }
 
+// OpenAI's resets are durations, which say when the bucket will be full
+// but not when they were read. A response whose requests remaining is the
+// limit less the request itself, though the request was out longer than
+// the server takes to refill one, was read when the server admitted it:
+// the buckets it starts are credited the refill since the send.
+func TestBudgetLimitJustLearnedIsCreditedTheRefillSinceAReadingAtTheSend(t *testing.T) {
+	cases := []struct {
+		name         string
+		out          time.Duration // from the send to the headers
+		requestsLeft string
+		want         float64 // the tokens level at the headers
+	}{
+		{"read at the send: 6 s of refill", 6 * time.Second, "499", 150_000 + 20_000},
+		{"read at the headers: the request had come back", 6 * time.Second, "500", 150_000},
+		{"others counted too: it does not tell", 6 * time.Second, "498", 150_000},
+		{"out less than a request's refill: it does not tell", 100 * time.Millisecond, "499", 150_000},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			rig := newBgtRig(t)
+			release := make(chan *http.Response, 1)
+			rig.setReply(func(*http.Request) (*http.Response, error) { return <-release, nil })
+			req, _ := http.NewRequest(http.MethodPost, "https://api.openai.com/v1/chat/completions",
+				strings.NewReader(`{"model":"gpt-4o","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}`))
+			first := rig.start(req)
+			rig.waitSent(1)
+			rig.clk.Advance(tc.out)
+			h := http.Header{}
+			h.Set("x-ratelimit-limit-requests", "500")
+			h.Set("x-ratelimit-remaining-requests", tc.requestsLeft)
+			h.Set("x-ratelimit-reset-requests", "120ms")
+			h.Set("x-ratelimit-limit-tokens", "200000")
+			h.Set("x-ratelimit-remaining-tokens", "150000")
+			h.Set("x-ratelimit-reset-tokens", "15s")
+			h.Set("Content-Type", "application/json")
+			body := `{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o","choices":[],"usage":{"prompt_tokens":8,"completion_tokens":5}}`
+			release <- &http.Response{StatusCode: 200, Header: h, Body: io.NopCloser(strings.NewReader(body))}
+			r := bgtReceive(t, first)
+			require.NoError(t, r.err)
+			gpt := tollgate.Key{Provider: tollgate.ProviderOpenAI, Family: "gpt-4o"}
+			level := func() float64 { return bgtBudgetOf(rig.s.Snapshot(), gpt).Dimensions[tollgate.Tokens].Level }
+			bgtEventually(func() bool { return math.Abs(level()-tc.want) <= 1e-6 })
+			assert.InDelta(t, tc.want, level(), 1e-6, "at the headers")
+			bgtSettle(r)
+		})
+	}
+}
+
 func TestBudgetLearnsBytesPerToken(t *testing.T) {
 	// The true tokenizer makes 3 bytes a token; the default guess is 4.
 	rig := newBgtRig(t, tollgate.WithLimits(tollgate.Limits{InputTokensPerMinute: 1_000_000}))

@@ -320,6 +320,12 @@ func (p *pool) learnLocked(now time.Time, r *reservation, h RateLimitHeaders) bo
 	dl := dialectOf(cmpOr(h.Provider, p.key.Provider))
 	learned := false
 	var fresh [NumDimensions]bool
+	// The moment the server read its levels: at the headers, unless the
+	// response shows it read them when it admitted r (readAtSend).
+	at := now
+	if readAtSend(now, r, h) {
+		at = r.sentAt
+	}
 	for d := range NumDimensions {
 		reading := h.Limits[d]
 		if !dl.learn[d] {
@@ -334,7 +340,7 @@ func (p *pool) learnLocked(now time.Time, r *reservation, h RateLimitHeaders) bo
 			r.floor[d] = min(float64(b.limits[d]), float64(reading.Remaining)+dl.rounding[d])
 			r.hasFloor[d] = true
 			b.reading.floor[d], b.reading.has[d] = r.floor[d], true
-			b.reading.from, b.reading.at = r, now
+			b.reading.from, b.reading.at = r, at
 		}
 	}
 	// The output the server had counted of r when it said so: none of a
@@ -345,7 +351,7 @@ func (p *pool) learnLocked(now time.Time, r *reservation, h RateLimitHeaders) bo
 		r.outAtReading = min(r.charged[OutputTokens], float64(r.maxTokens))
 	}
 	if fresh != ([NumDimensions]bool{}) {
-		p.startFreshLocked(now, r, fresh, h)
+		p.startFreshLocked(now, at, r, fresh, h)
 	}
 	if rd := h.Limits[OutputTokens]; dl.detectOutput && rd.HasRemaining && rd.HasLimit && rd.Limit > 0 {
 		r.outRemaining, r.outLimit = float64(rd.Remaining), float64(rd.Limit)
@@ -354,9 +360,24 @@ func (p *pool) learnLocked(now time.Time, r *reservation, h RateLimitHeaders) bo
 	return learned
 }
 
+// readAtSend reports whether r's response shows that the server read its
+// levels when it admitted r, not when it wrote the headers: its requests
+// remaining is the limit less r itself, though r was out longer than the
+// server takes to refill one request, which a reading at the headers would
+// have counted back. (A JSON response's headers come seconds after the
+// send; where they were read at it, the refill since is the server's too.)
+func readAtSend(now time.Time, r *reservation, h RateLimitHeaders) bool {
+	rd := h.Limits[Requests]
+	if r.status >= 400 || !rd.HasRemaining || !rd.HasLimit || rd.Limit <= 0 {
+		return false
+	}
+	return rd.Remaining == rd.Limit-1 && now.Sub(r.sentAt) > time.Minute/time.Duration(rd.Limit)
+}
+
 // startFreshLocked starts the buckets of the dimensions whose limits r's
-// response made known (fresh).
-func (p *pool) startFreshLocked(now time.Time, r *reservation, fresh [NumDimensions]bool, h RateLimitHeaders) {
+// response made known (fresh), from what it said remains as of at, when
+// the server read it.
+func (p *pool) startFreshLocked(now, at time.Time, r *reservation, fresh [NumDimensions]bool, h RateLimitHeaders) {
 	b := &p.budget
 	// A bucket the store has not seen holds, until the store reports it,
 	// what the next admission will start it at (Admission.Start), or all
@@ -370,26 +391,26 @@ func (p *pool) startFreshLocked(now time.Time, r *reservation, fresh [NumDimensi
 		// The bucket starts at what the response said remains, or, where
 		// that is rounded (or not said) and the bucket was full before r,
 		// the limit less r's charge: the bucket held at most its limit
-		// before the server counted r. What r is charged later counts from
-		// there (syncLocked).
+		// before the server counted r. Both are as of at, with the refill
+		// since. What r is charged later counts from there (syncLocked).
 		l := float64(b.limits[d])
 		level := l
 		r.started[d] = startBound
 		if has[d] {
 			level, r.started[d] = start[d], startReading
 		}
-		if bound := l - r.charged[d]; bound < level {
+		if bound := min(l, l-r.charged[d]+l*now.Sub(at).Minutes()); bound < level {
 			level, r.started[d] = bound, startBound
 		}
-		// Both are the most the bucket can have held when the server took
-		// its reading, which may be any time from r's send to the arrival
-		// of its headers: a JSON response's headers come when its body is
-		// done, seconds after. The refill since the send is only credited
-		// where the reading says when the bucket will be full again (its
-		// reset), which tells the level now whenever it was read; taken a
-		// second late, for a reset rounded to the second or a clock a
-		// little off. The reset lowers no start: it only credits refill.
-		if full := h.Limits[d].Reset.Add(time.Second).Sub(now); !h.Limits[d].Reset.IsZero() && full <= 2*time.Minute {
+		// Where the response does not show when the server took its
+		// reading, it may be any time from r's send to the arrival of its
+		// headers, and both are taken to be as of the headers. The refill
+		// since the send is then only credited where the reading says when
+		// the bucket will be full again (its reset), which tells the level
+		// now whenever it was read; taken a second late, for a reset rounded
+		// to the second or a clock a little off. The reset lowers no start:
+		// it only credits refill.
+		if full := h.Limits[d].Reset.Add(time.Second).Sub(now); at.Equal(now) && !h.Limits[d].Reset.IsZero() && full <= 2*time.Minute {
 			refilled := level + l*max(now.Sub(r.sentAt), 0).Minutes()
 			fromReset := l - l*max(full, 0).Minutes() + r.afterReading(d)
 			switch {

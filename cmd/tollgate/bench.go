@@ -56,7 +56,11 @@ holds multi-turn conversations (a shared 6,000-token system prompt, a task, then
 turn after turn the model's reply with a tool call and the tool's result, cached
 with cache_control on the system prompt and the newest turn), max_tokens 8192;
 the fake API then counts output as produced and rounds *-remaining to the nearest
-thousand, as Anthropic's docs say today (--output-rule, --remaining).
+thousand, as Anthropic's docs say today (--output-rule, --remaining). With
+--api openai the same conversations go through Chat Completions (a function call
+and a tool message per turn; prefixes cached by the API itself, every prompt token
+and max_tokens counted against --tpm, as OpenAI does), and a conversation stops
+growing before a turn would exceed --tpm.
 
 flags:
 `)
