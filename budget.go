@@ -180,8 +180,8 @@ type budgetState struct {
 	levelStoreAt time.Time
 	// held is what the store holds of the attempts not yet settled.
 	held [NumDimensions]float64
-	// returned is what the attempts of this pool have given back when they
-	// settled, in all, per dimension (reservation.othersReturned).
+	// returned is what the server gave back of this pool's attempts after
+	// their readings, in all, per dimension (reservation.othersReturned).
 	returned [NumDimensions]float64
 	// reading is the newest response that said what remains: the bound it
 	// puts on the levels, as of when it arrived.

@@ -831,6 +831,45 @@ func TestBudgetFloorCountsWhatOthersGaveBackAfterTheReading(t *testing.T) {
 	assert.True(t, settledTo(t, store, tollgate.OutputTokens, 9_800), "the store's level")
 }
 
+// What tollgate charged too much of its own (here an input estimate above
+// what the server counted, at admission) the server never took, so it
+// never gave it back: the floor does not count it.
+func TestBudgetFloorCountsNoRefundTheServerDidNotMake(t *testing.T) {
+	clk := fakeclock.New(bgtEpoch)
+	store := newBgtRecordingStore(clk)
+	rig := newBgtRigOn(t, clk, append(store.options(), tollgate.WithLimits(tollgate.Limits{InputTokensPerMinute: 20_000}))...)
+	release := make(chan *http.Response, 1)
+	rig.setReply(func(req *http.Request) (*http.Response, error) {
+		if req.Header.Get("X-Seq") == "observed" {
+			return <-release, nil
+		}
+		return bgtReply(200, nil, 100, 10), nil
+	})
+	before := rig.start(bgtReq(context.Background(), "before", strings.Repeat("word ", 600), 10))
+	rig.waitSent(1)
+	rb := bgtReceive(t, before)
+	require.NoError(t, rb.err)
+	level := rig.level(tollgate.InputTokens)
+	observed := rig.start(bgtReq(context.Background(), "observed", "", 10))
+	rig.waitSent(2)
+	observedEstimate := level - rig.level(tollgate.InputTokens)
+	level = rig.level(tollgate.InputTokens)
+	bgtSettle(rb)
+	rig.waitLevels(bgtLevels{tollgate.InputTokens: 20_000 - 100 - observedEstimate}, "before settled to the 100 the server counted")
+	require.Greater(t, rig.level(tollgate.InputTokens), level+500, "before was charged much more input than that")
+
+	// Something else took 4,800 tokens: the server says 15,000 remained
+	// when it admitted observed (rounded, so up to 16,000), where tollgate
+	// held 19,900 less observed. Observed's 100, counted then, settles after.
+	release <- bgtReply(200, bgtLimits(-1, -1, 20_000, 15_000, -1, -1), 100, 10)
+	r := bgtReceive(t, observed)
+	require.NoError(t, r.err)
+	bgtSettle(r)
+	want := 16_000 - (100 - observedEstimate)
+	rig.waitLevels(bgtLevels{tollgate.InputTokens: want}, "pulled down to the reading")
+	assert.True(t, settledTo(t, store, tollgate.InputTokens, want), "the store's level")
+}
+
 // settledTo waits until a settlement leaves the store's level of d at
 // want, and reports whether one did (settlements go to the store on a
 // goroutine of their own; the wait guards against a hang, it times

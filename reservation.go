@@ -56,8 +56,8 @@ type reservation struct {
 	hasFloor     [NumDimensions]bool
 	outAtReading float64
 	// returnedAt is the pool's returned when r was granted, and returned
-	// what r itself gave back since: the difference is what the other
-	// attempts gave back while r was out (othersReturned).
+	// what of it is r's own: the rest since is what the server gave back
+	// of the other attempts while r was out (othersReturned).
 	returnedAt, returned [NumDimensions]float64
 	// started says how the bucket of a dimension started from r's own
 	// response (startedFrom), so that what r is charged after counts

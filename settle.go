@@ -144,10 +144,6 @@ func (p *pool) syncLocked(r *reservation, floors bool) {
 		}
 		if delta := r.charged[d] - r.stored[d]; delta != 0 {
 			s.Charge[d], changed = delta, true
-			if delta < 0 {
-				b.returned[d] -= delta
-				r.returned[d] -= delta
-			}
 			if r.storeHas[d] {
 				// What the store will do with the charge, shown at once. A
 				// bucket the store had no limit for when r was admitted is
@@ -157,6 +153,10 @@ func (p *pool) syncLocked(r *reservation, floors bool) {
 			}
 			b.held[d] += delta
 			r.stored[d] = r.charged[d]
+		}
+		if gave := max(r.afterReading(d), 0); gave != r.returned[d] {
+			b.returned[d] += gave - r.returned[d]
+			r.returned[d] = gave
 		}
 		if r.started[d] != notStarted && !r.storeHas[d] {
 			// The bucket started from r's own response: what r is charged
@@ -181,23 +181,26 @@ func (p *pool) syncLocked(r *reservation, floors bool) {
 
 // floorNow is the most the server's level of dimension d can be now, less
 // the refill since r was sent, by what r's response said remains (r.floor):
-// that, with what was given back after the reading, of r (afterReading)
-// and of the pool's other attempts (othersReturned).
+// that, with what the server changed of r after the reading (afterReading)
+// and what it gave back of the pool's other attempts since (othersReturned).
 //
 // The server takes its reading when it admits r (a JSON response's headers
-// carry it seconds later), so what the attempts in flight with r give back
-// meanwhile (where max_tokens is reserved, most of it) raises the server's
-// level past the reading; a floor without it held the level tens of
-// thousands of tokens below the server's. The refunds of attempts sent
-// after r count too, their charges not: a server that reads its level when
-// it writes the headers has counted both already. Either way the floor may
-// be above the server's level, a weaker bound, never below it.
+// carry it seconds later), so the max_tokens the attempts in flight with r
+// reserved and did not use, given back meanwhile, raise the server's level
+// past the reading; a floor without them held the level tens of thousands
+// of tokens below the server's. What the attempts sent after r gave back
+// counts too, their charges not: a server that reads its level when it
+// writes the headers has counted both already. Either way the floor may be
+// above the server's level, a weaker bound, never below it. Only what the
+// server gives back counts: what tollgate itself charged too much (an input
+// estimate, output counted as produced, a refused attempt) it never took.
 func (r *reservation) floorNow(d int, b *budgetState) float64 {
 	return r.floor[d] + r.afterReading(d) + r.othersReturned(d, b)
 }
 
-// othersReturned is what the attempts of r's pool other than r gave back
-// since r was granted.
+// othersReturned is what the server gave back of the attempts of r's pool
+// other than r since r was granted: the unused max_tokens they reserved
+// (their afterReading, where positive).
 func (r *reservation) othersReturned(d int, b *budgetState) float64 {
 	return b.returned[d] - r.returnedAt[d] - r.returned[d]
 }
@@ -323,7 +326,7 @@ func (p *pool) learnLocked(now time.Time, r *reservation, h RateLimitHeaders) bo
 	// The moment the server read its levels: at the headers, unless the
 	// response shows it read them when it admitted r (readAtSend).
 	at := now
-	if readAtSend(now, r, h) {
+	if readAtSend(now, r, h, dl) {
 		at = r.sentAt
 	}
 	for d := range NumDimensions {
@@ -366,9 +369,16 @@ func (p *pool) learnLocked(now time.Time, r *reservation, h RateLimitHeaders) bo
 // server takes to refill one request, which a reading at the headers would
 // have counted back. (A JSON response's headers come seconds after the
 // send; where they were read at it, the refill since is the server's too.)
-func readAtSend(now time.Time, r *reservation, h RateLimitHeaders) bool {
+//
+// It is only asked of a provider whose output rule is fixed (dl.output,
+// not detected): there the server counted at the send what r was charged,
+// and what r is charged later changes both alike. Where the rule is yet to
+// be detected, r may be charged max_tokens the server never took, whose
+// refund on top of the refill would put the level above the server's; and
+// those providers' resets are timestamps, which tell the refill anyway.
+func readAtSend(now time.Time, r *reservation, h RateLimitHeaders, dl *dialect) bool {
 	rd := h.Limits[Requests]
-	if r.status >= 400 || !rd.HasRemaining || !rd.HasLimit || rd.Limit <= 0 {
+	if dl.detectOutput || r.status >= 400 || !rd.HasRemaining || !rd.HasLimit || rd.Limit <= 0 {
 		return false
 	}
 	return rd.Remaining == rd.Limit-1 && now.Sub(r.sentAt) > time.Minute/time.Duration(rd.Limit)
