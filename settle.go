@@ -324,10 +324,14 @@ func (p *pool) learnLocked(now time.Time, r *reservation, h RateLimitHeaders) bo
 	learned := false
 	var fresh [NumDimensions]bool
 	// The moment the server read its levels: at the headers, unless the
-	// response shows it read them when it admitted r (readAtSend).
+	// response shows it read them when it admitted r (readAtSend); taken
+	// then a second late, as a reset is: the server admits r a moment after
+	// it was sent, and on a busy machine that moment can be long.
 	at := now
 	if readAtSend(now, r, h, dl) {
-		at = r.sentAt
+		if at = r.sentAt.Add(time.Second); at.After(now) {
+			at = now
+		}
 	}
 	for d := range NumDimensions {
 		reading := h.Limits[d]
