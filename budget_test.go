@@ -798,16 +798,7 @@ func TestBudgetPullsDownToRemaining(t *testing.T) {
 // in flight then gives back meanwhile (the max_tokens it reserved and did
 // not use) is on the server's side of the reading: the floor counts it.
 func TestBudgetFloorCountsWhatOthersGaveBackAfterTheReading(t *testing.T) {
-	clk := fakeclock.New(bgtEpoch)
-	store := newBgtRecordingStore(clk)
-	rig := newBgtRigOn(t, clk, append(store.options(), tollgate.WithLimits(tollgate.Limits{OutputTokensPerMinute: 10_000}))...)
-	release := make(chan *http.Response, 1)
-	rig.setReply(func(req *http.Request) (*http.Response, error) {
-		if req.Header.Get("X-Seq") == "observed" {
-			return <-release, nil
-		}
-		return bgtReply(200, nil, 10, 100), nil
-	})
+	rig, store, release := newBgtFloorRig(t, tollgate.Limits{OutputTokensPerMinute: 10_000}, 10, 100)
 	before := rig.start(bgtReq(context.Background(), "before", "", 2000))
 	rig.waitSent(1)
 	rb := bgtReceive(t, before) // headers; the body, with the usage, unread
@@ -835,16 +826,7 @@ func TestBudgetFloorCountsWhatOthersGaveBackAfterTheReading(t *testing.T) {
 // what the server counted, at admission) the server never took, so it
 // never gave it back: the floor does not count it.
 func TestBudgetFloorCountsNoRefundTheServerDidNotMake(t *testing.T) {
-	clk := fakeclock.New(bgtEpoch)
-	store := newBgtRecordingStore(clk)
-	rig := newBgtRigOn(t, clk, append(store.options(), tollgate.WithLimits(tollgate.Limits{InputTokensPerMinute: 20_000}))...)
-	release := make(chan *http.Response, 1)
-	rig.setReply(func(req *http.Request) (*http.Response, error) {
-		if req.Header.Get("X-Seq") == "observed" {
-			return <-release, nil
-		}
-		return bgtReply(200, nil, 100, 10), nil
-	})
+	rig, store, release := newBgtFloorRig(t, tollgate.Limits{InputTokensPerMinute: 20_000}, 100, 10)
 	before := rig.start(bgtReq(context.Background(), "before", strings.Repeat("word ", 600), 10))
 	rig.waitSent(1)
 	rb := bgtReceive(t, before)
@@ -868,6 +850,23 @@ func TestBudgetFloorCountsNoRefundTheServerDidNotMake(t *testing.T) {
 	want := 16_000 - (100 - observedEstimate)
 	rig.waitLevels(bgtLevels{tollgate.InputTokens: want}, "pulled down to the reading")
 	assert.True(t, settledTo(t, store, tollgate.InputTokens, want), "the store's level")
+}
+
+// newBgtFloorRig is a rig told limits, on a recording store, whose attempts
+// tagged "observed" are answered with what is sent on release and the
+// others at once, with usage in and out.
+func newBgtFloorRig(t *testing.T, limits tollgate.Limits, in, out int64) (*bgtRig, *bgtRecordingStore, chan<- *http.Response) {
+	clk := fakeclock.New(bgtEpoch)
+	store := newBgtRecordingStore(clk)
+	rig := newBgtRigOn(t, clk, append(store.options(), tollgate.WithLimits(limits))...)
+	release := make(chan *http.Response, 1)
+	rig.setReply(func(req *http.Request) (*http.Response, error) {
+		if req.Header.Get("X-Seq") == "observed" {
+			return <-release, nil
+		}
+		return bgtReply(200, nil, in, out), nil
+	})
+	return rig, store, release
 }
 
 // settledTo waits until a settlement leaves the store's level of d at
