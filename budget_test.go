@@ -995,6 +995,29 @@ func TestBudgetLimitJustLearnedIsCreditedTheRefillItsResetShows(t *testing.T) {
 	}
 }
 
+// Where a pool's first response shows that the server counts output as it
+// is produced (its reading at the send, a full bucket, is more than the
+// limit less max_tokens), the server's output bucket stayed full while the
+// reply was generated and took the reply's output only after: the bucket
+// starts at the limit less that output, with no refill credited for the
+// time the attempt was out, though the attempt was charged max_tokens then.
+func TestBudgetLimitJustLearnedCreditsNoRefillToABucketThatStayedFull(t *testing.T) {
+	rig := newBgtRig(t)
+	release := make(chan *http.Response, 1)
+	rig.setReply(func(*http.Request) (*http.Response, error) { return <-release, nil })
+	first := rig.start(bgtReq(context.Background(), "first", "", 4096))
+	rig.waitSent(1)
+	sent := rig.clk.Now()
+	rig.clk.Advance(5 * time.Second) // 667 output tokens of refill
+	h := bgtLimits(60, 59, -1, -1, 8000, 8000)
+	h.Set("anthropic-ratelimit-output-tokens-reset", sent.Format(time.RFC3339))
+	release <- bgtReply(200, h, 10, 455)
+	r := bgtReceive(t, first)
+	require.NoError(t, r.err)
+	bgtSettle(r)
+	rig.waitLevels(bgtLevels{tollgate.OutputTokens: 8000 - 455}, "settled")
+}
+
 // OpenAI's resets are durations, which say when the bucket will be full
 // but not when they were read. A response whose requests remaining is the
 // limit less the request itself, though the request was out longer than

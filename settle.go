@@ -220,6 +220,19 @@ func (r *reservation) afterReading(d int) float64 {
 	return r.outAtReading - r.charged[OutputTokens]
 }
 
+// ceiling is the most that a bucket of limit l, started from r's response
+// in dimension d, can hold: the limit, less, where the start counted all of
+// r's charge (startBound), what the server counted of r after its reading.
+// The server's bucket refills nothing while full, and output it counts as
+// produced is taken after the reading: a bucket full before r stays full
+// until then, however long r is out.
+func (r *reservation) ceiling(d int, l float64) float64 {
+	if r.started[d] == startBound {
+		return l + min(r.afterReading(d), 0)
+	}
+	return l
+}
+
 // sinceStart is what r's charge in dimension d changed by since the bucket
 // started from r's response, as far as the start did not count it: all of
 // it from a start at the limit less r's charge, what the server changed
@@ -350,19 +363,24 @@ func (p *pool) learnLocked(now time.Time, r *reservation, h RateLimitHeaders) bo
 			b.reading.from, b.reading.at = r, at
 		}
 	}
+	untaken := false
+	if rd := h.Limits[OutputTokens]; dl.detectOutput && rd.HasRemaining && rd.HasLimit && rd.Limit > 0 {
+		r.outRemaining, r.outLimit = float64(rd.Remaining), float64(rd.Limit)
+		untaken = maxTokensUntaken(r, dl.rounding[OutputTokens])
+		if untaken {
+			p.producedEvidenceLocked()
+		}
+	}
 	// The output the server had counted of r when it said so: none of a
-	// refused attempt or of one whose output it counts as produced, the
-	// max_tokens it reserved of the others.
+	// refused attempt or of one whose output it counts as produced (as r's
+	// reading may show, though r was charged max_tokens), the max_tokens it
+	// reserved of the others.
 	r.outAtReading = 0
-	if r.status < 400 && r.output == ReserveMaxTokens {
+	if r.status < 400 && r.output == ReserveMaxTokens && !untaken {
 		r.outAtReading = min(r.charged[OutputTokens], float64(r.maxTokens))
 	}
 	if fresh != ([NumDimensions]bool{}) {
 		p.startFreshLocked(now, at, r, fresh, h)
-	}
-	if rd := h.Limits[OutputTokens]; dl.detectOutput && rd.HasRemaining && rd.HasLimit && rd.Limit > 0 {
-		r.outRemaining, r.outLimit = float64(rd.Remaining), float64(rd.Limit)
-		p.producedEvidenceLocked(r, dl.rounding[OutputTokens])
 	}
 	return learned
 }
@@ -413,9 +431,10 @@ func (p *pool) startFreshLocked(now, at time.Time, r *reservation, fresh [NumDim
 		if has[d] {
 			level, r.started[d] = start[d], startReading
 		}
-		if bound := min(l, l-r.charged[d]+l*now.Sub(at).Minutes()); bound < level {
+		if bound := l - r.charged[d] + l*now.Sub(at).Minutes(); bound < level {
 			level, r.started[d] = bound, startBound
 		}
+		level = min(level, r.ceiling(d, l))
 		// Where the response does not show when the server took its
 		// reading, it may be any time from r's send to the arrival of its
 		// headers, and both are taken to be as of the headers. The refill
@@ -425,7 +444,7 @@ func (p *pool) startFreshLocked(now, at time.Time, r *reservation, fresh [NumDim
 		// to the second or a clock a little off. The reset lowers no start:
 		// it only credits refill.
 		if full := h.Limits[d].Reset.Add(time.Second).Sub(now); at.Equal(now) && !h.Limits[d].Reset.IsZero() && full <= 2*time.Minute {
-			refilled := level + l*max(now.Sub(r.sentAt), 0).Minutes()
+			refilled := min(level+l*max(now.Sub(r.sentAt), 0).Minutes(), r.ceiling(d, l))
 			fromReset := l - l*max(full, 0).Minutes() + r.afterReading(d)
 			switch {
 			case refilled <= fromReset:
@@ -455,16 +474,21 @@ func (p *pool) startFreshLocked(now, at time.Time, r *reservation, fresh [NumDim
 //     safe way to be wrong: it costs throughput, never a 429, and a later
 //     response proves the other rule when it can.
 
-// producedEvidenceLocked switches to counting output as produced when r's
-// response proves it.
-func (p *pool) producedEvidenceLocked(r *reservation, u float64) {
+// maxTokensUntaken reports whether r's response proves that the server did
+// not take r's max_tokens at admission: output remaining, rounded to u,
+// more than the limit less max_tokens.
+func maxTokensUntaken(r *reservation, u float64) bool {
+	return r.maxTokens > 0 && r.outRemaining-u > r.outLimit-float64(r.maxTokens)
+}
+
+// producedEvidenceLocked switches to counting output as produced, where a
+// response proved it (maxTokensUntaken).
+func (p *pool) producedEvidenceLocked() {
 	b := &p.budget
-	if b.outputSource == "option" || b.outputSource == "detected" && b.output == CountAsProduced || r.maxTokens <= 0 {
+	if b.outputSource == "option" || b.outputSource == "detected" && b.output == CountAsProduced {
 		return
 	}
-	if r.outRemaining-u > r.outLimit-float64(r.maxTokens) {
-		b.output, b.outputSource = CountAsProduced, "detected"
-	}
+	b.output, b.outputSource = CountAsProduced, "detected"
 }
 
 // reservedEvidenceLocked switches to reserving max_tokens when r's
