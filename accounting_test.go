@@ -1020,14 +1020,15 @@ func TestOutputCountedAsProducedChargesAStreamAsItShowsOutput(t *testing.T) {
 		return rig.messages(`{"stream":true,` + accSmall("claude-sonnet-4-5", 8192, seed)[1:])
 	}
 	// Three streams teach the pool what its calls produce (80, 100, 120
-	// tokens: mean 100, learned deviation √(800/3)) and what their deltas
-	// carry per token.
+	// tokens: mean 100, learned deviation √(800/3), 20 for a sample) and
+	// what their deltas carry per token. A call beyond the mean of three
+	// then varies by √(20² + 20²/3).
 	for i, output := range []int{80, 100, 120} {
 		base.add("text/event-stream", strings.NewReader(accWholeStream(output)))
 		rig.ok(stream(fmt.Sprint("learn", i)))
 	}
 	require.InDelta(t, 100, rig.budget(accSonnet).ProducedEstimate, 1e-9)
-	deviation := math.Sqrt(800.0 / 3)
+	deviation, beyondMean := math.Sqrt(800.0/3), math.Sqrt(400+400.0/3)
 	secondsRefill := 8_000.0 / 60
 
 	// A stream of 300 tokens, read as the caller reads it.
@@ -1056,13 +1057,14 @@ func TestOutputCountedAsProducedChargesAStreamAsItShowsOutput(t *testing.T) {
 	assert.Equal(t, 1+math.Ceil(secondsRefill), store.lastNeed())
 
 	// A stream request answered with a JSON body shows nothing as it goes:
-	// while it is in flight, the next attempt needs three deviations more.
+	// while it is in flight, the next attempt needs three deviations of a
+	// call beyond the mean more.
 	base.add("application/json", strings.NewReader(`{"type":"message","usage":{"input_tokens":40,"output_tokens":100}}`))
 	held := rig.receive(rig.start(stream("answered in JSON")))
 	require.NoError(t, held.err)
 	base.add("application/json", unreported())
 	rig.ok(rig.messages(accSmall("claude-sonnet-4-5", 8192, "beside JSON")))
-	assert.Equal(t, 1+math.Ceil(3*deviation+secondsRefill), store.lastNeed())
+	assert.Equal(t, 1+math.Ceil(3*beyondMean+secondsRefill), store.lastNeed())
 
 	rest := accReadAll(t, r.resp)
 	assert.True(t, strings.HasSuffix(rest, accStream.end(300)))

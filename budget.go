@@ -228,6 +228,8 @@ type budgetState struct {
 func (b *budgetState) init(cfg *config, now time.Time, optionLimits bool) {
 	b.cfg = &cfg.budget
 	b.ratio = newRatioEstimate()
+	b.produced = newProducedEstimate()
+	b.streamed = tokenEstimate{least: minLearnWeight, initial: initialRatioDeviation}
 	b.levelAt = now
 	if !optionLimits {
 		return

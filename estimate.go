@@ -96,6 +96,13 @@ const (
 	// first samples are averaged with equal weight, so the default guess is
 	// replaced by the first real measurement.
 	minLearnWeight = 0.25
+	// producedLearnWeight is minLearnWeight for what a pool's calls produce:
+	// replies vary far more from call to call than a tokenizer's ratio, and
+	// a mean over a few of them is far off. Weighing the last score or so
+	// keeps the margin that covers that error (tokenEstimate.sumDeviation)
+	// small; a change in what calls produce still widens the margin at once,
+	// through the deviation.
+	producedLearnWeight = 0.1
 	// estimateMargin is how many learned standard deviations of the ratio
 	// an estimate stays on the safe side of its mean. An attempt is admitted
 	// the moment the level covers its estimate, so an estimate even a token
@@ -103,9 +110,13 @@ const (
 	// nothing lasting, since settling gives the difference back.
 	estimateMargin = 3.0
 	// Until minRatioSamples measurements are in, the ratio's deviation is
-	// taken to be at least initialRatioDeviation of its mean.
-	minRatioSamples       = 3
-	initialRatioDeviation = 0.1
+	// taken to be at least initialRatioDeviation of its mean, and the
+	// output of a pool's calls' at least initialProducedDeviation of its
+	// mean: replies to calls alike still vary by about half their length
+	// (the first reply of a pool says little of the next ones).
+	minRatioSamples          = 3
+	initialRatioDeviation    = 0.1
+	initialProducedDeviation = 0.5
 )
 
 // A tokenEstimate is a learned mean and variance of a measure per call
@@ -114,27 +125,54 @@ const (
 type tokenEstimate struct {
 	mean, variance float64
 	samples        int
+	// squaredWeights is the sum of the squared weights the samples have in
+	// the mean: the mean's variance is the measure's times it.
+	squaredWeights float64
+	// least is the least weight of a new sample (the first 1/least are
+	// averaged with equal weight); initial is the least deviation, as a
+	// share of the mean, until minRatioSamples are in.
+	least, initial float64
+}
+
+// newProducedEstimate is the estimate of the output a pool's calls produce.
+func newProducedEstimate() tokenEstimate {
+	return tokenEstimate{least: producedLearnWeight, initial: initialProducedDeviation}
 }
 
 // learn folds in one measurement.
 func (e *tokenEstimate) learn(sample float64) {
 	e.samples++
-	weight := max(1/float64(e.samples), minLearnWeight)
+	weight := max(1/float64(e.samples), e.least)
 	diff := sample - e.mean
 	e.mean += weight * diff
 	// The exponentially weighted variance that goes with the mean above.
 	e.variance = (1 - weight) * (e.variance + weight*diff*diff)
+	e.squaredWeights = (1-weight)*(1-weight)*e.squaredWeights + weight*weight
 }
 
-// deviation is the learned standard deviation, at least
-// initialRatioDeviation of the mean until minRatioSamples are in. ok is
-// false before any sample.
+// deviation is the learned standard deviation, at least e.initial of the
+// mean until minRatioSamples are in. ok is false before any sample.
 func (e *tokenEstimate) deviation() (float64, bool) {
 	deviation := math.Sqrt(e.variance)
 	if e.samples < minRatioSamples {
-		deviation = max(deviation, initialRatioDeviation*e.mean)
+		deviation = max(deviation, e.initial*e.mean)
 	}
 	return deviation, e.samples > 0
+}
+
+// sumDeviation is the standard deviation of what n new measures come to
+// beyond n times the mean. Each varies by the measure's deviation, and the
+// mean itself is off by the deviation of a weighted average of the samples,
+// the same way for all n: σ·√(n + n²·Σw²). σ is the learned variance
+// corrected for being taken around the samples' own mean (divided by
+// 1 − Σw², as n−1 replaces n for equal weights), and at least deviation's.
+// ok is false before any sample.
+func (e *tokenEstimate) sumDeviation(n float64) (float64, bool) {
+	deviation, ok := e.deviation()
+	if e.squaredWeights < 1 {
+		deviation = max(deviation, math.Sqrt(e.variance/(1-e.squaredWeights)))
+	}
+	return deviation * math.Sqrt(n+n*n*e.squaredWeights), ok
 }
 
 // low is the mean less estimateMargin deviations, and at least floor: a
@@ -150,7 +188,7 @@ func (e *tokenEstimate) low(floor float64) (float64, bool) {
 type ratioEstimate struct{ tokenEstimate }
 
 func newRatioEstimate() ratioEstimate {
-	return ratioEstimate{tokenEstimate{mean: defaultBytesPerToken}}
+	return ratioEstimate{tokenEstimate{mean: defaultBytesPerToken, least: minLearnWeight, initial: initialRatioDeviation}}
 }
 
 // learn folds in one measurement, kept in range.
@@ -259,7 +297,9 @@ func (p *pool) chargedRuleLocked() OutputAccounting {
 // 429 is not its own output but the attempts in flight, together, having
 // produced more than they were charged. Their excesses add up as
 // independent draws do, so the margin grows with the square root of their
-// number: estimateMargin deviations of one call times √n. A stream whose
+// number, but all of them were charged the same learned mean, and what
+// that is off by adds up n times: the margin is estimateMargin deviations
+// of the sum (tokenEstimate.sumDeviation). A stream whose
 // output is watched (reservation.produced) is charged what it produces
 // beyond its estimate as it goes, so it adds nothing to n. To that comes a
 // second's refill: the server reads its level at its own moment, on its
@@ -268,11 +308,11 @@ func (p *pool) chargedRuleLocked() OutputAccounting {
 // and needed in full (need 0: the cost).
 func (p *pool) producedEstimateLocked() (cost, need float64) {
 	b := &p.budget
-	deviation, ok := b.produced.deviation()
+	spread, ok := b.produced.sumDeviation(float64(b.inFlight - b.watched))
 	if !ok {
 		return producedPrior, 0
 	}
-	margin := estimateMargin*deviation*math.Sqrt(float64(b.inFlight-b.watched)) + float64(b.limits[OutputTokens])/60
+	margin := estimateMargin*spread + float64(b.limits[OutputTokens])/60
 	return math.Ceil(max(b.produced.mean, 1)), 1 + math.Ceil(margin)
 }
 
