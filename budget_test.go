@@ -1018,6 +1018,24 @@ func TestBudgetLimitJustLearnedCreditsNoRefillToABucketThatStayedFull(t *testing
 	rig.waitLevels(bgtLevels{tollgate.OutputTokens: 8000 - 455}, "settled")
 }
 
+// The same told the limits: the first attempt goes alone, charged its
+// max_tokens until a response shows how output is counted, and the bucket
+// tollgate keeps refills meanwhile; the server's, which took nothing, did
+// not. What the response proves brings the level down to the server's.
+func TestBudgetToldLimitsCreditsNoRefillToABucketThatStayedFull(t *testing.T) {
+	rig := newBgtRig(t, tollgate.WithLimits(tollgate.Limits{RequestsPerMinute: 60, OutputTokensPerMinute: 8000}))
+	release := make(chan *http.Response, 1)
+	rig.setReply(func(*http.Request) (*http.Response, error) { return <-release, nil })
+	first := rig.start(bgtReq(context.Background(), "first", "", 4096))
+	rig.waitSent(1)
+	rig.clk.Advance(5 * time.Second)
+	release <- bgtReply(200, bgtLimits(60, 59, -1, -1, 8000, 8000), 10, 455)
+	r := bgtReceive(t, first)
+	require.NoError(t, r.err)
+	bgtSettle(r)
+	rig.waitLevels(bgtLevels{tollgate.OutputTokens: 8000 - 455}, "settled")
+}
+
 // OpenAI's resets are durations, which say when the bucket will be full
 // but not when they were read. A response whose requests remaining is the
 // limit less the request itself, though the request was out longer than

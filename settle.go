@@ -86,11 +86,13 @@ func (r *reservation) exchanged(ex *exchange) {
 
 // boundLocked lowers r's floors to what its usage proves: the server's
 // bucket held at most its limit before it counted r, so it held at most the
-// limit less r's count after (plus the refill since r was sent, which the
-// floor gets). Remaining readings rounded to thousands say less than that
-// where the bucket was full or nearly so: on the first call, when nothing
-// else tells tollgate how much of a minute is left.
-// Only a bound below the level this process holds is news worth a
+// limit less r's count after, plus the refill since r was sent (which the
+// floor gets), but no more of that refill than the server had taken of r by
+// its reading: a full bucket refills nothing, and output counted as
+// produced is taken after the reading. Remaining readings rounded to
+// thousands say less than that where the bucket was full or nearly so: on
+// the first call, when nothing else tells tollgate how much of a minute is
+// left. Only a bound below the level this process holds is news worth a
 // settlement.
 func (p *pool) boundLocked(now time.Time, r *reservation) {
 	b := &p.budget
@@ -100,9 +102,12 @@ func (p *pool) boundLocked(now time.Time, r *reservation) {
 		}
 		// r.floor is what the server said before the changes after its
 		// reading (afterReading); the bound is after all of r.
-		bound := float64(l) - r.charged[d]
 		refill := float64(l) * max(now.Sub(r.sentAt), 0).Minutes()
-		if floor := bound - r.afterReading(d); b.levelNow(now, d) > bound+refill && (!r.hasFloor[d] || floor < r.floor[d]) {
+		taken := max(r.charged[d]+r.afterReading(d), 0)
+		bound := float64(l) - r.charged[d] - max(refill-taken, 0)
+		// The level as it will be once r's charge is settled (syncLocked).
+		level := min(b.levelNow(now, d)-(r.charged[d]-r.stored[d]), float64(l))
+		if floor := bound - r.afterReading(d); level > bound+refill && (!r.hasFloor[d] || floor < r.floor[d]) {
 			r.floor[d], r.hasFloor[d] = floor, true
 		}
 	}
