@@ -521,8 +521,7 @@ func (p *pool) startLevelsLocked(now time.Time) (start [NumDimensions]float64, h
 			level = known + float64(l)*max(now.Sub(b.levelAt), 0).Minutes()
 		}
 		if rd := &b.reading; rd.has[d] {
-			refill := float64(l) * max(now.Sub(rd.at), 0).Minutes()
-			level = min(level, rd.from.floorNow(d, b)+refill)
+			level = min(level, rd.from.floorNow(d, b, rd.at, now))
 		}
 		if !math.IsInf(level, 1) {
 			start[d], has[d] = min(level, float64(l)), true

@@ -19,6 +19,7 @@ type reservation struct {
 	cost        [NumDimensions]float64 // what the attempt asks for
 	charged     [NumDimensions]float64 // what it is charged now
 	sentAt      time.Time              // when it may be sent, on this process's clock
+	endedAt     time.Time              // when its response ended; zero until then
 	promptBytes int64
 	images      int64
 	maxTokens   int64

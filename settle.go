@@ -52,6 +52,7 @@ func (r *reservation) exchanged(ex *exchange) {
 	u, _ := ex.outcome()
 	p.mu.Lock()
 	now := p.state.cfg.clock.Now()
+	r.endedAt = now
 	status := res.status
 	if status == 0 {
 		status = r.status
@@ -86,13 +87,11 @@ func (r *reservation) exchanged(ex *exchange) {
 
 // boundLocked lowers r's floors to what its usage proves: the server's
 // bucket held at most its limit before it counted r, so it held at most the
-// limit less r's count after, plus the refill since r was sent (which the
-// floor gets), but no more of that refill than the server had taken of r by
-// its reading: a full bucket refills nothing, and output counted as
-// produced is taken after the reading. Remaining readings rounded to
-// thousands say less than that where the bucket was full or nearly so: on
-// the first call, when nothing else tells tollgate how much of a minute is
-// left. Only a bound below the level this process holds is news worth a
+// limit less what it had taken of r at its reading (and after it, what it
+// took later: floorNow). Remaining readings rounded to thousands say less
+// than that where the bucket was full or nearly so: on the first call, when
+// nothing else tells tollgate how much of a minute is left. Only a bound
+// below the level this process will hold once r is settled is news worth a
 // settlement.
 func (p *pool) boundLocked(now time.Time, r *reservation) {
 	b := &p.budget
@@ -100,14 +99,12 @@ func (p *pool) boundLocked(now time.Time, r *reservation) {
 		if l <= 0 || !b.levelKnown[d] {
 			continue
 		}
-		// r.floor is what the server said before the changes after its
-		// reading (afterReading); the bound is after all of r.
-		refill := float64(l) * max(now.Sub(r.sentAt), 0).Minutes()
-		taken := max(r.charged[d]+r.afterReading(d), 0)
-		bound := float64(l) - r.charged[d] - max(refill-taken, 0)
-		// The level as it will be once r's charge is settled (syncLocked).
+		floor := float64(l) - r.charged[d] - r.afterReading(d)
+		if r.hasFloor[d] && floor >= r.floor[d] {
+			continue
+		}
 		level := min(b.levelNow(now, d)-(r.charged[d]-r.stored[d]), float64(l))
-		if floor := bound - r.afterReading(d); level > bound+refill && (!r.hasFloor[d] || floor < r.floor[d]) {
+		if level > r.levelBy(d, floor, r.sentAt, now, b) {
 			r.floor[d], r.hasFloor[d] = floor, true
 		}
 	}
@@ -118,8 +115,7 @@ func (p *pool) boundLocked(now time.Time, r *reservation) {
 func (p *pool) newsLocked(now time.Time, r *reservation) bool {
 	for d := range NumDimensions {
 		if r.hasFloor[d] && p.budget.limits[d] > 0 && p.budget.levelKnown[d] {
-			refill := float64(p.budget.limits[d]) * max(now.Sub(r.sentAt), 0).Minutes()
-			if p.budget.levelNow(now, d) > r.floorNow(d, &p.budget)+refill {
+			if p.budget.levelNow(now, d) > r.floorNow(d, &p.budget, r.sentAt, now) {
 				return true
 			}
 		}
@@ -171,12 +167,13 @@ func (p *pool) syncLocked(r *reservation, floors bool) {
 			r.credited[d] = since
 		}
 		if floors && r.hasFloor[d] {
-			// The floor is applied after the charges.
-			floor := r.floorNow(d, b)
-			s.Floor[d], s.HasFloor[d], changed = floor, true, true
-			r.hasFloor[d] = false
+			// The floor is applied after the charges. The store adds the
+			// refill since r was sent to it.
 			refill := float64(b.limits[d]) * max(now.Sub(r.sentAt), 0).Minutes()
-			b.level[d] = min(b.level[d], floor+refill)
+			floor := r.floorNow(d, b, r.sentAt, now)
+			s.Floor[d], s.HasFloor[d], changed = floor-refill, true, true
+			r.hasFloor[d] = false
+			b.level[d] = min(b.level[d], floor)
 		}
 	}
 	if changed {
@@ -184,10 +181,17 @@ func (p *pool) syncLocked(r *reservation, floors bool) {
 	}
 }
 
-// floorNow is the most the server's level of dimension d can be now, less
-// the refill since r was sent, by what r's response said remains (r.floor):
-// that, with what the server changed of r after the reading (afterReading)
-// and what it gave back of the pool's other attempts since (othersReturned).
+// floorNow is the most the server's level of dimension d can be now, by
+// what r's response said remains (r.floor) as of since: that and the
+// refill until r's response ended, up to the limit; what the server changed
+// of r after the reading (afterReading); the refill since, up to the limit
+// again; and what it gave back of the pool's other attempts since r was
+// granted (othersReturned). The limit caps the refill before what the
+// server took of r after its reading: a full bucket refills nothing, and
+// output counted as produced is taken as it is produced. Those takes are
+// put at the end of the response, the latest they can be: a server that
+// took them earlier had room for more refill, and its level is then above
+// the floor by at most that, a cost in throughput, never a 429.
 //
 // The server takes its reading when it admits r (a JSON response's headers
 // carry it seconds later), so the max_tokens the attempts in flight with r
@@ -196,11 +200,22 @@ func (p *pool) syncLocked(r *reservation, floors bool) {
 // of tokens below the server's. What the attempts sent after r gave back
 // counts too, their charges not: a server that reads its level when it
 // writes the headers has counted both already. Either way the floor may be
-// above the server's level, a weaker bound, never below it. Only what the
+// above the server's level, a weaker bound. Only what the
 // server gives back counts: what tollgate itself charged too much (an input
 // estimate, output counted as produced, a refused attempt) it never took.
-func (r *reservation) floorNow(d int, b *budgetState) float64 {
-	return r.floor[d] + r.afterReading(d) + r.othersReturned(d, b)
+func (r *reservation) floorNow(d int, b *budgetState, since, now time.Time) float64 {
+	return r.levelBy(d, r.floor[d], since, now, b)
+}
+
+// levelBy is floorNow for a floor of floor.
+func (r *reservation) levelBy(d int, floor float64, since, now time.Time, b *budgetState) float64 {
+	l := float64(b.limits[d])
+	end := now
+	if !r.endedAt.IsZero() && r.endedAt.Before(now) {
+		end = r.endedAt
+	}
+	level := min(floor+l*max(end.Sub(since), 0).Minutes(), l) + r.afterReading(d)
+	return min(level+l*max(now.Sub(end), 0).Minutes(), l) + r.othersReturned(d, b)
 }
 
 // othersReturned is what the server gave back of the attempts of r's pool
