@@ -45,9 +45,11 @@
 // older rule), its max_tokens (DefaultOutputTokens when the request sets
 // none); where output is counted as it is produced (Anthropic today), what
 // the Key's calls are learned to produce, plus a margin for the attempts in
-// flight together: their excesses add up as independent draws do, so it
-// grows with the square root of their number, three learned deviations of
-// one call's output times √n. A stream is watched as it is read: once the
+// flight together: their excesses add up as independent draws do, but all
+// were charged the same learned mean, whose error adds up n times, so the
+// margin is three deviations of their sum, σ·√(n + n²·Σw²) (Σw², the
+// weight of the mean's error; replies are taken to vary by half their
+// mean until three are learned). A stream is watched as it is read: once the
 // Key has learned how many bytes its streams' content deltas take per
 // output token, a stream that has shown more output than it was charged is
 // charged what it showed (and a deviation ahead), so the server's level
