@@ -175,10 +175,10 @@ type dialogue interface {
 	// tokens, starting from c, and returns the reply's text when it
 	// succeeded.
 	send(ctx context.Context, c Call, reply int) (Call, string, bool)
-	// add appends the model's reply text with its tool call (id, input),
-	// and the tool's result, with the cache breakpoint on the result where
-	// the API takes breakpoints.
-	add(text, id string, input map[string]any, result string)
+	// add appends the model's reply text with its tool call (the agent's
+	// n-th, with input), and the tool's result, with the cache
+	// breakpoint on the result where the API takes breakpoints.
+	add(text string, agent, n int, input map[string]any, result string)
 }
 
 // converse runs conversations until the run stops.
@@ -215,7 +215,7 @@ func (r *run) converse(ctx context.Context, agent int, rng *rand.Rand) {
 			if turn >= turns || grown > cc.MaxConversationTokens {
 				break
 			}
-			d.add(text, fmt.Sprintf("toolu_%02d_%06d", agent, calls), input, result)
+			d.add(text, agent, calls, input, result)
 			tokens = grown
 		}
 	}
@@ -251,7 +251,8 @@ func (d *anthropicDialogue) send(ctx context.Context, c Call, reply int) (Call, 
 	return c, replyText(m), true
 }
 
-func (d *anthropicDialogue) add(text, id string, input map[string]any, result string) {
+func (d *anthropicDialogue) add(text string, agent, n int, input map[string]any, result string) {
+	id := fmt.Sprintf("toolu_%02d_%06d", agent, n)
 	res := anthropic.NewToolResultBlock(id, result, false)
 	*d.newest = anthropic.CacheControlEphemeralParam{} // the breakpoint moves to the newest block
 	res.OfToolResult.CacheControl = anthropic.NewCacheControlEphemeralParam()
@@ -281,7 +282,8 @@ func (d *openAIDialogue) send(ctx context.Context, c Call, reply int) (Call, str
 	return d.r.callOpenAI(ctx, c, d.params, oaioption.WithHeader(tollgatetest.OutputTokensHeader, strconv.Itoa(reply)))
 }
 
-func (d *openAIDialogue) add(text, id string, input map[string]any, result string) {
+func (d *openAIDialogue) add(text string, agent, n int, input map[string]any, result string) {
+	id := fmt.Sprintf("call_%02d_%06d", agent, n)
 	args, _ := json.Marshal(input)
 	call := openai.ChatCompletionMessageToolCallUnionParam{OfFunction: &openai.ChatCompletionMessageFunctionToolCallParam{
 		ID:       id,

@@ -225,3 +225,29 @@ func TestAgentsOpenAIConversationsAreCached(t *testing.T) {
 		assert.Greater(t, r.CacheReadShare, 0.5)
 	}
 }
+
+// Each API's tool calls carry ids in its own form: toolu_… for Anthropic,
+// call_… for OpenAI, and the tool's result names the same id.
+func TestDialoguesNameToolCallsAsTheirAPIDoes(t *testing.T) {
+	r := &run{}
+	input := map[string]any{"command": "ls"}
+
+	oa := r.newOpenAIDialogue("system", "task")
+	oa.add("text", 3, 7, input, "result")
+	asked, answered := oa.params.Messages[2].OfAssistant, oa.params.Messages[3].OfTool
+	require.NotNil(t, asked)
+	require.NotNil(t, answered)
+	assert.Equal(t, "call_03_000007", asked.ToolCalls[0].OfFunction.ID)
+	assert.Equal(t, "call_03_000007", answered.ToolCallID)
+
+	an := r.newAnthropicDialogue("system", "task")
+	an.add("text", 3, 7, input, "result")
+	require.NotNil(t, an.params.Messages[1].OfAssistant)
+	require.NotNil(t, an.params.Messages[2].OfUser)
+	use := an.params.Messages[1].OfAssistant.Content[1].OfToolUse
+	res := an.params.Messages[2].OfUser.Content[0].OfToolResult
+	require.NotNil(t, use)
+	require.NotNil(t, res)
+	assert.Equal(t, "toolu_03_000007", use.ID)
+	assert.Equal(t, "toolu_03_000007", res.ToolUseID)
+}
