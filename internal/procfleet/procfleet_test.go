@@ -88,10 +88,13 @@ func TestProcessesShareOneBudgetThroughRedis(t *testing.T) {
 	assert.GreaterOrEqual(t, shared.Redis.ScriptRuns, shared.Redis.Client["evalsha"]+shared.Redis.Client["eval"],
 		"the server ran every script the clients sent")
 
-	// The control: private budgets overspend the same limit.
+	// The control: private budgets overspend the same limit, each process
+	// taking the whole of it, and draw 429s until their budgets learn. How
+	// many depends on how much the processes send before that, which a
+	// loaded machine slows (16-24 alone, 8 in a CI run under -race): what
+	// is asserted is the contrast with the shared budget.
 	assert.Nil(t, private.Redis)
-	assert.GreaterOrEqual(t, private.RateLimited, 10, "429s through private budgets")
-	assert.Greater(t, private.RateLimited, 5*max(shared.RateLimited, 1))
+	assert.Greater(t, private.RateLimited, 5*max(shared.RateLimited, 1), "429s through private budgets")
 }
 
 // A worker that fails fails the run, with its stderr in the error; so
