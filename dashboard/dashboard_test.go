@@ -79,12 +79,21 @@ func TestStatusShowsEachKeyWithHistoryAnd429s(t *testing.T) {
 	require.Equal(t, http.StatusOK, call(t, rt, api.URL, "claude-sonnet-5"))
 	require.Equal(t, http.StatusOK, call(t, rt, api.URL, "claude-sonnet-5-5"))
 	require.Equal(t, http.StatusOK, call(t, other, api.URL, "claude-haiku-5-5"))
+	called := time.Now().UnixMilli()
 
-	// The sampler keeps going on its own: wait for a few points.
+	// The sampler keeps going on its own: wait for a few points, the last
+	// taken after the calls (on a loaded machine the sampler can fall
+	// behind them).
 	deadline := time.Now().Add(2 * time.Second)
 	for {
 		st = decodeStatus(t, get(t, d, "/status?format=json"))
-		if len(st.Keys) == 2 && len(st.Keys[1].History) >= 3 || time.Now().After(deadline) {
+		if len(st.Keys) == 2 {
+			h := st.Keys[1].History
+			if len(h) >= 3 && h[len(h)-1].Time >= called {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)
