@@ -104,7 +104,7 @@ func (p *pool) boundLocked(now time.Time, r *reservation) {
 			continue
 		}
 		level := min(b.levelNow(now, d)-(r.charged[d]-r.stored[d]), float64(l))
-		if level > r.levelBy(d, floor, r.sentAt, now, b) {
+		if level > r.boundNow(d, b, floor, r.sentAt, now) {
 			r.floor[d], r.hasFloor[d] = floor, true
 		}
 	}
@@ -204,11 +204,11 @@ func (p *pool) syncLocked(r *reservation, floors bool) {
 // server gives back counts: what tollgate itself charged too much (an input
 // estimate, output counted as produced, a refused attempt) it never took.
 func (r *reservation) floorNow(d int, b *budgetState, since, now time.Time) float64 {
-	return r.levelBy(d, r.floor[d], since, now, b)
+	return r.boundNow(d, b, r.floor[d], since, now)
 }
 
-// levelBy is floorNow for a floor of floor.
-func (r *reservation) levelBy(d int, floor float64, since, now time.Time, b *budgetState) float64 {
+// boundNow is floorNow for a reading of floor in place of r.floor.
+func (r *reservation) boundNow(d int, b *budgetState, floor float64, since, now time.Time) float64 {
 	l := float64(b.limits[d])
 	end := now
 	if !r.endedAt.IsZero() && r.endedAt.Before(now) {
@@ -245,7 +245,7 @@ func (r *reservation) afterReading(d int) float64 {
 // r's charge (startBound), what the server counted of r after its reading.
 // The server's bucket refills nothing while full, and output it counts as
 // produced is taken after the reading: a bucket full before r stays full
-// until then, however long r is out.
+// until then, however long r is out (floorNow caps its refill alike).
 func (r *reservation) ceiling(d int, l float64) float64 {
 	if r.started[d] == startBound {
 		return l + min(r.afterReading(d), 0)
