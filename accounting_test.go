@@ -983,16 +983,19 @@ func accWholeStream(output int) string {
 	return accStream.start + strings.Repeat(accStream.delta, output/4) + accStream.end(output)
 }
 
-// accNeedStore records the output need of every admission it is asked.
+// accNeedStore records the output need and the longest grant ahead of
+// every admission it is asked.
 type accNeedStore struct {
 	tollgate.Store
-	mu    sync.Mutex
-	needs []float64
+	mu       sync.Mutex
+	needs    []float64
+	maxWaits []time.Duration
 }
 
 func (s *accNeedStore) Admit(ctx context.Context, name string, a tollgate.Admission) (tollgate.Admitted, error) {
 	s.mu.Lock()
 	s.needs = append(s.needs, a.Need[tollgate.OutputTokens])
+	s.maxWaits = append(s.maxWaits, a.MaxWait)
 	s.mu.Unlock()
 	return s.Store.Admit(ctx, name, a)
 }
@@ -1001,6 +1004,94 @@ func (s *accNeedStore) lastNeed() float64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.needs[len(s.needs)-1]
+}
+
+func (s *accNeedStore) lastMaxWait() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.maxWaits[len(s.maxWaits)-1]
+}
+
+// accTaking is a base that takes the time to answer a request on a fake
+// clock: it advances the clock by took before passing the request on.
+type accTaking struct {
+	next http.RoundTripper
+	clk  *fakeclock.Clock
+	mu   sync.Mutex
+	took time.Duration
+}
+
+func (b *accTaking) RoundTrip(req *http.Request) (*http.Response, error) {
+	b.mu.Lock()
+	took := b.took
+	b.mu.Unlock()
+	b.clk.Advance(took)
+	return b.next.RoundTrip(req)
+}
+
+func (b *accTaking) set(took time.Duration) {
+	b.mu.Lock()
+	b.took = took
+	b.mu.Unlock()
+}
+
+// Where output is counted as produced, an attempt in flight can only have
+// been counted more than its charge once it could have produced that much:
+// the margin that later attempts are admitted on counts it from then on,
+// as fast as half again the fastest reply of the pool, timed from its send
+// to its headers. No attempt is granted ahead past that moment, on a need
+// that would no longer hold.
+func TestOutputCountedAsProducedMarginCountsAnAttemptOnceItCouldHaveExceededItsCharge(t *testing.T) {
+	clk := fakeclock.New(accEpoch)
+	scripted := &accScripted{}
+	base := &accTaking{next: scripted, clk: clk}
+	store := &accNeedStore{Store: tollgate.NewMemoryStore(clk)}
+	rig := newAccRigOn(t, clk, base, tollgate.WithStore(store), tollgate.WithStoreTimeout(time.Hour),
+		tollgate.WithOutputAccounting(tollgate.CountAsProduced),
+		tollgate.WithLimits(tollgate.Limits{RequestsPerMinute: 1000, InputTokensPerMinute: 1_000_000, OutputTokensPerMinute: 8_000}))
+	reply := func(output int) io.Reader {
+		return strings.NewReader(fmt.Sprintf(`{"type":"message","usage":{"input_tokens":40,"output_tokens":%d}}`, output))
+	}
+	// Three replies of 80, 100 and 120 tokens, two seconds each: the
+	// fastest came at 2 s / 120 a token; what calls produce is learned as
+	// in TestOutputCountedAsProducedChargesAStreamAsItShowsOutput.
+	base.set(2 * time.Second)
+	for i, output := range []int{80, 100, 120} {
+		scripted.add("application/json", reply(output))
+		rig.ok(rig.messages(accSmall("claude-sonnet-4-5", 8192, fmt.Sprint("learn", i))))
+	}
+	require.InDelta(t, 100, rig.budget(accSonnet).ProducedEstimate, 1e-9)
+	base.set(0)
+	beyondMean, secondsRefill := math.Sqrt(400+400.0/3), 8_000.0/60
+	// Charged 100 tokens, at most 1.5 × 120 / 2 s = 90 a second: the server
+	// cannot have counted more than that until 100/90 s after its send.
+	perToken := 2 * time.Second / 120
+	exceedsAfter := time.Duration(100 * float64(perToken) / 1.5)
+
+	scripted.add("application/json", reply(100))
+	held := rig.receive(rig.start(rig.messages(accSmall("claude-sonnet-4-5", 8192, "held"))))
+	require.NoError(t, held.err)
+	unreported := func() io.Reader { return strings.NewReader(`{"type":"message"}`) }
+	scripted.add("application/json", unreported())
+	rig.ok(rig.messages(accSmall("claude-sonnet-4-5", 8192, "at once")))
+	assert.Equal(t, 1+math.Ceil(secondsRefill), store.lastNeed(), "just sent, the attempt in flight adds no margin")
+	assert.Equal(t, exceedsAfter, store.lastMaxWait(), "not granted ahead past the moment it could have")
+
+	clk.Advance(exceedsAfter - time.Millisecond)
+	scripted.add("application/json", unreported())
+	rig.ok(rig.messages(accSmall("claude-sonnet-4-5", 8192, "just before")))
+	assert.Equal(t, 1+math.Ceil(secondsRefill), store.lastNeed())
+	assert.Equal(t, time.Millisecond, store.lastMaxWait())
+
+	clk.Advance(time.Millisecond)
+	scripted.add("application/json", unreported())
+	rig.ok(rig.messages(accSmall("claude-sonnet-4-5", 8192, "after")))
+	assert.Equal(t, 1+math.Ceil(3*beyondMean+secondsRefill), store.lastNeed(),
+		"once it could have produced its charge, it counts as in TestOutputCountedAsProducedChargesAStreamAsItShowsOutput")
+	assert.Greater(t, store.lastMaxWait(), time.Hour, "no attempt in flight is to count later")
+
+	accReadAll(t, held.resp)
+	assert.Zero(t, rig.budget(accSonnet).Dimensions[tollgate.OutputTokens].Reserved, "all settled")
 }
 
 // Where output is counted as produced, a stream is charged the output it

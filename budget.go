@@ -197,7 +197,7 @@ type budgetState struct {
 	seq      uint64         // the arrival number of the last attempt queued
 	waiting  PriorityCounts // the attempts queued, by class
 	fair     fairState      // tenant.go
-	inFlight int
+	inFlight []*reservation // the attempts with a place in flight (reservation.slot)
 	// watched counts the attempts in flight whose output is seen as it is
 	// produced (reservation.watched).
 	watched int
@@ -216,6 +216,11 @@ type budgetState struct {
 	output       OutputAccounting
 	outputSource string
 	produced     tokenEstimate // the output the pool's calls produce
+	// perToken is the least time per output token a JSON reply of the pool
+	// took, from its send to its headers, once timed: no reply comes
+	// much faster (exceeding).
+	perToken time.Duration
+	timed    bool
 	// streamed is the learned number of bytes a stream's output events take
 	// per output token.
 	streamed tokenEstimate
@@ -485,8 +490,8 @@ func (p *pool) askLocked(r *reservation, c *call, start time.Time) {
 // wait; where new buckets start; and the settlements riding along.
 func (p *pool) admissionLocked(r *reservation, st Store) Admission {
 	w := &r.waiter
-	p.estimateLocked(r, r.info)
 	now := p.state.cfg.clock.Now()
+	until := p.estimateLocked(r, r.info, now)
 	if w.rank == Interactive.rank() && !w.learned {
 		w.learned = true
 		p.learnInteractiveLocked(r, now)
@@ -494,6 +499,9 @@ func (p *pool) admissionLocked(r *reservation, st Store) Admission {
 	a := Admission{Limits: p.budget.limits, Cost: r.cost, Need: r.need, MaxWait: grantAhead(w.ctx), Keep: p.headroomLocked(w, now)}
 	if !w.deadline.IsZero() {
 		a.MaxWait = min(a.MaxWait, max(w.deadline.Sub(now), 0))
+	}
+	if !until.IsZero() {
+		a.MaxWait = min(a.MaxWait, until.Sub(now)) // not sent on a need that no longer holds
 	}
 	a.Start, a.HasStart = p.startLevelsLocked(now)
 	a.Settle = p.takeSettlementsLocked(st)
@@ -543,7 +551,7 @@ func grantAhead(ctx context.Context) time.Duration {
 // than the store: a concurrency slot or the cold-start gate.
 func (p *pool) blockedLocked() bool {
 	b := &p.budget
-	if n := b.cfg.maxConcurrency; n > 0 && b.inFlight >= n {
+	if n := b.cfg.maxConcurrency; n > 0 && len(b.inFlight) >= n {
 		return true
 	}
 	return !b.limitsKnown() && !b.unpaced && b.probing
@@ -581,14 +589,14 @@ func (p *pool) grantLocked(now time.Time, r *reservation, st Store, limits [NumD
 	}
 	r.store = st
 	r.sentAt, r.storeSentAt = now.Add(res.Wait), res.Levels.At.Add(res.Wait)
-	r.alone, r.outputBefore = b.inFlight == 0, -1
+	r.alone, r.outputBefore = len(b.inFlight) == 0, -1
 	r.returnedAt = b.returned
 	if b.limits[OutputTokens] > 0 && b.levelKnown[OutputTokens] {
 		// The store's levels are after the charge: the level before it.
 		r.outputBefore = min(b.levelNow(now, int(OutputTokens))+r.stored[OutputTokens], float64(b.limits[OutputTokens]))
 	}
 	r.slot = true
-	b.inFlight++
+	b.inFlight = append(b.inFlight, r)
 	// A stream whose output is counted as produced is charged what it shows
 	// beyond its estimate as it shows it (reservation.produced), once the
 	// pool has learned what its streams carry per token.
@@ -655,7 +663,7 @@ func (p *pool) budgetSnapshotLocked(now time.Time) BudgetSnapshot {
 	snap := BudgetSnapshot{
 		Limits:            limitsOf(b.limits),
 		ColdStart:         !b.limitsKnown() && !b.unpaced,
-		InFlight:          b.inFlight,
+		InFlight:          len(b.inFlight),
 		Waiting:           len(b.queue),
 		WaitingByPriority: b.waiting,
 		Tenants:           p.tenantsSnapshotLocked(now),

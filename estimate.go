@@ -2,6 +2,7 @@ package tollgate
 
 import (
 	"math"
+	"time"
 
 	"github.com/tollgate-go/tollgate/internal/usage"
 )
@@ -103,6 +104,12 @@ const (
 	// small; a change in what calls produce still widens the margin at once,
 	// through the deviation.
 	producedLearnWeight = 0.1
+	// paceMargin is how many times as fast as the fastest reply of its pool
+	// (budgetState.perToken) an attempt in flight is taken to be able to
+	// produce its output: replies from one model come at about one pace,
+	// and a JSON reply timed from its send to its headers shows less than
+	// its pace, its time to the first token included.
+	paceMargin = 1.5
 	// estimateMargin is how many learned standard deviations of the ratio
 	// an estimate stays on the safe side of its mean. An attempt is admitted
 	// the moment the level covers its estimate, so an estimate even a token
@@ -204,19 +211,21 @@ func (e *ratioEstimate) divisor() float64 {
 	return d
 }
 
-// estimateLocked fills r's cost from the request, the learned ratio, the
-// prompt cache and the output rule in force.
-func (p *pool) estimateLocked(r *reservation, info *requestInfo) {
+// estimateLocked fills r's cost and need at now from the request, the
+// learned ratio, the prompt cache and the output rule in force. The need
+// holds until the returned time (zero: for good), when another attempt in
+// flight may have been counted more output than it is charged.
+func (p *pool) estimateLocked(r *reservation, info *requestInfo, now time.Time) (until time.Time) {
 	r.promptBytes, r.images, r.maxTokens, r.model = info.PromptBytes, int64(info.Images), info.MaxTokens, info.Model
 	if p.own {
 		r.cost = [NumDimensions]float64{Requests: 1} // count_tokens: a request, no tokens
-		return
+		return time.Time{}
 	}
 	b := &p.budget
 	dl := dialectOf(p.key.Provider)
 	if !dl.countsCacheReads(info.Model) && len(info.Blocks) > 0 {
 		r.blocks = info.Blocks
-		r.cachedBytes, _ = b.cache.predict(p.state.cfg.clock.Now(), info.Blocks)
+		r.cachedBytes, _ = b.cache.predict(now, info.Blocks)
 	}
 	in := math.Ceil(float64(info.PromptBytes-r.cachedBytes)/b.ratio.divisor()) + float64(info.Images)*imageTokens
 	r.cachedTokens = int64(math.Round(float64(r.cachedBytes) / b.ratio.mean))
@@ -227,7 +236,7 @@ func (p *pool) estimateLocked(r *reservation, info *requestInfo) {
 	out, need := maxOut, 0.0
 	r.output = p.chargedRuleLocked()
 	if r.output == CountAsProduced {
-		out, need = p.producedEstimateLocked()
+		out, need, until = p.producedEstimateLocked(now)
 		out = min(maxOut, out)
 	}
 	r.cost = [NumDimensions]float64{Requests: 1, Tokens: in + out, InputTokens: in, OutputTokens: out}
@@ -240,6 +249,7 @@ func (p *pool) estimateLocked(r *reservation, info *requestInfo) {
 	if need > 0 {
 		r.need[OutputTokens], r.need[Tokens] = need, r.need[Tokens]-out+need
 	}
+	return until
 }
 
 // cushion is what the token bucket of dimension d must hold besides the
@@ -263,7 +273,7 @@ func (b *budgetState) cushion(d Dimension, in float64) float64 {
 	limit, cushion := float64(b.limits[d]), 0.0
 	if d == InputTokens || d == Tokens {
 		cushion = in / 20
-		if b.inFlight > 0 {
+		if len(b.inFlight) > 0 {
 			cushion += limit / 60
 		}
 	}
@@ -290,30 +300,56 @@ func (p *pool) chargedRuleLocked() OutputAccounting {
 }
 
 // producedEstimateLocked returns what an attempt whose output is counted as
-// produced costs, and what the output bucket must hold to admit it. The
-// server admits a request while one output token is left and counts output
-// as it comes, so the attempt is charged what its pool's calls produce on
-// average, and admitted as the server would, with a margin: what can draw a
-// 429 is not its own output but the attempts in flight, together, having
-// produced more than they were charged. Their excesses add up as
-// independent draws do, so the margin grows with the square root of their
-// number, but all of them were charged the same learned mean, and what
-// that is off by adds up n times: the margin is estimateMargin deviations
-// of the sum (tokenEstimate.sumDeviation). A stream whose
-// output is watched (reservation.produced) is charged what it produces
-// beyond its estimate as it goes, so it adds nothing to n. To that comes a
-// second's refill: the server reads its level at its own moment, on its
-// own clock, in whole tokens, and counts a stream's output a moment before
-// the stream shows it. Before anything was learned, the prior is charged
-// and needed in full (need 0: the cost).
-func (p *pool) producedEstimateLocked() (cost, need float64) {
+// produced costs, what the output bucket must hold at now to admit it, and
+// until when that need holds (zero: for good). The server admits a request
+// while one output token is left and counts output as it comes, so the
+// attempt is charged what its pool's calls produce on average, and admitted
+// as the server would, with a margin: what can draw a 429 is not its own
+// output but the n attempts in flight that may have been counted more than
+// they were charged by now (exceeding), together. Their excesses add
+// up as independent draws do, so the margin grows with the square root of
+// n, but all of them were charged the same learned mean, and what that is
+// off by adds up n times: the margin is estimateMargin deviations of the
+// sum (tokenEstimate.sumDeviation). To that comes a second's refill: the
+// server reads its level at its own moment, on its own clock, in whole
+// tokens, and counts a stream's output a moment before the stream shows
+// it. Before anything was learned, the prior is charged and needed in full
+// (need 0: the cost).
+func (p *pool) producedEstimateLocked(now time.Time) (cost, need float64, until time.Time) {
 	b := &p.budget
-	spread, ok := b.produced.sumDeviation(float64(b.inFlight - b.watched))
+	n, until := b.exceeding(now)
+	spread, ok := b.produced.sumDeviation(float64(n))
 	if !ok {
-		return producedPrior, 0
+		return producedPrior, 0, time.Time{}
 	}
 	margin := estimateMargin*spread + float64(b.limits[OutputTokens])/60
-	return math.Ceil(max(b.produced.mean, 1)), 1 + math.Ceil(margin)
+	return math.Ceil(max(b.produced.mean, 1)), 1 + math.Ceil(margin), until
+}
+
+// exceeding counts the attempts in flight that the server may have
+// counted more output than they are charged by now, and returns when
+// another one may have (zero: none will). Only an attempt charged less than
+// its max_tokens for output counted as produced can (a watched stream,
+// reservation.produced, is charged its excess as it shows it). And the server counts output as it is
+// produced, so an attempt cannot have exceeded its charge before it could
+// have produced it: its charge at paceMargin times the fastest pace a reply
+// of the pool came at (budgetState.perToken) after it was sent. Until a
+// reply is timed, every one may have.
+func (b *budgetState) exceeding(now time.Time) (n int, next time.Time) {
+	for _, r := range b.inFlight {
+		out := r.charged[OutputTokens]
+		if r.output != CountAsProduced || r.watched || (r.maxTokens > 0 && out >= float64(r.maxTokens)) {
+			continue
+		}
+		at := r.sentAt.Add(time.Duration(out * float64(b.perToken) / paceMargin))
+		switch {
+		case !b.timed || !now.Before(at):
+			n++
+		case next.IsZero() || at.Before(next):
+			next = at
+		}
+	}
+	return n, next
 }
 
 // settleUsageLocked sets r's token charges to the usage its response
@@ -360,6 +396,12 @@ func (p *pool) settleUsageLocked(r *reservation, status int, u usage.Usage) {
 	}
 	if u.Reported && status < 300 && u.Complete {
 		b.produced.learn(float64(u.OutputTokens))
+		if !r.producedBy.IsZero() && u.OutputTokens > 0 {
+			perToken := max(r.producedBy.Sub(r.sentAt), 0) / time.Duration(u.OutputTokens)
+			if !b.timed || perToken < b.perToken {
+				b.perToken, b.timed = perToken, true
+			}
+		}
 		if u.OutputBytes > 0 && u.OutputTokens > 0 {
 			b.streamed.learn(min(float64(u.OutputBytes)/float64(u.OutputTokens), maxStreamBytesPerToken))
 		}

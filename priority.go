@@ -359,7 +359,7 @@ func (p *pool) whyWaitingLocked(r *reservation, now time.Time) string {
 		return "behind " + strconv.Itoa(ahead) + " attempts in the queue"
 	case p.pause.until.After(now):
 		return p.pause.reason
-	case b.cfg.maxConcurrency > 0 && b.inFlight >= b.cfg.maxConcurrency:
+	case b.cfg.maxConcurrency > 0 && len(b.inFlight) >= b.cfg.maxConcurrency:
 		return "a place among the " + strconv.Itoa(b.cfg.maxConcurrency) + " attempts in flight (WithMaxConcurrency)"
 	case !b.limitsKnown() && b.probing:
 		return "the cold start (one attempt at a time until a response tells the limits)"

@@ -24,6 +24,10 @@ type reservation struct {
 	images      int64
 	maxTokens   int64
 	model       string
+	// producedBy is when the headers of its JSON reply came, by which the
+	// server had produced all its output; zero for a stream, and until
+	// then.
+	producedBy time.Time
 	// blocks is the prompt in cache order when it has breakpoints;
 	// cachedBytes the part of it predicted read from the cache.
 	blocks       []reqscan.Block

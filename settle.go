@@ -3,6 +3,7 @@ package tollgate
 import (
 	"math"
 	"net/http"
+	"slices"
 	"time"
 )
 
@@ -25,6 +26,9 @@ func (p *pool) responded(r *reservation, res response) {
 	r.status = res.status
 	if !res.stream || res.status >= 300 {
 		p.unwatchLocked(r) // its output will not show as it comes
+	}
+	if !res.stream && res.status < 300 {
+		r.producedBy = now
 	}
 	learned := p.learnLocked(now, r, res.headers)
 	switch {
@@ -291,7 +295,8 @@ func (p *pool) releaseLocked(r *reservation, all bool) {
 	}
 	if r.slot {
 		r.slot = false
-		p.budget.inFlight--
+		b := &p.budget
+		b.inFlight = slices.DeleteFunc(b.inFlight, func(x *reservation) bool { return x == r })
 	}
 	p.unwatchLocked(r)
 	p.releaseProbeLocked(r)
