@@ -55,7 +55,11 @@
 // charged what it showed (and a deviation ahead), so the server's level
 // stays above tollgate's whatever the stream produces, and the margin leaves
 // it out of n; only the attempts whose output is unseen until they end
-// (JSON replies) count there. tollgate starts from the provider's rule and
+// (JSON replies) count there, and each only once it could have produced
+// more than it was charged: the server counts output as it is produced, and
+// a reply takes time to produce (the pool times its JSON replies, and
+// takes an attempt in flight to produce up to half again as fast as the
+// fastest of them). tollgate starts from the provider's rule and
 // switches when a response's output-tokens-remaining, read at its start,
 // proves the other; until a response has confirmed a rule of counting as
 // produced, attempts are charged their max_tokens, the safe way to be wrong
