@@ -326,15 +326,16 @@ func (p *pool) producedEstimateLocked(now time.Time) (cost, need float64, until 
 	return math.Ceil(max(b.produced.mean, 1)), 1 + math.Ceil(margin), until
 }
 
-// exceeding counts the attempts in flight that the server may have
-// counted more output than they are charged by now, and returns when
-// another one may have (zero: none will). Only an attempt charged less than
-// its max_tokens for output counted as produced can (a watched stream,
-// reservation.produced, is charged its excess as it shows it). And the server counts output as it is
-// produced, so an attempt cannot have exceeded its charge before it could
-// have produced it: its charge at paceMargin times the fastest pace a reply
-// of the pool came at (budgetState.perToken) after it was sent. Until a
-// reply is timed, every one may have.
+// exceeding counts the attempts in flight that the server may have counted
+// more output than they are charged by now, and returns when another one
+// may have (zero: none will). Only an attempt charged less than its
+// max_tokens for output counted as produced can (a watched stream,
+// reservation.produced, is charged its excess as it shows it). And the
+// server counts output as it is produced, so an attempt cannot have
+// exceeded its charge before it could have produced it: its charge at
+// paceMargin times the fastest pace a reply of the pool came at
+// (budgetState.perToken) after it was sent. Until a reply is timed, every
+// one may have.
 func (b *budgetState) exceeding(now time.Time) (n int, next time.Time) {
 	for _, r := range b.inFlight {
 		out := r.charged[OutputTokens]
@@ -355,7 +356,7 @@ func (b *budgetState) exceeding(now time.Time) (n int, next time.Time) {
 // settleUsageLocked sets r's token charges to the usage its response
 // reported, and learns from it: the prompt bytes per token (of the part of
 // the prompt the server did not read from its cache), what the pool's calls
-// produce, and what the prompt cache holds.
+// produce and how fast a JSON reply came, and what the prompt cache holds.
 func (p *pool) settleUsageLocked(r *reservation, status int, u usage.Usage) {
 	model := r.model
 	b := &p.budget
