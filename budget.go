@@ -183,14 +183,9 @@ type budgetState struct {
 	// returned is what the server gave back of this pool's attempts after
 	// their readings, in all, per dimension (reservation.othersReturned).
 	returned [NumDimensions]float64
-	// reading is the newest response that said what remains: the bound it
-	// puts on the levels, as of when it arrived.
-	reading struct {
-		from  *reservation
-		floor [NumDimensions]float64
-		has   [NumDimensions]bool
-		at    time.Time
-	}
+	// reading holds, per dimension, the attempt whose response last said
+	// what remains there (reservation.floor).
+	reading [NumDimensions]*reservation
 	// queue holds the attempts waiting for admission, in the order they
 	// are to be admitted (queueLess); only the head asks the store.
 	queue    []*reservation
@@ -513,7 +508,12 @@ func (p *pool) admissionLocked(r *reservation, st Store) Admission {
 // last reported (the local fallback's read as this process's share of the
 // whole), and what the server last said remains (with what it gave back
 // since of the attempt that said so), each refilled since, whichever is
-// lower.
+// lower. What the server said is refilled since the attempt's send, as the
+// store's floor is (syncLocked): the server read it then at the earliest. A
+// JSON response's headers come seconds later; taken as of them, a reading
+// at the send held the buckets a first call started below the server's for
+// as long as the limit bound: 1,650 input tokens of 30,000 a minute where
+// the call took 5.8 s.
 func (p *pool) startLevelsLocked(now time.Time) (start [NumDimensions]float64, has [NumDimensions]bool) {
 	b := &p.budget
 	for d, l := range b.limits {
@@ -528,8 +528,8 @@ func (p *pool) startLevelsLocked(now time.Time) (start [NumDimensions]float64, h
 			}
 			level = known + float64(l)*max(now.Sub(b.levelAt), 0).Minutes()
 		}
-		if rd := &b.reading; rd.has[d] {
-			level = min(level, rd.from.floorNow(d, b, rd.at, now))
+		if r := b.reading[d]; r != nil {
+			level = min(level, r.floorNow(d, b, r.sentAt, now))
 		}
 		if !math.IsInf(level, 1) {
 			start[d], has[d] = min(level, float64(l)), true

@@ -995,6 +995,38 @@ func TestBudgetLimitJustLearnedIsCreditedTheRefillItsResetShows(t *testing.T) {
 	}
 }
 
+// A first call charged more input than the server counted is given the
+// difference back when it ends, and the store's bucket, started by the next
+// admission, starts there: what the response said remains bounds it as of
+// the call's send, when the server may have read it, not as of the
+// headers, which would hold the bucket 2,000 tokens under the server's (6 s
+// of refill, less the thousand a rounded reading allows) for as long as the
+// limit binds.
+func TestBudgetLimitJustLearnedStartsTheStoreAtTheLevelTheCallLeft(t *testing.T) {
+	rig := newBgtRig(t)
+	release := make(chan *http.Response, 1)
+	rig.setReply(func(*http.Request) (*http.Response, error) { return <-release, nil })
+	first := rig.start(bgtReq(context.Background(), "first", strings.Repeat("word ", 12_000), 10))
+	rig.waitSent(1)
+	sent := rig.clk.Now()
+	// The server counted 6,000 input tokens at the send and read its level
+	// then: 24,000 left, full again 12 s later. The headers come 6 s after.
+	rig.clk.Advance(6 * time.Second)
+	h := bgtLimits(-1, -1, 30_000, 24_000, -1, -1)
+	h.Set("anthropic-ratelimit-input-tokens-reset", sent.Add(12*time.Second).Format(time.RFC3339))
+	release <- bgtReply(200, h, 6_000, 5)
+	r := bgtReceive(t, first)
+	require.NoError(t, r.err)
+	bgtSettle(r)
+	rig.waitLevels(bgtLevels{tollgate.InputTokens: 27_000}, "settled")
+
+	release <- bgtReply(200, nil, 0, 5)
+	next := rig.start(bgtReq(context.Background(), "next", "", 10))
+	rig.waitSent(2)
+	rig.waitLevels(bgtLevels{tollgate.InputTokens: 27_000}, "the next admission starts the store's bucket there")
+	bgtSettle(bgtReceive(t, next))
+}
+
 // Where a pool's first response shows that the server counts output as it
 // is produced (its reading at the send, a full bucket, is more than the
 // limit less max_tokens), the server's output bucket stayed full while the

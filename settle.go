@@ -384,8 +384,7 @@ func (p *pool) learnLocked(now time.Time, r *reservation, h RateLimitHeaders) bo
 		if reading.HasRemaining && b.limits[d] > 0 {
 			r.floor[d] = min(float64(b.limits[d]), float64(reading.Remaining)+dl.rounding[d])
 			r.hasFloor[d] = true
-			b.reading.floor[d], b.reading.has[d] = r.floor[d], true
-			b.reading.from, b.reading.at = r, at
+			b.reading[d] = r
 		}
 	}
 	untaken := false
@@ -437,10 +436,8 @@ func readAtSend(now time.Time, r *reservation, h RateLimitHeaders, dl *dialect) 
 func (p *pool) startFreshLocked(now, at time.Time, r *reservation, fresh [NumDimensions]bool, h RateLimitHeaders) {
 	b := &p.budget
 	// A bucket the store has not seen holds, until the store reports it,
-	// what the next admission will start it at (Admission.Start), or all
-	// of it when the response did not say what remains. The level is kept
-	// as of levelAt: it is set back by the refill since.
-	start, has := p.startLevelsLocked(now)
+	// what the next admission will start it at (Admission.Start). The
+	// level is kept as of levelAt: it is set back by the refill since.
 	for d, f := range fresh {
 		if !f {
 			continue
@@ -450,11 +447,15 @@ func (p *pool) startFreshLocked(now, at time.Time, r *reservation, fresh [NumDim
 		// the limit less r's charge: the bucket held at most its limit
 		// before the server counted r. Both are as of at, with the refill
 		// since. What r is charged later counts from there (syncLocked).
+		// What remains is taken as of at, the later of the moments the
+		// server may have read it, which keeps the start cautious; the bound
+		// the store's level is held under takes it as of r's send, the
+		// earlier (startLevelsLocked).
 		l := float64(b.limits[d])
 		level := l
 		r.started[d] = startBound
-		if has[d] {
-			level, r.started[d] = start[d], startReading
+		if r.hasFloor[d] {
+			level, r.started[d] = min(r.floorNow(d, b, at, now), l), startReading
 		}
 		if bound := l - r.charged[d] + l*now.Sub(at).Minutes(); bound < level {
 			level, r.started[d] = bound, startBound
