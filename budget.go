@@ -508,12 +508,15 @@ func (p *pool) admissionLocked(r *reservation, st Store) Admission {
 // last reported (the local fallback's read as this process's share of the
 // whole), and what the server last said remains (with what it gave back
 // since of the attempt that said so), each refilled since, whichever is
-// lower. What the server said is refilled since the attempt's send, as the
-// store's floor is (syncLocked): the server read it then at the earliest. A
-// JSON response's headers come seconds later; taken as of them, a reading
-// at the send held the buckets a first call started below the server's for
-// as long as the limit bound: 1,650 input tokens of 30,000 a minute where
-// the call took 5.8 s.
+// lower. What the server said is taken as of when it read it, at the
+// headers unless the response shows otherwise: the refill since the send
+// would be credited to a level that misses what others took meanwhile
+// (after a shared store's restart, it drew 429s). But a reading that
+// started a bucket is not applied again: the start holds it, with the
+// refill its reset showed, and what its attempt was given back since.
+// Applied again as of the headers, it held a first call's buckets under
+// the server's for as long as the limit bound: 1,650 input tokens of
+// 30,000 a minute where the call took 5.8 s.
 func (p *pool) startLevelsLocked(now time.Time) (start [NumDimensions]float64, has [NumDimensions]bool) {
 	b := &p.budget
 	for d, l := range b.limits {
@@ -528,8 +531,8 @@ func (p *pool) startLevelsLocked(now time.Time) (start [NumDimensions]float64, h
 			}
 			level = known + float64(l)*max(now.Sub(b.levelAt), 0).Minutes()
 		}
-		if r := b.reading[d]; r != nil {
-			level = min(level, r.floorNow(d, b, r.sentAt, now))
+		if r := b.reading[d]; r != nil && r.started[d] == notStarted {
+			level = min(level, r.floorNow(d, b, r.readAt, now))
 		}
 		if !math.IsInf(level, 1) {
 			start[d], has[d] = min(level, float64(l)), true

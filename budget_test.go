@@ -1027,6 +1027,38 @@ func TestBudgetLimitJustLearnedStartsTheStoreAtTheLevelTheCallLeft(t *testing.T)
 	bgtSettle(bgtReceive(t, next))
 }
 
+// A store that lost its buckets starts them from what this process knows,
+// held under the newest reading as of when the server is taken to have
+// read it: at the headers. Taken as of the send, the 6 s a JSON call was
+// out would be refill credited to a level that misses what others took
+// meanwhile (here 16,000 tokens: the server had 10,000 left).
+func TestBudgetStoreThatLostItsBucketsStartsUnderTheReadingAsOfItsHeaders(t *testing.T) {
+	clk := fakeclock.New(bgtEpoch)
+	store := &stoRestartable{clk: clk}
+	store.restart()
+	rig := newBgtRigOn(t, clk, tollgate.WithStore(store), tollgate.WithStoreTimeout(time.Hour),
+		tollgate.WithLimits(tollgate.Limits{InputTokensPerMinute: 30_000}))
+	release := make(chan *http.Response, 1)
+	rig.setReply(func(*http.Request) (*http.Response, error) { return <-release, nil })
+	first := rig.start(bgtReq(context.Background(), "first", "", 10))
+	rig.waitSent(1)
+	rig.clk.Advance(6 * time.Second)
+	release <- bgtReply(200, bgtLimits(-1, -1, 30_000, 10_000, -1, -1), 0, 5)
+	r := bgtReceive(t, first)
+	require.NoError(t, r.err)
+	bgtSettle(r)
+	// The store's floor is the most the level can be: read at the send,
+	// rounded, with the refill since.
+	rig.waitLevels(bgtLevels{tollgate.InputTokens: 11_000 + 3_000}, "pulled down")
+
+	store.restart()
+	release <- bgtReply(200, nil, 0, 5)
+	next := rig.start(bgtReq(context.Background(), "next", "", 10))
+	rig.waitSent(2)
+	rig.waitLevels(bgtLevels{tollgate.InputTokens: 11_000}, "the restarted store starts under the reading as of its headers")
+	bgtSettle(bgtReceive(t, next))
+}
+
 // Where a pool's first response shows that the server counts output as it
 // is produced (its reading at the send, a full bucket, is more than the
 // limit less max_tokens), the server's output bucket stayed full while the

@@ -125,8 +125,8 @@
 // far as the reading's reset (when the bucket will be full) shows it: a
 // JSON response's headers come seconds after the server counted it. What
 // the attempt is given back later (its estimate above what the server
-// counted) raises that start, and the reading then holds it down only as
-// the most the level can be, as it does every level. Until
+// counted) raises that start; the reading, already in it, is not applied to
+// it again. Until
 // any limit is known for a Key, its attempts are admitted one at a time; a Key whose successful responses carry no limit headers (a
 // gateway that strips them) ends its cold start with that response and is
 // not paced.

@@ -60,6 +60,10 @@ type reservation struct {
 	floor        [NumDimensions]float64
 	hasFloor     [NumDimensions]bool
 	outAtReading float64
+	// readAt is when the server is taken to have read what remains: at
+	// the headers, unless the response shows it read at the send
+	// (learnLocked).
+	readAt time.Time
 	// returnedAt is the pool's returned when r was granted, and returned
 	// what of it is r's own: the rest since is what the server gave back
 	// of the other attempts while r was out (othersReturned).

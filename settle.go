@@ -384,7 +384,7 @@ func (p *pool) learnLocked(now time.Time, r *reservation, h RateLimitHeaders) bo
 		if reading.HasRemaining && b.limits[d] > 0 {
 			r.floor[d] = min(float64(b.limits[d]), float64(reading.Remaining)+dl.rounding[d])
 			r.hasFloor[d] = true
-			b.reading[d] = r
+			r.readAt, b.reading[d] = at, r
 		}
 	}
 	untaken := false
@@ -447,10 +447,6 @@ func (p *pool) startFreshLocked(now, at time.Time, r *reservation, fresh [NumDim
 		// the limit less r's charge: the bucket held at most its limit
 		// before the server counted r. Both are as of at, with the refill
 		// since. What r is charged later counts from there (syncLocked).
-		// What remains is taken as of at, the later of the moments the
-		// server may have read it, which keeps the start cautious; the bound
-		// the store's level is held under takes it as of r's send, the
-		// earlier (startLevelsLocked).
 		l := float64(b.limits[d])
 		level := l
 		r.started[d] = startBound
