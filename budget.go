@@ -508,15 +508,12 @@ func (p *pool) admissionLocked(r *reservation, st Store) Admission {
 // last reported (the local fallback's read as this process's share of the
 // whole), and what the server last said remains (with what it gave back
 // since of the attempt that said so), each refilled since, whichever is
-// lower. What the server said is taken as of when it read it, at the
-// headers unless the response shows otherwise: the refill since the send
-// would be credited to a level that misses what others took meanwhile
-// (after a shared store's restart, it drew 429s). But a reading that
-// started a bucket is not applied again: the start holds it, with the
-// refill its reset showed, and what its attempt was given back since.
-// Applied again as of the headers, it held a first call's buckets under
-// the server's for as long as the limit bound: 1,650 input tokens of
-// 30,000 a minute where the call took 5.8 s.
+// lower. What the server said counts as of when it is taken to have read
+// it (at the headers, unless the response shows otherwise): credited the
+// refill since the send, a level misses what others took meanwhile. A
+// reading that started a bucket is not applied again: the start holds it,
+// and what its attempt was given back since (applied again, it held a
+// first call's buckets up to 1,650 input tokens under the server's).
 func (p *pool) startLevelsLocked(now time.Time) (start [NumDimensions]float64, has [NumDimensions]bool) {
 	b := &p.budget
 	for d, l := range b.limits {

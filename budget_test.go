@@ -995,6 +995,31 @@ func TestBudgetLimitJustLearnedIsCreditedTheRefillItsResetShows(t *testing.T) {
 	}
 }
 
+// bgtAnsweredAfter sends req, the rig's first attempt, whose reply comes
+// from release; lets out pass on the clock; answers it with resp; and reads
+// the response to its end.
+func bgtAnsweredAfter(rig *bgtRig, release chan<- *http.Response, req *http.Request, out time.Duration, resp *http.Response) {
+	rig.t.Helper()
+	done := rig.start(req)
+	rig.waitSent(1)
+	rig.clk.Advance(out)
+	release <- resp
+	r := bgtReceive(rig.t, done)
+	require.NoError(rig.t, r.err)
+	bgtSettle(r)
+}
+
+// bgtSecondAdmitted sends a second attempt through rig, with no prompt and
+// a reply from release, and waits for the levels its admission leaves.
+func bgtSecondAdmitted(rig *bgtRig, release chan<- *http.Response, want bgtLevels, msg string) {
+	rig.t.Helper()
+	release <- bgtReply(200, nil, 0, 5)
+	next := rig.start(bgtReq(context.Background(), "next", "", 10))
+	rig.waitSent(2)
+	rig.waitLevels(want, msg)
+	bgtSettle(bgtReceive(rig.t, next))
+}
+
 // A first call charged more input than the server counted is given the
 // difference back when it ends, and the store's bucket, started by the next
 // admission, starts there: what the response said remains bounds it as of
@@ -1006,25 +1031,15 @@ func TestBudgetLimitJustLearnedStartsTheStoreAtTheLevelTheCallLeft(t *testing.T)
 	rig := newBgtRig(t)
 	release := make(chan *http.Response, 1)
 	rig.setReply(func(*http.Request) (*http.Response, error) { return <-release, nil })
-	first := rig.start(bgtReq(context.Background(), "first", strings.Repeat("word ", 12_000), 10))
-	rig.waitSent(1)
-	sent := rig.clk.Now()
 	// The server counted 6,000 input tokens at the send and read its level
 	// then: 24,000 left, full again 12 s later. The headers come 6 s after.
-	rig.clk.Advance(6 * time.Second)
 	h := bgtLimits(-1, -1, 30_000, 24_000, -1, -1)
-	h.Set("anthropic-ratelimit-input-tokens-reset", sent.Add(12*time.Second).Format(time.RFC3339))
-	release <- bgtReply(200, h, 6_000, 5)
-	r := bgtReceive(t, first)
-	require.NoError(t, r.err)
-	bgtSettle(r)
+	h.Set("anthropic-ratelimit-input-tokens-reset", rig.clk.Now().Add(12*time.Second).Format(time.RFC3339))
+	bgtAnsweredAfter(rig, release, bgtReq(context.Background(), "first", strings.Repeat("word ", 12_000), 10),
+		6*time.Second, bgtReply(200, h, 6_000, 5))
 	rig.waitLevels(bgtLevels{tollgate.InputTokens: 27_000}, "settled")
 
-	release <- bgtReply(200, nil, 0, 5)
-	next := rig.start(bgtReq(context.Background(), "next", "", 10))
-	rig.waitSent(2)
-	rig.waitLevels(bgtLevels{tollgate.InputTokens: 27_000}, "the next admission starts the store's bucket there")
-	bgtSettle(bgtReceive(t, next))
+	bgtSecondAdmitted(rig, release, bgtLevels{tollgate.InputTokens: 27_000}, "the next admission starts the store's bucket there")
 }
 
 // A store that lost its buckets starts them from what this process knows,
@@ -1040,23 +1055,14 @@ func TestBudgetStoreThatLostItsBucketsStartsUnderTheReadingAsOfItsHeaders(t *tes
 		tollgate.WithLimits(tollgate.Limits{InputTokensPerMinute: 30_000}))
 	release := make(chan *http.Response, 1)
 	rig.setReply(func(*http.Request) (*http.Response, error) { return <-release, nil })
-	first := rig.start(bgtReq(context.Background(), "first", "", 10))
-	rig.waitSent(1)
-	rig.clk.Advance(6 * time.Second)
-	release <- bgtReply(200, bgtLimits(-1, -1, 30_000, 10_000, -1, -1), 0, 5)
-	r := bgtReceive(t, first)
-	require.NoError(t, r.err)
-	bgtSettle(r)
+	bgtAnsweredAfter(rig, release, bgtReq(context.Background(), "first", "", 10),
+		6*time.Second, bgtReply(200, bgtLimits(-1, -1, 30_000, 10_000, -1, -1), 0, 5))
 	// The store's floor is the most the level can be: read at the send,
 	// rounded, with the refill since.
 	rig.waitLevels(bgtLevels{tollgate.InputTokens: 11_000 + 3_000}, "pulled down")
 
 	store.restart()
-	release <- bgtReply(200, nil, 0, 5)
-	next := rig.start(bgtReq(context.Background(), "next", "", 10))
-	rig.waitSent(2)
-	rig.waitLevels(bgtLevels{tollgate.InputTokens: 11_000}, "the restarted store starts under the reading as of its headers")
-	bgtSettle(bgtReceive(t, next))
+	bgtSecondAdmitted(rig, release, bgtLevels{tollgate.InputTokens: 11_000}, "the restarted store starts under the reading as of its headers")
 }
 
 // Where a pool's first response shows that the server counts output as it
