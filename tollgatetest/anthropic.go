@@ -206,7 +206,7 @@ func (x *exchange) anthropicMessages() {
 		x.anthropicStream(t, &msg, u, n, stop)
 		return
 	}
-	if !x.wait(cfg.Latency + time.Duration(n)*cfg.TimePerOutputToken) {
+	if !x.wait(cfg.Latency) || !x.generate(t, n) {
 		return
 	}
 	msg.Content = append(msg.Content, textBlock{Type: "text", Text: GeneratedText(n)})
@@ -217,7 +217,6 @@ func (x *exchange) anthropicMessages() {
 		x.dropMidBody(msg)
 		return
 	}
-	t.produce(n)
 	t.settle()
 	x.writeJSON(http.StatusOK, msg)
 }

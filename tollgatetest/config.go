@@ -25,9 +25,9 @@ const (
 	// admission the request's max_tokens (for OpenAI requests without a
 	// limit, the reply's actual length) must be available and is taken from
 	// the output and combined buckets; when the response ends, the unused
-	// part (max_tokens minus the tokens actually sent) is given back, never
-	// filling a bucket past its capacity. A client that hangs up early gets
-	// back everything it was not sent.
+	// part (max_tokens minus the tokens actually generated) is given back,
+	// never filling a bucket past its capacity. A client that hangs up early
+	// gets back everything that was not generated.
 	ReserveMaxTokens OutputAccounting = iota
 
 	// CountAsProduced is today's Anthropic model ("output tokens are counted
@@ -35,9 +35,10 @@ const (
 	// needs the output bucket (and the combined one, after the input tokens)
 	// to hold at least one token, whatever max_tokens says (even more than
 	// the limit); nothing is reserved, and each token is taken when it is
-	// sent (streamed deltas one by one, a non-streaming reply all at once
-	// just before it is written). Buckets can go below zero this way; later
-	// requests then wait until the debt is refilled. It applies to the
+	// generated, streamed or not (TimePerOutputToken), so a non-streaming
+	// reply drains the bucket while it is generated, before it is sent.
+	// Buckets can go below zero this way; later requests then wait until
+	// the debt is refilled. It applies to the
 	// Anthropic Messages route only: chat completions always reserve, as
 	// OpenAI counts max_tokens when the request is made.
 	CountAsProduced
@@ -174,13 +175,15 @@ type Config struct {
 	// StreamEventDelay is waited between consecutive events of a stream.
 	StreamEventDelay time.Duration
 
-	// TimePerOutputToken is waited per generated token: for a stream before
-	// each text delta (times the tokens it carries), for a non-streaming
-	// reply once, before the headers, for the whole reply.
+	// TimePerOutputToken is waited per generated token, before the tokens
+	// are counted: for a stream before each text delta (times the tokens it
+	// carries), for a non-streaming reply chunk by chunk (StreamChunkTokens)
+	// before its headers.
 	TimePerOutputToken time.Duration
 
 	// StreamChunkTokens is how many tokens each streamed text delta carries
-	// (the last one may carry fewer); 0 or negative means
+	// (the last one may carry fewer), and how many a non-streaming reply's
+	// generation counts at a time; 0 or negative means
 	// DefaultStreamChunkTokens.
 	StreamChunkTokens int
 

@@ -168,12 +168,15 @@
 //
 //   - ReserveMaxTokens (default; older docs, and gateways that work this
 //     way): max_tokens must be available and is taken at admission; when the
-//     response ends, max_tokens minus the tokens actually sent is given back.
+//     response ends, max_tokens minus the tokens actually generated is given
+//     back.
 //   - CountAsProduced (today's docs: "output tokens are counted as they are
 //     produced; max_tokens does not factor in"): admission needs at least one
 //     output token available whatever max_tokens says, and reserves nothing;
-//     each token is taken when sent, so a bucket may go negative and later
-//     requests wait out the debt.
+//     each token is taken when generated, streamed or not (a non-streaming
+//     reply is generated chunk by chunk, TimePerOutputToken apart, before
+//     it is sent), so a bucket may go negative and later requests wait out
+//     the debt.
 //
 // Chat completions always reserve (max_tokens, or the reply's length when
 // there is none) and settle, as OpenAI counts max_tokens when the request is
@@ -214,9 +217,10 @@
 //
 // Config.Now drives the buckets, reset headers and Stats timeline (Clock is a
 // ready-made manual clock). Config.Latency, StreamEventDelay and
-// TimePerOutputToken, and Fault.Delay and BodyDelay, are real waits; every wait ends early
-// when the client goes away or Close is called, and the handler then returns
-// (a reservation is settled to the tokens actually sent).
+// TimePerOutputToken, and Fault.Delay and BodyDelay, are real waits; every
+// wait ends early when the client goes away or Close is called, and the
+// handler then returns (a reservation is settled to the tokens actually
+// generated).
 //
 // # Faults
 //
@@ -236,7 +240,8 @@
 // the input limit counted (input + cache creation, plus cache reads where
 // they count; every prompt token on the OpenAI route);
 // CacheReadInputTokens, CacheCreationInputTokens and PromptTokens say how
-// the prompts were served. Those count when the reply is sent; the
+// the prompts were served. Those count when the reply is sent, and
+// Stats.OutputTokens as the tokens are generated; the
 // timeline's Admitted and AdmittedInputTokens count when the limiter admits,
 // which is what a share of the limits over a window needs.
 package tollgatetest

@@ -3,6 +3,7 @@ package tollgatetest_test
 import (
 	"context"
 	"errors"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -211,6 +212,45 @@ func TestStreamChargesAsProducedAndSettlesOnAbort(t *testing.T) {
 		st := srv.Stats()
 		assert.Equal(t, 20, st.OutputTokens)
 		assert.Equal(t, 980, srv.Limits().OutputTokens.Remaining, "mode %d", mode)
+	}
+}
+
+// A non-streaming reply's output is counted while it is generated, before
+// the reply is sent, and a request that ends meanwhile keeps what it had
+// generated counted: under either rule, the reservation is settled to it.
+func TestNonStreamingReplyCountsOutputWhileGenerated(t *testing.T) {
+	for _, mode := range []tollgatetest.OutputAccounting{tollgatetest.ReserveMaxTokens, tollgatetest.CountAsProduced} {
+		clock := tollgatetest.NewClock(t0) // no refill: the levels show only what was taken
+		srv := newServer(t, tollgatetest.Config{Now: clock.Now, OutputTokensPerMinute: 8000, OutputTokens: 1000,
+			StreamChunkTokens: 10, TimePerOutputToken: time.Millisecond, OutputAccounting: mode})
+		ctx, cancel := context.WithCancel(context.Background())
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/v1/messages", strings.NewReader(msg("hi", 2000)))
+		require.NoError(t, err)
+		req.Header.Set("Content-Type", "application/json")
+		client, done := httpClient(t), make(chan error, 1)
+		go func() {
+			resp, err := client.Do(req)
+			if err == nil {
+				resp.Body.Close()
+			}
+			done <- err
+		}()
+		taken := func() int { return 8000 - srv.Limits().OutputTokens.Remaining }
+		if mode == tollgatetest.CountAsProduced {
+			require.Eventually(t, func() bool { return taken() > 0 }, 5*time.Second, time.Millisecond)
+		} else {
+			require.Eventually(t, func() bool { return srv.Stats().OutputTokens > 0 }, 5*time.Second, time.Millisecond)
+			assert.Equal(t, 2000, taken(), "max_tokens reserved while the reply is generated")
+		}
+		st := srv.Stats()
+		assert.Less(t, st.OutputTokens, 1000, "mode %d: counted before the whole reply is generated", mode)
+		cancel()
+		require.ErrorIs(t, <-done, context.Canceled, "the reply was not sent")
+		require.Eventually(t, func() bool { return srv.Stats().InFlight == 0 }, 5*time.Second, time.Millisecond)
+		st = srv.Stats()
+		assert.Positive(t, st.OutputTokens)
+		assert.Less(t, st.OutputTokens, 1000)
+		assert.Equal(t, st.OutputTokens, taken(), "mode %d: what was generated stays counted", mode)
 	}
 }
 

@@ -179,7 +179,7 @@ func (x *exchange) openAIChat() {
 		x.openAIStream(t, id, created, req.Model, u, n, finish, usage)
 		return
 	}
-	if !x.wait(cfg.Latency + time.Duration(n)*cfg.TimePerOutputToken) {
+	if !x.wait(cfg.Latency) || !x.generate(t, n) {
 		return
 	}
 	body := chatCompletion{
@@ -194,7 +194,6 @@ func (x *exchange) openAIChat() {
 		x.dropMidBody(body)
 		return
 	}
-	t.produce(n)
 	t.settle()
 	x.writeJSON(http.StatusOK, body)
 }

@@ -34,9 +34,11 @@ type Stats struct {
 	// (Config.CacheReadsCountAsInput); on the OpenAI route every prompt
 	// token, cached or not. Without prompt caching it is every prompt token.
 	InputTokens int
-	// OutputTokens is the generated tokens actually sent: a non-streaming
-	// reply's tokens when its body is written in full, a stream's tokens
-	// delta by delta as they are written.
+	// OutputTokens is the output tokens generated, counted as they are: a
+	// stream's delta by delta as they are written, a non-streaming reply's
+	// chunk by chunk while it is generated, before its body is written (so
+	// a reply whose body is cut still counts in full, and one whose request
+	// ends while it is generated counts what it had).
 	OutputTokens int
 	// CacheCreationInputTokens is the prompt tokens written to the cache
 	// (Anthropic cache_creation_input_tokens), counted with InputTokens.
