@@ -241,7 +241,7 @@
 // they count; every prompt token on the OpenAI route);
 // CacheReadInputTokens, CacheCreationInputTokens and PromptTokens say how
 // the prompts were served. Those count when the reply is sent, and
-// Stats.OutputTokens as the tokens are generated; the
-// timeline's Admitted and AdmittedInputTokens count when the limiter admits,
-// which is what a share of the limits over a window needs.
+// Stats.OutputTokens as the tokens are generated; the timeline's Admitted
+// and AdmittedInputTokens count when the limiter admits, which is what a
+// share of the limits over a window needs.
 package tollgatetest
