@@ -648,10 +648,81 @@ func TestOutputToldLimitsChargeMaxTokensUntilAResponseShowsTheRule(t *testing.T)
 	assert.Equal(t, tollgate.ReserveMaxTokens, b.Output)
 }
 
+// A server that reserves max_tokens may show, in a JSON response's headers,
+// its levels as of their writing: after it gave back what the reply did not
+// use, so that the reading looks like max_tokens never taken. That proves
+// nothing, and the calls stay charged their max_tokens: of four calls of
+// 2,048 under an 8,000 output limit, three go at once and the fourth waits,
+// with no 429. (Before, the first response switched the pool to output
+// counted as produced, and the fourth call drew a 429.)
+func TestOutputJSONReadingAsOfItsWritingDoesNotProveCountAsProduced(t *testing.T) {
+	clk := fakeclock.New(accEpoch)
+	srv := tollgatetest.NewServer(accTier1(tollgatetest.Config{OutputAccounting: tollgatetest.ReserveMaxTokens,
+		RoundRemaining: tollgatetest.RoundNearest, Now: clk.Now}))
+	t.Cleanup(srv.Close)
+	httpBase := &http.Transport{}
+	t.Cleanup(httpBase.CloseIdleConnections)
+	rig := newAccRigOn(t, clk, &accReadAtWrite{srv: srv, next: httpBase})
+	rig.srv, rig.url = srv, srv.URL
+	const maxTokens, calls = 2048, 4
+
+	first := rig.ok(rig.messages(accSmall("claude-sonnet-4-5", maxTokens, "first")))
+	assert.Equal(t, "reserve_max_tokens", first.str(accOutputRule))
+	require.Greater(t, srv.Limits().OutputTokens.Remaining-1000, 8_000-maxTokens,
+		"the reading, rounded, looks like max_tokens untaken")
+	b := rig.budget(accSonnet)
+	assert.Equal(t, "provider", b.OutputSource, "nothing the server showed confirmed the rule")
+
+	_, release := rig.base.hold()
+	t.Cleanup(release)
+	var done []<-chan rtResult
+	for i := range calls {
+		done = append(done, rig.start(rig.messages(accSmall("claude-sonnet-4-5", maxTokens, fmt.Sprint("call", i)))))
+	}
+	require.True(t, bgtEventually(func() bool {
+		ks, ok := rig.rt.Snapshot().Key(accSonnet)
+		return ok && ks.Budget.InFlight == calls-1 && ks.Budget.Waiting == 1
+	}), "three calls are sent, the fourth waits")
+	release()
+	for _, c := range done {
+		r, _ := rig.send(c)
+		require.NoError(t, r.err)
+		assert.Equal(t, http.StatusOK, r.resp.StatusCode)
+		accReadAll(t, r.resp)
+	}
+	assert.Zero(t, srv.Stats().RateLimited)
+	for _, sp := range rig.callSpans() {
+		c := accCall{t: t, span: accAttrs(sp.Attributes)}
+		assert.Equal(t, "reserve_max_tokens", c.str(accOutputRule))
+	}
+}
+
+// accReadAtWrite sends requests on to srv and shows, in each response's
+// token headers, srv's levels once the response is written (its
+// reservation settled), rounded to the nearest thousand: a server that
+// reads its levels for a JSON response's headers when it writes them.
+type accReadAtWrite struct {
+	srv  *tollgatetest.Server
+	next http.RoundTripper
+}
+
+func (a *accReadAtWrite) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := a.next.RoundTrip(req)
+	if err != nil {
+		return nil, err
+	}
+	l := a.srv.Limits()
+	rounded := func(n int) string { return strconv.Itoa((n + 500) / 1000 * 1000) }
+	resp.Header.Set("anthropic-ratelimit-input-tokens-remaining", rounded(l.InputTokens.Remaining))
+	resp.Header.Set("anthropic-ratelimit-output-tokens-remaining", rounded(l.OutputTokens.Remaining))
+	resp.Header.Set("anthropic-ratelimit-tokens-remaining", rounded(min(l.InputTokens.Remaining, l.OutputTokens.Remaining)))
+	return resp, nil
+}
+
 // The rule follows the server: a pool that detected max_tokens reserved
 // switches back to output counted as produced when a response proves it —
-// an output-tokens remaining at its start that max_tokens cannot have been
-// taken from, rounding allowed for.
+// a stream's output-tokens remaining at its start that max_tokens cannot
+// have been taken from, rounding allowed for.
 func TestOutputRuleFollowsTheServerBackToCountAsProduced(t *testing.T) {
 	rig := newAccRig(t, accTier1(tollgatetest.Config{OutputAccounting: tollgatetest.ReserveMaxTokens,
 		RoundRemaining: tollgatetest.RoundNearest}))
@@ -666,7 +737,8 @@ func TestOutputRuleFollowsTheServerBackToCountAsProduced(t *testing.T) {
 	produced := tollgatetest.NewServer(accTier1(tollgatetest.Config{OutputAccounting: tollgatetest.CountAsProduced,
 		RoundRemaining: tollgatetest.RoundNearest, Now: rig.clk.Now}))
 	t.Cleanup(produced.Close)
-	c := rig.ok(rig.to(produced.URL, rig.messages(accSmall("claude-sonnet-4-5", maxTokens, "second"))))
+	second := `{"stream":true,` + accSmall("claude-sonnet-4-5", maxTokens, "second")[1:]
+	c := rig.ok(rig.to(produced.URL, rig.messages(second)))
 	assert.Equal(t, "reserve_max_tokens", c.str(accOutputRule), "sent under the rule it had")
 	b = rig.budget(accSonnet)
 	assert.Equal(t, tollgate.CountAsProduced, b.Output)
@@ -737,7 +809,9 @@ func TestTelemetryCallSpanCarriesEstimatedAndCountedTokens(t *testing.T) {
 	var calls []accCall
 	for i := range 3 {
 		body := convo.body(true, "")
-		if i == 2 {
+		if i == 0 {
+			// A stream's headers, which come before its output, show the
+			// rule (provesUntaken).
 			body = strings.Replace(body, `"max_tokens":2048`, `"max_tokens":2048,"stream":true`, 1)
 		}
 		calls = append(calls, rig.ok(rig.messages(body)))

@@ -391,7 +391,7 @@ func (p *pool) learnLocked(now time.Time, r *reservation, h RateLimitHeaders) bo
 	if rd := h.Limits[OutputTokens]; dl.detectOutput && rd.HasRemaining && rd.HasLimit && rd.Limit > 0 {
 		r.outRemaining, r.outLimit = float64(rd.Remaining), float64(rd.Limit)
 		untaken = maxTokensUntaken(r, dl.rounding[OutputTokens])
-		if untaken {
+		if untaken && provesUntaken(r) {
 			p.producedEvidenceLocked()
 		}
 	}
@@ -503,8 +503,25 @@ func maxTokensUntaken(r *reservation, u float64) bool {
 	return r.maxTokens > 0 && r.outRemaining-u > r.outLimit-float64(r.maxTokens)
 }
 
+// provesUntaken reports whether r's response, whose reading says its
+// max_tokens was not taken (maxTokensUntaken), proves it: only a response
+// the server admitted, and only a reading taken while the server still held
+// what it reserved of r. A stream's headers come before its output, so
+// before the server settles it. A JSON response's headers come with its
+// body, and a server may show its levels as of their writing, after it gave
+// back the max_tokens r did not use: that looks like max_tokens never
+// taken, and believing it drew 160 429s per 100 OK against such a server
+// that reserves. A JSON response proves it only where max_tokens is above
+// the output limit, which a server that reserves cannot admit at all.
+func provesUntaken(r *reservation) bool {
+	if r.status >= 300 {
+		return false // refused or failed: nothing was taken, whatever the rule
+	}
+	return r.info != nil && r.info.Stream || float64(r.maxTokens) > r.outLimit
+}
+
 // producedEvidenceLocked switches to counting output as produced, where a
-// response proved it (maxTokensUntaken).
+// response proved it (maxTokensUntaken, provesUntaken).
 func (p *pool) producedEvidenceLocked() {
 	b := &p.budget
 	if b.outputSource == "option" || b.outputSource == "detected" && b.output == CountAsProduced {
