@@ -63,7 +63,10 @@
 // switches when a response's output-tokens-remaining, read at its start,
 // proves the other; until a response has confirmed a rule of counting as
 // produced, attempts are charged their max_tokens, the safe way to be wrong
-// (with told limits the first calls go together, before any response). The
+// (with told limits the first calls go together, before any response).
+// Only a stream's headers, or a response to a call whose max_tokens exceeds
+// the output limit, confirm it: a JSON response's headers may show the
+// levels after the server gave back the max_tokens it did not use. The
 // buckets that count input must hold more than the cost (a twentieth of
 // it, and a second's refill while other attempts are in flight): estimates
 // may fall short, together, until they settle. The buckets that take
