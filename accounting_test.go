@@ -697,10 +697,65 @@ func TestOutputJSONReadingAsOfItsWritingDoesNotProveCountAsProduced(t *testing.T
 	}
 }
 
+// A server that reads its levels when it admits a call shows it on a JSON
+// reply that took long enough: the requests reading, from its reset, is more
+// than two seconds before the Date the server wrote. That reading proves
+// max_tokens untaken, and the next calls are charged what calls produce; the
+// same reading on a reply written at once proves nothing.
+func TestOutputJSONReadingFromItsAdmissionProvesCountAsProduced(t *testing.T) {
+	for _, tc := range []struct {
+		later  time.Duration // from the admission to the Date of the reply
+		source string
+		rule   string
+	}{
+		{0, "provider", "reserve_max_tokens"},
+		{10 * time.Second, "detected", "count_as_produced"},
+	} {
+		t.Run(fmt.Sprint("written after ", tc.later), func(t *testing.T) {
+			clk := fakeclock.New(accEpoch)
+			srv := tollgatetest.NewServer(accTier1(tollgatetest.Config{OutputAccounting: tollgatetest.CountAsProduced,
+				RoundRemaining: tollgatetest.RoundNearest, Now: clk.Now}))
+			t.Cleanup(srv.Close)
+			httpBase := &http.Transport{}
+			t.Cleanup(httpBase.CloseIdleConnections)
+			rig := newAccRigOn(t, clk, &accWrittenLater{next: httpBase, later: tc.later})
+			rig.srv, rig.url = srv, srv.URL
+			const maxTokens = 2048
+			first := rig.ok(rig.messages(accSmall("claude-sonnet-4-5", maxTokens, "first")))
+			assert.Equal(t, "reserve_max_tokens", first.str(accOutputRule), "before any response, the safe rule")
+			assert.Equal(t, tc.source, rig.budget(accSonnet).OutputSource)
+			c := rig.ok(rig.messages(accSmall("claude-sonnet-4-5", maxTokens, "second")))
+			assert.Equal(t, tc.rule, c.str(accOutputRule))
+		})
+	}
+}
+
+// accWrittenLater sends requests on and dates each response later by
+// later: a server that wrote it that long after it read its levels.
+type accWrittenLater struct {
+	next  http.RoundTripper
+	later time.Duration
+}
+
+func (a *accWrittenLater) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := a.next.RoundTrip(req)
+	if err != nil {
+		return nil, err
+	}
+	date, err := http.ParseTime(resp.Header.Get("Date"))
+	if err != nil {
+		resp.Body.Close()
+		return nil, fmt.Errorf("the server wrote no Date: %w", err)
+	}
+	resp.Header.Set("Date", date.Add(a.later).Format(http.TimeFormat))
+	return resp, nil
+}
+
 // accReadAtWrite sends requests on to srv and shows, in each response's
-// token headers, srv's levels once the response is written (its
-// reservation settled), rounded to the nearest thousand: a server that
-// reads its levels for a JSON response's headers when it writes them.
+// limit headers, srv's levels once the response is written (its
+// reservation settled), the token ones rounded to the nearest thousand: a
+// server that reads its levels for a JSON response's headers when it
+// writes them.
 type accReadAtWrite struct {
 	srv  *tollgatetest.Server
 	next http.RoundTripper
@@ -713,6 +768,8 @@ func (a *accReadAtWrite) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	l := a.srv.Limits()
 	rounded := func(n int) string { return strconv.Itoa((n + 500) / 1000 * 1000) }
+	resp.Header.Set("anthropic-ratelimit-requests-remaining", strconv.Itoa(l.Requests.Remaining))
+	resp.Header.Set("anthropic-ratelimit-requests-reset", l.Requests.FullAt.UTC().Truncate(time.Second).Add(time.Second).Format(time.RFC3339))
 	resp.Header.Set("anthropic-ratelimit-input-tokens-remaining", rounded(l.InputTokens.Remaining))
 	resp.Header.Set("anthropic-ratelimit-output-tokens-remaining", rounded(l.OutputTokens.Remaining))
 	resp.Header.Set("anthropic-ratelimit-tokens-remaining", rounded(min(l.InputTokens.Remaining, l.OutputTokens.Remaining)))

@@ -95,6 +95,11 @@ type RateLimitHeaders struct {
 	ShouldRetry   ShouldRetry
 	// RequestID is the request-id (Anthropic) or x-request-id (OpenAI).
 	RequestID string
+	// Date is the response's Date header: the server's clock, to the
+	// second, when it wrote the response; zero when absent or malformed.
+	// Set beside a reset (also the server's clock), it tells when the
+	// server read its levels, whatever the two machines' clocks say.
+	Date time.Time
 }
 
 // Reading returns the reading for d, or a zero Reading for an unknown d.
@@ -150,6 +155,9 @@ func parseHeaders(h http.Header, now time.Time) RateLimitHeaders {
 	out.RequestID = first(h, "Request-Id")
 	if out.RequestID == "" {
 		out.RequestID = first(h, "X-Request-Id")
+	}
+	if t, err := http.ParseTime(first(h, "Date")); err == nil {
+		out.Date = t
 	}
 	return out
 }

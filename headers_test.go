@@ -88,6 +88,18 @@ func TestParseHeadersRequestIDPrefersAnthropics(t *testing.T) {
 	assert.Empty(t, got.Provider, "an id alone names no dialect")
 }
 
+// Date is the server's clock when it wrote the response, in any of the
+// formats HTTP allows; anything else leaves it zero.
+func TestParseHeadersDate(t *testing.T) {
+	for _, v := range []string{"Thu, 26 Nov 2026 12:00:05 GMT", "Thursday, 26-Nov-26 12:00:05 GMT", "Thu Nov 26 12:00:05 2026"} {
+		got := parseHeaders(trHeaders("date", v), trObservedAt)
+		assert.True(t, got.Date.Equal(trObservedAt.Add(5*time.Second)), "%q: %v", v, got.Date)
+	}
+	for _, v := range []string{"", "yesterday", "2026-11-26T12:00:05Z", "Thu, 99 Nov 2026 12:00:05 GMT"} {
+		assert.True(t, parseHeaders(trHeaders("date", v), trObservedAt).Date.IsZero(), "%q", v)
+	}
+}
+
 func TestParseHeadersValues(t *testing.T) {
 	type want struct {
 		limit     int64

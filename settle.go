@@ -391,7 +391,7 @@ func (p *pool) learnLocked(now time.Time, r *reservation, h RateLimitHeaders) bo
 	if rd := h.Limits[OutputTokens]; dl.detectOutput && rd.HasRemaining && rd.HasLimit && rd.Limit > 0 {
 		r.outRemaining, r.outLimit = float64(rd.Remaining), float64(rd.Limit)
 		untaken = maxTokensUntaken(r, dl.rounding[OutputTokens])
-		if untaken && provesUntaken(r) {
+		if untaken && provesUntaken(r, h) {
 			p.producedEvidenceLocked()
 		}
 	}
@@ -511,13 +511,32 @@ func maxTokensUntaken(r *reservation, u float64) bool {
 // body, and a server may show its levels as of their writing, after it gave
 // back the max_tokens r did not use: that looks like max_tokens never
 // taken, and believing it drew 160 429s per 100 OK against such a server
-// that reserves. A JSON response proves it only where max_tokens is above
-// the output limit, which a server that reserves cannot admit at all.
-func provesUntaken(r *reservation) bool {
+// that reserves. A JSON response proves it where max_tokens is above the
+// output limit, which a server that reserves cannot admit at all, or where
+// it shows the server read its levels well before it wrote the response
+// (readBeforeWritten).
+func provesUntaken(r *reservation, h RateLimitHeaders) bool {
 	if r.status >= 300 {
 		return false // refused or failed: nothing was taken, whatever the rule
 	}
-	return r.info != nil && r.info.Stream || float64(r.maxTokens) > r.outLimit
+	return r.info != nil && r.info.Stream || float64(r.maxTokens) > r.outLimit || readBeforeWritten(h)
+}
+
+// readBeforeWritten reports whether a response shows that the server read
+// its levels well before it wrote the response, so before it settled the
+// reply: the requests bucket's reset, less the refill its remaining lacks,
+// is when the server read it, and that is more than two seconds before the
+// Date the server wrote (each is to the second; both are the server's
+// clock, whatever tollgate's says). A JSON reply of more than about four
+// seconds from a server that reads its levels when it admits a call shows
+// it; one that reads them when it writes the headers never does.
+func readBeforeWritten(h RateLimitHeaders) bool {
+	rd := h.Limits[Requests]
+	if h.Date.IsZero() || rd.Reset.IsZero() || !rd.HasRemaining || !rd.HasLimit || rd.Limit <= 0 || rd.Remaining >= rd.Limit {
+		return false
+	}
+	lacking := time.Duration(float64(rd.Limit-rd.Remaining) / float64(rd.Limit) * float64(time.Minute))
+	return rd.Reset.Add(-lacking).Add(2 * time.Second).Before(h.Date)
 }
 
 // producedEvidenceLocked switches to counting output as produced, where a

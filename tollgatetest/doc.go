@@ -213,10 +213,15 @@
 //     bucket is full, as a Go duration to the millisecond ("1s", "6m0s",
 //     "1.5s", "20ms").
 //
+// The Date header of every response is Config.Now's when its headers are
+// written, as a server's clock shows it beside its resets: a JSON reply's
+// Date is after its generation, the reading its limit headers show is from
+// its admission.
+//
 // # Time
 //
-// Config.Now drives the buckets, reset headers and Stats timeline (Clock is a
-// ready-made manual clock). Config.Latency, StreamEventDelay and
+// Config.Now drives the buckets, reset headers, Date headers and Stats
+// timeline (Clock is a ready-made manual clock). Config.Latency, StreamEventDelay and
 // TimePerOutputToken, and Fault.Delay and BodyDelay, are real waits; every
 // wait ends early when the client goes away or Close is called, and the
 // handler then returns (a reservation is settled to the tokens actually

@@ -470,10 +470,12 @@ func (x *exchange) postOnly() bool {
 	return false
 }
 
-// setHeaders sets the headers every response carries: request id, rate-limit
-// state, and a fault's retry headers.
+// setHeaders sets the headers every response carries: request id, Date (on
+// Config.Now's clock, as the resets are), rate-limit state, and a fault's
+// retry headers.
 func (x *exchange) setHeaders() {
 	h := x.w.Header()
+	h.Set("Date", x.s.cfg.now().UTC().Format(http.TimeFormat))
 	if x.api == anthropicAPI {
 		h.Set("request-id", x.rid)
 	} else {
