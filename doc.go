@@ -64,8 +64,9 @@
 // proves the other; until a response has confirmed a rule of counting as
 // produced, attempts are charged their max_tokens, the safe way to be wrong
 // (with told limits the first calls go together, before any response).
-// Only a stream's headers, or a response to a call whose max_tokens exceeds
-// the output limit, confirm it: a JSON response's headers may show the
+// Only a stream's headers, a response to a call whose max_tokens exceeds the
+// output limit, or a JSON response whose reading is seconds older than the
+// Date it was written at confirm it: a JSON response's headers may show the
 // levels after the server gave back the max_tokens it did not use. The
 // buckets that count input must hold more than the cost (a twentieth of
 // it, and a second's refill while other attempts are in flight): estimates
