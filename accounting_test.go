@@ -91,13 +91,24 @@ type accRig struct {
 // rig's) and a Transport in front of it.
 func newAccRig(t *testing.T, cfg tollgatetest.Config, opts ...tollgate.Option) *accRig {
 	t.Helper()
+	return newAccRigThrough(t, cfg, nil, opts...)
+}
+
+// newAccRigThrough is newAccRig whose requests go through what wrap makes
+// of the server and the HTTP transport to it (nil: the transport itself).
+func newAccRigThrough(t *testing.T, cfg tollgatetest.Config, wrap func(*tollgatetest.Server, http.RoundTripper) http.RoundTripper, opts ...tollgate.Option) *accRig {
+	t.Helper()
 	clk := fakeclock.New(accEpoch)
 	cfg.Now = clk.Now
 	srv := tollgatetest.NewServer(cfg)
 	t.Cleanup(srv.Close)
 	httpBase := &http.Transport{}
 	t.Cleanup(httpBase.CloseIdleConnections)
-	rig := newAccRigOn(t, clk, httpBase, opts...)
+	var next http.RoundTripper = httpBase
+	if wrap != nil {
+		next = wrap(srv, httpBase)
+	}
+	rig := newAccRigOn(t, clk, next, opts...)
 	rig.srv, rig.url = srv, srv.URL
 	return rig
 }
@@ -615,16 +626,7 @@ func TestOutputToldLimitsChargeMaxTokensUntilAResponseShowsTheRule(t *testing.T)
 		RoundRemaining: tollgatetest.RoundNearest}),
 		tollgate.WithLimits(tollgate.Limits{RequestsPerMinute: 50, InputTokensPerMinute: 30_000, OutputTokensPerMinute: 8_000}))
 	const maxTokens, calls = 2048, 4
-	_, release := rig.base.hold()
-	t.Cleanup(release)
-	var done []<-chan rtResult
-	for i := range calls {
-		done = append(done, rig.start(rig.messages(accSmall("claude-sonnet-4-5", maxTokens, fmt.Sprint("call", i)))))
-	}
-	require.True(t, bgtEventually(func() bool {
-		ks, ok := rig.rt.Snapshot().Key(accSonnet)
-		return ok && ks.Budget.InFlight == calls-1 && ks.Budget.Waiting == 1 && len(rig.clk.Pending()) == 1
-	}), "three calls are sent, the fourth waits")
+	done, release := accAllButTheLastGo(t, rig, maxTokens, calls)
 	b := rig.budget(accSonnet)
 	assert.Equal(t, float64((calls-1)*maxTokens), b.Dimensions[tollgate.OutputTokens].Reserved)
 	// Granted ahead of time for when the refill covers it: the 192 tokens
@@ -637,15 +639,40 @@ func TestOutputToldLimitsChargeMaxTokensUntilAResponseShowsTheRule(t *testing.T)
 	require.Len(t, pending, 1)
 	assert.InDelta(t, float64(1690*time.Millisecond), float64(pending[0]), float64(time.Millisecond))
 	release()
+	accAllOK(t, rig, done)
+	assert.Zero(t, rig.srv.Stats().RateLimited)
+	b = rig.budget(accSonnet)
+	assert.Equal(t, tollgate.ReserveMaxTokens, b.Output)
+}
+
+// accAllButTheLastGo holds the rig's base and starts calls of maxTokens
+// each, and requires that all but the last are sent while the last waits,
+// granted ahead of time; it returns the calls and what releases the base.
+func accAllButTheLastGo(t *testing.T, rig *accRig, maxTokens, calls int) ([]<-chan rtResult, func()) {
+	t.Helper()
+	_, release := rig.base.hold()
+	t.Cleanup(release)
+	var done []<-chan rtResult
+	for i := range calls {
+		done = append(done, rig.start(rig.messages(accSmall("claude-sonnet-4-5", maxTokens, fmt.Sprint("call", i)))))
+	}
+	require.True(t, bgtEventually(func() bool {
+		ks, ok := rig.rt.Snapshot().Key(accSonnet)
+		return ok && ks.Budget.InFlight == calls-1 && ks.Budget.Waiting == 1 && len(rig.clk.Pending()) == 1
+	}), "all calls but the last are sent, the last waits")
+	return done, release
+}
+
+// accAllOK plays the calls through to their end (on the fake clock) and
+// requires each to succeed.
+func accAllOK(t *testing.T, rig *accRig, done []<-chan rtResult) {
+	t.Helper()
 	for _, c := range done {
 		r, _ := rig.send(c)
 		require.NoError(t, r.err)
 		assert.Equal(t, http.StatusOK, r.resp.StatusCode)
 		accReadAll(t, r.resp)
 	}
-	assert.Zero(t, rig.srv.Stats().RateLimited)
-	b = rig.budget(accSonnet)
-	assert.Equal(t, tollgate.ReserveMaxTokens, b.Output)
 }
 
 // A server that reserves max_tokens may show, in a JSON response's headers,
@@ -656,14 +683,11 @@ func TestOutputToldLimitsChargeMaxTokensUntilAResponseShowsTheRule(t *testing.T)
 // with no 429. (Before, the first response switched the pool to output
 // counted as produced, and the fourth call drew a 429.)
 func TestOutputJSONReadingAsOfItsWritingDoesNotProveCountAsProduced(t *testing.T) {
-	clk := fakeclock.New(accEpoch)
-	srv := tollgatetest.NewServer(accTier1(tollgatetest.Config{OutputAccounting: tollgatetest.ReserveMaxTokens,
-		RoundRemaining: tollgatetest.RoundNearest, Now: clk.Now}))
-	t.Cleanup(srv.Close)
-	httpBase := &http.Transport{}
-	t.Cleanup(httpBase.CloseIdleConnections)
-	rig := newAccRigOn(t, clk, &accReadAtWrite{srv: srv, next: httpBase})
-	rig.srv, rig.url = srv, srv.URL
+	rig := newAccRigThrough(t, accTier1(tollgatetest.Config{OutputAccounting: tollgatetest.ReserveMaxTokens,
+		RoundRemaining: tollgatetest.RoundNearest}), func(srv *tollgatetest.Server, next http.RoundTripper) http.RoundTripper {
+		return &accReadAtWrite{srv: srv, next: next}
+	})
+	srv := rig.srv
 	const maxTokens, calls = 2048, 4
 
 	first := rig.ok(rig.messages(accSmall("claude-sonnet-4-5", maxTokens, "first")))
@@ -673,23 +697,9 @@ func TestOutputJSONReadingAsOfItsWritingDoesNotProveCountAsProduced(t *testing.T
 	b := rig.budget(accSonnet)
 	assert.Equal(t, "provider", b.OutputSource, "nothing the server showed confirmed the rule")
 
-	_, release := rig.base.hold()
-	t.Cleanup(release)
-	var done []<-chan rtResult
-	for i := range calls {
-		done = append(done, rig.start(rig.messages(accSmall("claude-sonnet-4-5", maxTokens, fmt.Sprint("call", i)))))
-	}
-	require.True(t, bgtEventually(func() bool {
-		ks, ok := rig.rt.Snapshot().Key(accSonnet)
-		return ok && ks.Budget.InFlight == calls-1 && ks.Budget.Waiting == 1
-	}), "three calls are sent, the fourth waits")
+	done, release := accAllButTheLastGo(t, rig, maxTokens, calls)
 	release()
-	for _, c := range done {
-		r, _ := rig.send(c)
-		require.NoError(t, r.err)
-		assert.Equal(t, http.StatusOK, r.resp.StatusCode)
-		accReadAll(t, r.resp)
-	}
+	accAllOK(t, rig, done)
 	assert.Zero(t, srv.Stats().RateLimited)
 	for _, sp := range rig.callSpans() {
 		c := accCall{t: t, span: accAttrs(sp.Attributes)}
@@ -712,14 +722,10 @@ func TestOutputJSONReadingFromItsAdmissionProvesCountAsProduced(t *testing.T) {
 		{10 * time.Second, "detected", "count_as_produced"},
 	} {
 		t.Run(fmt.Sprint("written after ", tc.later), func(t *testing.T) {
-			clk := fakeclock.New(accEpoch)
-			srv := tollgatetest.NewServer(accTier1(tollgatetest.Config{OutputAccounting: tollgatetest.CountAsProduced,
-				RoundRemaining: tollgatetest.RoundNearest, Now: clk.Now}))
-			t.Cleanup(srv.Close)
-			httpBase := &http.Transport{}
-			t.Cleanup(httpBase.CloseIdleConnections)
-			rig := newAccRigOn(t, clk, &accWrittenLater{next: httpBase, later: tc.later})
-			rig.srv, rig.url = srv, srv.URL
+			rig := newAccRigThrough(t, accTier1(tollgatetest.Config{OutputAccounting: tollgatetest.CountAsProduced,
+				RoundRemaining: tollgatetest.RoundNearest}), func(_ *tollgatetest.Server, next http.RoundTripper) http.RoundTripper {
+				return &accWrittenLater{next: next, later: tc.later}
+			})
 			const maxTokens = 2048
 			first := rig.ok(rig.messages(accSmall("claude-sonnet-4-5", maxTokens, "first")))
 			assert.Equal(t, "reserve_max_tokens", first.str(accOutputRule), "before any response, the safe rule")
