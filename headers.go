@@ -97,9 +97,14 @@ type RateLimitHeaders struct {
 	RequestID string
 	// Date is the response's Date header: the server's clock, to the
 	// second, when it wrote the response; zero when absent or malformed.
-	// Set beside a reset (also the server's clock), it tells when the
-	// server read its levels, whatever the two machines' clocks say.
+	// Set beside a reset given as a time (also the server's clock), it
+	// tells when the server read its levels, whatever the two machines'
+	// clocks say.
 	Date time.Time
+	// resetAt is, per Dimension, whether the reset was given as a time
+	// (RFC 3339), on the server's clock, rather than as a wait, which is
+	// taken from Observed, on tollgate's.
+	resetAt [NumDimensions]bool
 }
 
 // Reading returns the reading for d, or a zero Reading for an unknown d.
@@ -132,8 +137,8 @@ func parseHeaders(h http.Header, now time.Time) RateLimitHeaders {
 			if v, ok := parseCount(first(h, names.remaining)); ok {
 				r.Remaining, r.HasRemaining = v, true
 			}
-			if t, ok := parseReset(first(h, names.reset), now); ok {
-				r.Reset = t
+			if t, at, ok := parseReset(first(h, names.reset), now); ok {
+				r.Reset, out.resetAt[d] = t, at
 			}
 			if r != out.Limits[d] {
 				out.Limits[d] = r
@@ -186,21 +191,22 @@ func parseCount(s string) (int64, bool) {
 	return int64(f), true
 }
 
-// parseReset accepts an RFC 3339 time, a Go duration or plain seconds.
-func parseReset(s string, now time.Time) (time.Time, bool) {
+// parseReset accepts an RFC 3339 time (at: given as a time), a Go
+// duration or plain seconds (a wait from now).
+func parseReset(s string, now time.Time) (t time.Time, at, ok bool) {
 	if s == "" {
-		return time.Time{}, false
+		return time.Time{}, false, false
 	}
 	if t, err := time.Parse(time.RFC3339, s); err == nil {
-		return t, true
+		return t, true, true
 	}
 	if d, ok := parseSeconds(s); ok {
-		return now.Add(d), true
+		return now.Add(d), false, true
 	}
 	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
-		return now.Add(min(d, maxServerWait)), true
+		return now.Add(min(d, maxServerWait)), false, true
 	}
-	return time.Time{}, false
+	return time.Time{}, false, false
 }
 
 // parseRetryAfter accepts seconds (integer or fractional) or an HTTP date.

@@ -100,6 +100,35 @@ func TestParseHeadersDate(t *testing.T) {
 	}
 }
 
+// A response shows that the server read its levels more than two seconds
+// before it wrote the response where its requests reset, given as a time,
+// less the refill its remaining lacks (49 of 50: 1.2 s), is that long
+// before its Date; a reset given as a wait is on tollgate's clock and
+// tells nothing beside the server's Date, nor does a full bucket's.
+func TestReadBeforeWritten(t *testing.T) {
+	for _, tc := range []struct {
+		remaining, reset, date string
+		want                   bool
+	}{
+		{"49", "2026-11-26T12:00:02Z", "Thu, 26 Nov 2026 12:00:10 GMT", true},  // read at 12:00:00.8
+		{"49", "2026-11-26T12:00:02Z", "Thu, 26 Nov 2026 12:00:02 GMT", false}, // 1.2 s before
+		{"49", "2026-11-26T12:00:02Z", "Thu, 26 Nov 2026 12:00:01 GMT", false}, // read as written
+		{"40", "2026-11-26T12:00:12Z", "Thu, 26 Nov 2026 12:00:10 GMT", true},  // read at 12:00:00
+		{"49", "1.2", "Thu, 26 Nov 2026 12:00:10 GMT", false},                  // a wait
+		{"50", "2026-11-26T12:00:00Z", "Thu, 26 Nov 2026 12:00:10 GMT", false}, // full
+		{"49", "2026-11-26T12:00:02Z", "", false},
+		{"49", "", "Thu, 26 Nov 2026 12:00:10 GMT", false},
+	} {
+		h := parseHeaders(trHeaders(
+			"anthropic-ratelimit-requests-limit", "50",
+			"anthropic-ratelimit-requests-remaining", tc.remaining,
+			"anthropic-ratelimit-requests-reset", tc.reset,
+			"date", tc.date,
+		), trObservedAt)
+		assert.Equal(t, tc.want, readBeforeWritten(h), "%+v", tc)
+	}
+}
+
 func TestParseHeadersValues(t *testing.T) {
 	type want struct {
 		limit     int64

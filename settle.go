@@ -527,12 +527,14 @@ func provesUntaken(r *reservation, h RateLimitHeaders) bool {
 // reply: the requests bucket's reset, less the refill its remaining lacks,
 // is when the server read it, and that is more than two seconds before the
 // Date the server wrote (each is to the second; both are the server's
-// clock, whatever tollgate's says). A JSON reply of more than about four
+// clock, whatever tollgate's says, where the reset is given as a time: a
+// wait is on tollgate's clock, which tells nothing beside the server's
+// Date). A JSON reply of more than about four
 // seconds from a server that reads its levels when it admits a call shows
 // it; one that reads them when it writes the headers never does.
 func readBeforeWritten(h RateLimitHeaders) bool {
 	rd := h.Limits[Requests]
-	if h.Date.IsZero() || rd.Reset.IsZero() || !rd.HasRemaining || !rd.HasLimit || rd.Limit <= 0 || rd.Remaining >= rd.Limit {
+	if h.Date.IsZero() || !h.resetAt[Requests] || !rd.HasRemaining || !rd.HasLimit || rd.Limit <= 0 || rd.Remaining >= rd.Limit {
 		return false
 	}
 	lacking := time.Duration(float64(rd.Limit-rd.Remaining) / float64(rd.Limit) * float64(time.Minute))
