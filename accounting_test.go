@@ -707,6 +707,35 @@ func TestOutputJSONReadingAsOfItsWritingDoesNotProveCountAsProduced(t *testing.T
 	}
 }
 
+// A request that asks for a stream proves nothing where the server answers
+// it with a JSON body: its headers came with that body, and may show the
+// levels as of its writing, as above.
+func TestOutputStreamRequestAnsweredWithJSONDoesNotProveCountAsProduced(t *testing.T) {
+	rig := newAccRigThrough(t, accTier1(tollgatetest.Config{OutputAccounting: tollgatetest.ReserveMaxTokens,
+		RoundRemaining: tollgatetest.RoundNearest}), func(srv *tollgatetest.Server, next http.RoundTripper) http.RoundTripper {
+		return &accReadAtWrite{srv: srv, next: accNoStream{next}}
+	})
+	body := `{"stream":true,` + accSmall("claude-sonnet-4-5", 2048, "first")[1:]
+	rig.ok(rig.messages(body))
+	assert.Equal(t, "provider", rig.budget(accSonnet).OutputSource, "nothing the server showed confirmed the rule")
+}
+
+// accNoStream sends requests on without "stream":true: a server that
+// answers a stream request with a JSON body.
+type accNoStream struct{ next http.RoundTripper }
+
+func (a accNoStream) RoundTrip(req *http.Request) (*http.Response, error) {
+	body, err := io.ReadAll(req.Body)
+	_ = req.Body.Close()
+	if err != nil {
+		return nil, err
+	}
+	body = bytes.Replace(body, []byte(`"stream":true,`), nil, 1)
+	req = req.Clone(req.Context())
+	req.Body, req.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
+	return a.next.RoundTrip(req)
+}
+
 // A server that reads its levels when it admits a call shows it on a JSON
 // reply that took long enough: the requests reading, from its reset, is more
 // than two seconds before the Date the server wrote. That reading proves

@@ -30,7 +30,7 @@ func (p *pool) responded(r *reservation, res response) {
 	if !res.stream && res.status < 300 {
 		r.producedBy = now
 	}
-	learned := p.learnLocked(now, r, res.headers)
+	learned := p.learnLocked(now, r, res.headers, res.stream)
 	switch {
 	case res.status == http.StatusTooManyRequests:
 		p.refundAllLocked(r)
@@ -343,8 +343,8 @@ func (p *pool) releaseProbeLocked(r *reservation) {
 }
 
 // learnLocked takes the limits the headers report and notes in r what they
-// say remains (its floor, below). It reports whether a limit was learned or
-// changed.
+// say remains (its floor, below); stream says the response body is an
+// event stream. It reports whether a limit was learned or changed.
 //
 // The floor of a dimension is what the server's remaining reading allows
 // the level to have been when r was sent; the store lowers the level to it
@@ -356,7 +356,7 @@ func (p *pool) releaseProbeLocked(r *reservation) {
 // (Anthropic's token headers) is read as the top of its interval. The level
 // is only ever lowered: more room on the server's side is the estimates
 // being cautious, which settling corrects.
-func (p *pool) learnLocked(now time.Time, r *reservation, h RateLimitHeaders) bool {
+func (p *pool) learnLocked(now time.Time, r *reservation, h RateLimitHeaders, stream bool) bool {
 	b := &p.budget
 	dl := dialectOf(cmpOr(h.Provider, p.key.Provider))
 	learned := false
@@ -391,7 +391,7 @@ func (p *pool) learnLocked(now time.Time, r *reservation, h RateLimitHeaders) bo
 	if rd := h.Limits[OutputTokens]; dl.detectOutput && rd.HasRemaining && rd.HasLimit && rd.Limit > 0 {
 		r.outRemaining, r.outLimit = float64(rd.Remaining), float64(rd.Limit)
 		untaken = maxTokensUntaken(r, dl.rounding[OutputTokens])
-		if untaken && provesUntaken(r, h) {
+		if untaken && provesUntaken(r, h, stream) {
 			p.producedEvidenceLocked()
 		}
 	}
@@ -506,8 +506,9 @@ func maxTokensUntaken(r *reservation, u float64) bool {
 // provesUntaken reports whether r's response, whose reading says its
 // max_tokens was not taken (maxTokensUntaken), proves it: only a response
 // the server admitted, and only a reading taken while the server still held
-// what it reserved of r. A stream's headers come before its output, so
-// before the server settles it. A JSON response's headers come with its
+// what it reserved of r. A stream's headers (of a response that is one,
+// whatever the request asked) come before its output, so before the server
+// settles it. A JSON response's headers come with its
 // body, and a server may show its levels as of their writing, after it gave
 // back the max_tokens r did not use: that looks like max_tokens never
 // taken, and believing it drew 160 429s per 100 OK against such a server
@@ -515,11 +516,11 @@ func maxTokensUntaken(r *reservation, u float64) bool {
 // output limit, which a server that reserves cannot admit at all, or where
 // it shows the server read its levels well before it wrote the response
 // (readBeforeWritten).
-func provesUntaken(r *reservation, h RateLimitHeaders) bool {
+func provesUntaken(r *reservation, h RateLimitHeaders, stream bool) bool {
 	if r.status >= 300 {
 		return false // refused or failed: nothing was taken, whatever the rule
 	}
-	return r.info != nil && r.info.Stream || float64(r.maxTokens) > r.outLimit || readBeforeWritten(h)
+	return stream || float64(r.maxTokens) > r.outLimit || readBeforeWritten(h)
 }
 
 // readBeforeWritten reports whether a response shows that the server read
