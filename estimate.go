@@ -1,6 +1,7 @@
 package tollgate
 
 import (
+	"cmp"
 	"math"
 	"time"
 
@@ -383,7 +384,9 @@ func (p *pool) settleUsageLocked(r *reservation, status int, u usage.Usage) {
 			if text := u.TotalInputTokens() - r.images*imageTokens; text > 0 {
 				perToken = float64(r.promptBytes) / float64(text)
 			}
-			read := b.cache.learn(p.state.cfg.clock.Now(), r.blocks, u.CacheReadInputTokens, u.CacheCreationInputTokens,
+			// An entry lives from the start of the request that wrote or
+			// read it, not from the end of the reply (Anthropic's docs).
+			read := b.cache.learn(cmp.Or(r.sentAt, p.state.cfg.clock.Now()), r.blocks, u.CacheReadInputTokens, u.CacheCreationInputTokens,
 				perToken, dialectOf(p.key.Provider).minCached(model))
 			uncached -= read
 		}

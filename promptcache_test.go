@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -99,6 +100,43 @@ func TestPromptCacheTTL(t *testing.T) {
 			assert.InEpsilon(t, c.int(accUsageRead), c.int(accEstCached), 0.1)
 		})
 	}
+}
+
+// A cached prefix lives from the start of the request that wrote it, not
+// from the end of its reply: after a reply that took 4 minutes, a 5-minute
+// entry has a minute left, and a call 5 minutes after the first was sent
+// is charged for the whole prompt again.
+func TestPromptCacheLifetimeRunsFromTheRequestStart(t *testing.T) {
+	var slow atomic.Bool
+	var rig *accRig
+	rig = newAccRigThrough(t, accRoomy(tollgatetest.Config{}), func(_ *tollgatetest.Server, next http.RoundTripper) http.RoundTripper {
+		return accAfter{next: next, after: func() {
+			if slow.Swap(false) {
+				rig.clk.Advance(4 * time.Minute) // the reply took 4 minutes
+			}
+		}}
+	})
+	convo := accAgentConvo("claude-sonnet-4-5")
+	slow.Store(true)
+	rig.ok(rig.messages(convo.body(true, "")))
+	rig.clk.Advance(time.Minute + time.Second)
+	c := rig.ok(rig.messages(convo.next(0).body(true, "")))
+	require.Zero(t, c.int(accUsageRead), "the server's entries expired 5 minutes after the first call was sent")
+	assert.Zero(t, c.int(accEstCached), "no read predicted")
+	assert.GreaterOrEqual(t, c.int(accEstInput), c.int(accCountedIn), "charged again for the whole prompt")
+}
+
+// accAfter sends requests on and calls after once each response's
+// headers are in.
+type accAfter struct {
+	next  http.RoundTripper
+	after func()
+}
+
+func (a accAfter) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := a.next.RoundTrip(req)
+	a.after()
+	return resp, err
 }
 
 // A read refreshes the entry it read: a prefix written at 0 and read at 4
