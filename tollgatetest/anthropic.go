@@ -199,14 +199,14 @@ func (x *exchange) anthropicMessages() {
 		StopSequence: nil,
 		Usage:        anthropicUsageOf(u, 0),
 	}
+	if !x.begin(&plan) {
+		return
+	}
 	if req.Stream {
-		if !x.wait(cfg.Latency) {
-			return
-		}
 		x.anthropicStream(t, &msg, u, n, stop)
 		return
 	}
-	if !x.wait(cfg.Latency) || !x.generate(t, n) {
+	if !x.generate(t, n) {
 		return
 	}
 	msg.Content = append(msg.Content, textBlock{Type: "text", Text: GeneratedText(n)})

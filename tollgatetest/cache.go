@@ -43,6 +43,11 @@ type cacheEntry struct {
 	ttl     time.Duration
 	expires time.Time
 	elem    *list.Element
+	// ready is set once the response of a request that wrote the entry has
+	// begun: until then no request reads it, and one with the same prefix
+	// writes it too (Anthropic: "a cache entry only becomes available after
+	// the first response begins").
+	ready bool
 }
 
 // promptCache is the server's prompt cache: entries by prefix hash, with a
@@ -58,7 +63,8 @@ func newPromptCache(max int) *promptCache {
 	return &promptCache{max: max, m: map[cacheKey]*cacheEntry{}}
 }
 
-// get returns the live entry for k, or nil (an expired one is dropped).
+// get returns the live, ready entry for k, or nil (an expired one is
+// dropped).
 func (c *promptCache) get(k cacheKey, now time.Time) *cacheEntry {
 	e := c.m[k]
 	if e == nil {
@@ -66,6 +72,9 @@ func (c *promptCache) get(k cacheKey, now time.Time) *cacheEntry {
 	}
 	if !now.Before(e.expires) {
 		c.remove(e)
+		return nil
+	}
+	if !e.ready {
 		return nil
 	}
 	return e
@@ -83,12 +92,12 @@ func (c *promptCache) refresh(e *cacheEntry, now time.Time) {
 }
 
 // put writes (or rewrites) the entry for k with lifetime ttl, dropping the
-// least recently used entries beyond the bound.
-func (c *promptCache) put(k cacheKey, ttl time.Duration, now time.Time) {
+// least recently used entries beyond the bound, and returns it.
+func (c *promptCache) put(k cacheKey, ttl time.Duration, now time.Time) *cacheEntry {
 	if e := c.m[k]; e != nil {
 		e.ttl = max(e.ttl, ttl)
 		c.refresh(e, now)
-		return
+		return e
 	}
 	e := &cacheEntry{key: k, ttl: ttl, expires: now.Add(ttl)}
 	e.elem = c.lru.PushBack(e)
@@ -96,13 +105,14 @@ func (c *promptCache) put(k cacheKey, ttl time.Duration, now time.Time) {
 	for len(c.m) > c.max {
 		c.remove(c.lru.Front().Value.(*cacheEntry))
 	}
+	return e
 }
 
-// live counts the entries that have not expired.
+// live counts the entries that are ready and have not expired.
 func (c *promptCache) live(now time.Time) int {
 	n := 0
 	for _, e := range c.m {
-		if now.Before(e.expires) {
+		if e.ready && now.Before(e.expires) {
 			n++
 		}
 	}
@@ -122,9 +132,10 @@ type promptUsage struct {
 
 // cachePlan is what a request will do to the cache if it is admitted.
 type cachePlan struct {
-	usage  promptUsage
-	hits   []*cacheEntry
-	writes []cacheWrite
+	usage   promptUsage
+	hits    []*cacheEntry
+	writes  []cacheWrite
+	written []*cacheEntry // by commit, for begin
 }
 
 type cacheWrite struct {
@@ -132,7 +143,9 @@ type cacheWrite struct {
 	ttl time.Duration
 }
 
-// commit applies the plan: hits refreshed, new entries written.
+// commit applies the plan at the request's admission: hits refreshed, new
+// entries written, their lifetime running from now, but not ready before
+// begin.
 func (c *promptCache) commit(p *cachePlan, now time.Time) {
 	for _, e := range p.hits {
 		if c.m[e.key] == e { // not dropped by an earlier write of this plan
@@ -140,8 +153,18 @@ func (c *promptCache) commit(p *cachePlan, now time.Time) {
 		}
 	}
 	for _, w := range p.writes {
-		c.put(w.key, w.ttl, now)
+		p.written = append(p.written, c.put(w.key, w.ttl, now))
 	}
+}
+
+// begin makes what the plan wrote ready: the request's response has begun.
+func (c *promptCache) begin(p *cachePlan) {
+	for _, e := range p.written {
+		if c.m[e.key] == e { // not dropped since
+			e.ready = true
+		}
+	}
+	p.written = nil
 }
 
 // ---- Anthropic ----

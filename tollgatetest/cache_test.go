@@ -491,6 +491,51 @@ func TestCacheUsableOnceTheWriterHasBegun(t *testing.T) {
 	require.NoError(t, resp.Body.Close())
 }
 
+// An entry is not usable before the response that wrote it has begun
+// (Anthropic: "a cache entry only becomes available after the first
+// response begins"): a request admitted meanwhile with the same prefix
+// writes it too, and is counted for all of it.
+func TestCacheNotUsableBeforeTheWriterHasBegun(t *testing.T) {
+	srv := newServer(t, tollgatetest.Config{Latency: time.Hour}) // no response begins
+	body := req(sonnet, []blk{text("sys", 1100, "")}, []turn{user(text("q", 1))}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := httpClient(t)
+	admitted := func() (n, input int) {
+		for _, sec := range srv.Stats().Timeline {
+			n, input = n+sec.Admitted, input+sec.AdmittedInputTokens
+		}
+		return n, input
+	}
+	done := make(chan error, 2)
+	var first int
+	for i := 1; i <= 2; i++ {
+		hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/v1/messages", strings.NewReader(body))
+		require.NoError(t, err)
+		go func() {
+			resp, err := c.Do(hreq)
+			if err == nil {
+				resp.Body.Close()
+			}
+			done <- err
+		}()
+		require.Eventually(t, func() bool { n, _ := admitted(); return n == i }, 5*time.Second, time.Millisecond)
+		assert.Zero(t, srv.CacheEntries(), "what call %d wrote is not ready: its response has not begun", i)
+		if i == 1 {
+			_, first = admitted()
+		}
+	}
+	_, input := admitted()
+	require.Greater(t, first, 1100)
+	assert.Equal(t, 2*first, input, "the second call read nothing: both are counted the whole prompt")
+	cancel()
+	for range 2 {
+		assert.Error(t, <-done)
+	}
+	require.Eventually(t, func() bool { return srv.Stats().InFlight == 0 }, 5*time.Second, time.Millisecond)
+	assert.Zero(t, srv.CacheEntries(), "a writer that never began leaves nothing to read")
+}
+
 // Streams report the cache counts in message_start and message_delta; the
 // SDK reads them.
 func TestCacheUsageInStreamsAndTheSDK(t *testing.T) {

@@ -168,8 +168,10 @@ type Config struct {
 	// always use real timers: an injected clock does not speed them up.
 	Now func() time.Time
 
-	// Latency is waited, after admission and before the response headers,
-	// by every admitted request (not by errors and 429s).
+	// Latency is waited by every admitted request (not by errors and
+	// 429s), after admission and before its response begins: before a
+	// stream's headers, before a non-streaming reply is generated. What the
+	// request wrote to the prompt cache is usable once it has passed.
 	Latency time.Duration
 
 	// StreamEventDelay is waited between consecutive events of a stream.

@@ -112,9 +112,14 @@
 //     splits them by the TTL of the breakpoint that closes each stretch).
 //   - The rest, after the last point read or written, is input_tokens; the
 //     three sum to the prompt's tokens (what count_tokens says).
-//   - Reads and writes happen at admission, so an entry is usable by any
-//     request admitted after the one that wrote it, while that one is still
-//     being answered. A 429 reads and writes nothing.
+//   - Reads and writes happen at admission, and an entry's lifetime runs
+//     from there, but an entry is usable only once the response of a
+//     request that wrote it has begun (after Config.Latency), and from then
+//     on while that response is still being written. Until then a request
+//     with the same prefix reads nothing and writes it too, as Anthropic's
+//     docs say ("a cache entry only becomes available after the first
+//     response begins"). A 429 reads and writes nothing; a request whose
+//     client leaves before its response begins makes nothing usable.
 //   - The input bucket (and the combined one) is charged input_tokens +
 //     cache_creation_input_tokens, plus cache_read_input_tokens only for
 //     the models whose reads count (Config.CacheReadsCountAsInput, by default
@@ -125,14 +130,15 @@
 // (128) tokens from 1,024 on (tools first, then the messages with their
 // roles); cached_tokens is the longest of those prefixes seen before and
 // still live, and every one of them is written or refreshed for
-// OpenAICacheTTL (5 minutes). Cached tokens count against the limits like
-// any other ("caching does not affect rate limits").
+// OpenAICacheTTL (5 minutes), usable once the writer's response has begun
+// as above. Cached tokens count against the limits like any other
+// ("caching does not affect rate limits").
 //
 // The cache holds at most Config.CacheMaxEntries entries (default
 // DefaultCacheMaxEntries, for both APIs together; an OpenAI prompt holds one
 // per 128 tokens past 1,024); when it is full, the entry least recently
 // written or read is dropped. Expired entries are dropped when next looked
-// up. Server.CacheEntries counts the live ones.
+// up. Server.CacheEntries counts the live, usable ones.
 //
 // # Limits
 //

@@ -171,15 +171,15 @@ func (x *exchange) openAIChat() {
 
 	id := "chatcmpl-" + randomID(29)
 	created := cfg.now().Unix()
+	if !x.begin(&plan) {
+		return
+	}
 	if req.Stream {
-		if !x.wait(cfg.Latency) {
-			return
-		}
 		usage := req.StreamOptions != nil && req.StreamOptions.IncludeUsage
 		x.openAIStream(t, id, created, req.Model, u, n, finish, usage)
 		return
 	}
-	if !x.wait(cfg.Latency) || !x.generate(t, n) {
+	if !x.generate(t, n) {
 		return
 	}
 	body := chatCompletion{

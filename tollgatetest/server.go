@@ -818,6 +818,22 @@ func (x *exchange) admitPlanned(plan func(c *promptCache, now time.Time) cost, c
 	return nil
 }
 
+// begin waits Config.Latency, the time to the response's first token, and
+// then makes what the request wrote to the prompt cache ready for others to
+// read. False if the client is gone or the server closing: what it wrote
+// stays unready.
+func (x *exchange) begin(plan *cachePlan) bool {
+	if !x.wait(x.s.cfg.Latency) {
+		return false
+	}
+	x.s.mu.Lock()
+	if x.s.cache != nil {
+		x.s.cache.begin(plan)
+	}
+	x.s.mu.Unlock()
+	return true
+}
+
 // rateLimited writes the limiter's 429.
 func (x *exchange) rateLimited(rej *rejection) {
 	secs := int64((rej.wait + time.Second - 1) / time.Second)
