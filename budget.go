@@ -16,9 +16,11 @@ import (
 // provider reports those) covers its estimated cost, in the order of the
 // Key's queue (by priority class, then by its tenant's fair share, then in
 // arrival order: see ContextWithPriority and ContextWithTenant), and until
-// WithMaxConcurrency allows one more attempt in flight.
-// Until any limit is known for a Key, its attempts go one at a time (unless
-// WithLimits gives them). When the attempt's body has been read or closed,
+// WithMaxConcurrency allows one more attempt in flight. An attempt whose
+// prompt's cache_control prefix an attempt in flight is writing waits for
+// it, at most the refill of what that saves (the server makes the entry
+// usable only once that response has begun). Until any limit is known for
+// a Key, its attempts go one at a time (unless WithLimits gives them). When the attempt's body has been read or closed,
 // its reservation is settled to the usage the response reported; a 429
 // gives all of it back. See the package documentation for how costs are
 // estimated and levels kept in step with the server's.
@@ -340,10 +342,11 @@ func (p *pool) admit(ctx context.Context, c *call, ex *exchange) (*reservation, 
 }
 
 // stepLocked moves r one step toward admission: it asks the store when r
-// heads the queue and may, or, while the pool is paused, notes the pause
-// (and whether the caller can wait it out); then it notes a context ended as
-// r was granted, or r's queue-wait cap passed, in r's waiter. It returns the
-// time after the step. It may unlock p.mu around the store call.
+// heads the queue and may, unless the pool is paused (it notes the pause,
+// and whether the caller can wait it out) or r waits for a cache write;
+// then it notes a context ended as r was granted, or r's queue-wait cap
+// passed, in r's waiter. It returns the time after the step. It may unlock
+// p.mu around the store call.
 func (p *pool) stepLocked(ctx context.Context, c *call, r *reservation, start time.Time) time.Time {
 	w := &r.waiter
 	now := p.state.cfg.clock.Now()
@@ -364,6 +367,8 @@ func (p *pool) stepLocked(ctx context.Context, c *call, r *reservation, start ti
 		if !p.pause.pacing {
 			w.pausedAt = now
 		}
+	case p.cacheHoldLocked(r, now): // waits for a cache write in flight (estimate.go)
+		w.woken = false
 	default:
 		w.woken = false
 		p.askLocked(r, c, start) // unlocks around the store call
@@ -597,6 +602,7 @@ func (p *pool) grantLocked(now time.Time, r *reservation, st Store, limits [NumD
 	}
 	r.slot = true
 	b.inFlight = append(b.inFlight, r)
+	b.cache.sending(r.writes, 1)
 	// A stream whose output is counted as produced is charged what it shows
 	// beyond its estimate as it shows it (reservation.produced), once the
 	// pool has learned what its streams carry per token.
@@ -655,40 +661,6 @@ func (p *pool) leaveLocked(r *reservation) {
 		p.doneLocked(r)
 	}
 	p.wakeHeadLocked()
-}
-
-func (p *pool) budgetSnapshotLocked(now time.Time) BudgetSnapshot {
-	b := &p.budget
-	used := b.window.sum(now)
-	snap := BudgetSnapshot{
-		Limits:            limitsOf(b.limits),
-		ColdStart:         !b.limitsKnown() && !b.unpaced,
-		InFlight:          len(b.inFlight),
-		Waiting:           len(b.queue),
-		WaitingByPriority: b.waiting,
-		Tenants:           p.tenantsSnapshotLocked(now),
-		Headroom:          p.keptLocked(now),
-		BytesPerToken:     b.ratio.mean,
-		Tier:              tierOf(p.key.Provider, limitsOf(b.limits)),
-		Fallback:          p.state.guard.isDown(),
-		Output:            b.output,
-		OutputSource:      b.outputSource,
-		CachedPrefixes:    b.cache.size(),
-	}
-	if b.produced.samples > 0 {
-		snap.ProducedEstimate = b.produced.mean
-	} else {
-		snap.ProducedEstimate = producedPrior
-	}
-	for d := range snap.Dimensions {
-		db := DimensionBudget{Limit: b.limits[d], Source: b.sources[d], Used: used[d], Reserved: b.held[d]}
-		if db.Limit > 0 {
-			db.Level = b.levelNow(now, d)
-			db.Utilization = float64(used[d]) / float64(db.Limit)
-		}
-		snap.Dimensions[d] = db
-	}
-	return snap
 }
 
 // closeRequestBody closes the body of a request that will not be sent, as

@@ -105,14 +105,24 @@
 // request's cache_control breakpoints (tools, system, messages; at most 4),
 // remembers the prefixes this Transport has seen the server cache (a hash
 // of the content, never the text) for the time to live the breakpoint asks,
-// refreshed on a hit, looks back up to 20 blocks before a breakpoint as the
-// server does, and skips prefixes shorter than the model's minimum
-// cacheable length. What it predicts read is not charged; the usage checks
-// the prediction (a prefix predicted but not read is forgotten, one read but
-// not predicted is learned), and the bytes per token are learned from the
-// part of the prompt the server did not read. A request whose breakpoints
-// the provider refuses is predicted nothing. The memory is per Transport and
-// bounded (4,096 prefixes, the oldest dropped).
+// from the start of the request that wrote or read it, refreshed on a hit,
+// looks back up to 20 blocks before a breakpoint as the server does, and
+// skips prefixes shorter than the model's minimum cacheable length. What it
+// predicts read is not charged; the usage checks the prediction (a prefix
+// predicted but not read is forgotten, one read but not predicted is
+// learned), and the bytes per token are learned from the part of the prompt
+// the server did not read. A request whose breakpoints the provider refuses
+// is predicted nothing. The memory is per Transport and bounded (4,096
+// prefixes, the oldest dropped).
+//
+// The server makes a cache entry usable only once the response that writes
+// it has begun, so calls sent together all pay to write the prefix they
+// share, as a fleet's first calls would. An attempt whose prompt has a
+// prefix that an attempt in flight is expected to write, beyond what is
+// predicted cached, waits at the head of the queue for that attempt to end
+// (then the prefix is predicted read), as Anthropic's docs advise — but at
+// most as long as the input bucket takes to refill the tokens the wait
+// saves: a wait longer than that costs more of the limit than it spares.
 //
 // Limits come from WithLimits or from the *-limit response headers; headers
 // win. When an attempt's headers arrive, each bucket whose level is above

@@ -227,6 +227,7 @@ func (p *pool) estimateLocked(r *reservation, info *requestInfo, now time.Time) 
 	if !dl.countsCacheReads(info.Model) && len(info.Blocks) > 0 {
 		r.blocks = info.Blocks
 		r.cachedBytes, _ = b.cache.predict(now, info.Blocks)
+		r.writes = writes(info.Blocks, r.cachedBytes, b.ratio.mean, dl.minCached(info.Model))
 	}
 	in := math.Ceil(float64(info.PromptBytes-r.cachedBytes)/b.ratio.divisor()) + float64(info.Images)*imageTokens
 	r.cachedTokens = int64(math.Round(float64(r.cachedBytes) / b.ratio.mean))
@@ -251,6 +252,43 @@ func (p *pool) estimateLocked(r *reservation, info *requestInfo, now time.Time) 
 		r.need[OutputTokens], r.need[Tokens] = need, r.need[Tokens]-out+need
 	}
 	return until
+}
+
+// cacheHoldLocked reports whether r, at the head of the queue, waits for
+// an attempt in flight that is writing a prefix of r's prompt to the cache,
+// rather than being sent now and written it too: the server makes an entry
+// usable only once the response that writes it has begun, so that calls
+// sent together all pay for the prefix ("if you need cache hits for
+// parallel requests, wait for the first response", Anthropic's docs). r
+// waits until that attempt's usage is in (its end wakes the head, and the
+// prefix is then predicted cached), at most as long as the input bucket
+// takes to refill the tokens the wait saves: beyond that, the wait costs
+// more than it spares. When it waits, r's waiter says until when.
+func (p *pool) cacheHoldLocked(r *reservation, now time.Time) bool {
+	b, w, info := &p.budget, &r.waiter, r.info
+	rate := float64(cmp.Or(b.limits[InputTokens], b.limits[Tokens])) / 60 // a second
+	w.held = false
+	if info == nil || len(info.Blocks) == 0 || rate <= 0 || len(b.cache.writing) == 0 ||
+		dialectOf(p.key.Provider).countsCacheReads(info.Model) {
+		return false
+	}
+	cached, _ := b.cache.predict(now, info.Blocks)
+	soon := pending(info.Blocks, func(prefix uint64) bool {
+		return b.cache.writing[prefix] > 0 || b.cache.valid(now, prefix)
+	})
+	if soon <= cached {
+		return false
+	}
+	if w.heldFrom.IsZero() {
+		w.heldFrom = now
+	}
+	saved := float64(soon-cached) / b.ratio.mean
+	until := w.heldFrom.Add(time.Duration(saved / rate * float64(time.Second)))
+	if !now.Before(until) || w.endsBefore(now, until) {
+		return false // or it would give up waiting for what it can have now
+	}
+	w.held, w.retryAt, w.timed = true, until, true
+	return true
 }
 
 // cushion is what the token bucket of dimension d must hold besides the

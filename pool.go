@@ -121,3 +121,38 @@ func (p *pool) snapshot(now time.Time) KeySnapshot {
 		Breaker:  p.breakerSnapshotLocked(now),
 	}
 }
+
+// budgetSnapshotLocked is the Budget layer's view of the Key at now.
+func (p *pool) budgetSnapshotLocked(now time.Time) BudgetSnapshot {
+	b := &p.budget
+	used := b.window.sum(now)
+	snap := BudgetSnapshot{
+		Limits:            limitsOf(b.limits),
+		ColdStart:         !b.limitsKnown() && !b.unpaced,
+		InFlight:          len(b.inFlight),
+		Waiting:           len(b.queue),
+		WaitingByPriority: b.waiting,
+		Tenants:           p.tenantsSnapshotLocked(now),
+		Headroom:          p.keptLocked(now),
+		BytesPerToken:     b.ratio.mean,
+		Tier:              tierOf(p.key.Provider, limitsOf(b.limits)),
+		Fallback:          p.state.guard.isDown(),
+		Output:            b.output,
+		OutputSource:      b.outputSource,
+		CachedPrefixes:    b.cache.size(),
+	}
+	if b.produced.samples > 0 {
+		snap.ProducedEstimate = b.produced.mean
+	} else {
+		snap.ProducedEstimate = producedPrior
+	}
+	for d := range snap.Dimensions {
+		db := DimensionBudget{Limit: b.limits[d], Source: b.sources[d], Used: used[d], Reserved: b.held[d]}
+		if db.Limit > 0 {
+			db.Level = b.levelNow(now, d)
+			db.Utilization = float64(used[d]) / float64(db.Limit)
+		}
+		snap.Dimensions[d] = db
+	}
+	return snap
+}

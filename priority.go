@@ -363,6 +363,8 @@ func (p *pool) whyWaitingLocked(r *reservation, now time.Time) string {
 		return "a place among the " + strconv.Itoa(b.cfg.maxConcurrency) + " attempts in flight (WithMaxConcurrency)"
 	case !b.limitsKnown() && b.probing:
 		return "the cold start (one attempt at a time until a response tells the limits)"
+	case w.held:
+		return "an attempt in flight writing its prompt's prefix to the cache"
 	}
 	// The dimension whose refill takes longest, by the levels last seen.
 	keep := p.headroomLocked(w, now)

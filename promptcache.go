@@ -34,6 +34,22 @@ const maxCachedPrefixes = 4096
 type promptCache struct {
 	entries map[uint64]*list.Element // prefix → element of order, whose value is *cachedPrefix
 	order   list.List                // least recently used first
+	// writing counts, by prefix, the attempts in flight expected to write
+	// it (reservation.writes).
+	writing map[uint64]int
+}
+
+// sending notes that an attempt expected to write prefixes is in flight
+// (n = 1), or no longer is (n = -1).
+func (c *promptCache) sending(prefixes []uint64, n int) {
+	if len(prefixes) > 0 && c.writing == nil {
+		c.writing = make(map[uint64]int)
+	}
+	for _, k := range prefixes {
+		if c.writing[k] += n; c.writing[k] <= 0 {
+			delete(c.writing, k)
+		}
+	}
 }
 
 type cachedPrefix struct {
@@ -60,6 +76,37 @@ func (c *promptCache) predict(now time.Time, blocks []reqscan.Block) (bytes int6
 		}
 	}
 	return bytes, at
+}
+
+// pending returns the bytes of the longest prefix of blocks the server is
+// expected to read once the prefixes for which writing is true are cached,
+// as predict would find them (zero when none is found before a cached one).
+func pending(blocks []reqscan.Block, writing func(prefix uint64) bool) (bytes int64) {
+	for b, blk := range blocks {
+		if !blk.Breakpoint {
+			continue
+		}
+		for i := b; i >= 0 && i >= b-cacheLookback; i-- {
+			if writing(blocks[i].Prefix) {
+				bytes = max(bytes, blocks[i].Bytes)
+				break
+			}
+		}
+	}
+	return bytes
+}
+
+// writes returns the prefixes of blocks that a request is expected to
+// write to the cache: its breakpoints past the predicted read (cachedBytes)
+// and at least minTokens long at bytesPerToken.
+func writes(blocks []reqscan.Block, cachedBytes int64, bytesPerToken float64, minTokens int64) []uint64 {
+	var w []uint64
+	for _, blk := range blocks {
+		if blk.Breakpoint && blk.TTL > 0 && blk.Bytes > cachedBytes && float64(blk.Bytes)/bytesPerToken >= float64(minTokens) {
+			w = append(w, blk.Prefix)
+		}
+	}
+	return w
 }
 
 // valid reports whether prefix is cached at now.

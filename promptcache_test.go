@@ -631,3 +631,103 @@ func accWithEmptyBlock(c *accConvo, empty accBlock) string {
 	newest.Content = append(append([]accBlock(nil), newest.Content...), empty)
 	return accRequest(c.model, c.maxTokens, []accBlock{accText(c.system)}, turns...)
 }
+
+// accSharedPrefix starts a call of an agent's first turn through a rig
+// told tier-1 limits, holds it at the base (in flight, its response not
+// begun), and starts a second call with the same system prompt and
+// another task; it returns both calls and what releases the base.
+func accSharedPrefix(t *testing.T) (rig *accRig, first, second <-chan rtResult, release func()) {
+	t.Helper()
+	rig = newAccRig(t, accTier1(tollgatetest.Config{OutputAccounting: tollgatetest.ReserveMaxTokens}),
+		tollgate.WithLimits(tollgate.Limits{RequestsPerMinute: 50, InputTokensPerMinute: 30_000, OutputTokensPerMinute: 8_000}))
+	arrived, release := rig.base.hold()
+	t.Cleanup(release)
+	convo := accAgentConvo("claude-sonnet-4-5")
+	first = rig.start(rig.messages(convo.body(true, "")))
+	rig.awaitSent(arrived, 1)
+	other := &accConvo{model: convo.model, maxTokens: convo.maxTokens, system: convo.system}
+	second = rig.start(rig.messages(other.say("user", accWords("another task", 100)).body(true, "")))
+	require.True(t, bgtEventually(func() bool {
+		b := rig.budget(accSonnet)
+		return b.InFlight == 1 && b.Waiting == 1 && len(rig.clk.Pending()) == 1
+	}), "the second call waits though the budget covers it")
+	// At most the refill of what the wait saves: the 2,000-token system
+	// prompt at 30,000 input tokens a minute is 4 s.
+	assert.InDelta(t, float64(4*time.Second), float64(rig.clk.Pending()[0]), float64(2*time.Second))
+	return rig, first, second, release
+}
+
+// accEnded waits for the call to end, reads its body and returns it with
+// the span it ended (the newest call span).
+func accEnded(t *testing.T, rig *accRig, done <-chan rtResult) accCall {
+	t.Helper()
+	var r rtResult
+	select {
+	case r = <-done:
+	case <-time.After(accGuard):
+		t.Fatal("the call did not end")
+	}
+	require.NoError(t, r.err)
+	body := accReadAll(t, r.resp)
+	spans := rig.callSpans()
+	return accCall{t: t, status: r.resp.StatusCode, body: body, span: accAttrs(spans[len(spans)-1].Attributes)}
+}
+
+// Calls sent together all pay for the prefix they share: the server makes
+// a cache entry usable only once the response that writes it has begun. So
+// a call whose prompt's prefix an attempt in flight is writing waits for
+// that attempt, as Anthropic's docs advise, and then goes charged only for
+// what the cache does not hold.
+func TestPromptCacheCallWaitsForTheWriteInFlight(t *testing.T) {
+	rig, first, second, release := accSharedPrefix(t)
+	release()
+	w := accEnded(t, rig, first)
+	require.Equal(t, http.StatusOK, w.status)
+	require.Positive(t, w.int(accUsageCreated), "the first call wrote the system prompt")
+	require.True(t, bgtEventually(func() bool { return rig.budget(accSonnet).Waiting == 0 }),
+		"the second call goes once the first has ended")
+	c := accEnded(t, rig, second)
+	require.Equal(t, http.StatusOK, c.status)
+	require.Positive(t, c.int(accUsageRead), "the server read the system prompt from its cache")
+	assert.InEpsilon(t, c.int(accUsageRead), c.int(accEstCached), 0.1, "and the estimate left it out")
+	assert.GreaterOrEqual(t, c.int(accEstInput), c.int(accCountedIn))
+	assert.Zero(t, rig.srv.Stats().RateLimited)
+}
+
+// The wait is worth at most what it saves: once the input bucket would
+// have refilled the tokens it spares, the call goes, charged in full.
+func TestPromptCacheWaitForTheWriteIsBounded(t *testing.T) {
+	rig, first, second, release := accSharedPrefix(t)
+	rig.clk.AdvanceToNext()
+	require.True(t, bgtEventually(func() bool { return rig.budget(accSonnet).InFlight == 2 }),
+		"the second call is sent while the first is still in flight")
+	release()
+	accEnded(t, rig, first)
+	c := accEnded(t, rig, second)
+	require.Equal(t, http.StatusOK, c.status)
+	assert.Zero(t, c.int(accEstCached), "nothing is predicted read")
+	assert.GreaterOrEqual(t, c.int(accEstInput), c.int(accCountedIn))
+	assert.Zero(t, rig.srv.Stats().RateLimited)
+}
+
+// A call that cannot wait that long (WithMaxQueueWait, or its context's
+// deadline) does not wait for the write at all: it goes at once, charged
+// in full, rather than give up waiting for what it could have had.
+func TestPromptCacheNoWaitForTheWriteBeyondTheQueueWaitCap(t *testing.T) {
+	rig := newAccRig(t, accTier1(tollgatetest.Config{OutputAccounting: tollgatetest.ReserveMaxTokens}),
+		tollgate.WithLimits(tollgate.Limits{RequestsPerMinute: 50, InputTokensPerMinute: 30_000, OutputTokensPerMinute: 8_000}),
+		tollgate.WithMaxQueueWait(time.Second))
+	arrived, release := rig.base.hold()
+	t.Cleanup(release)
+	convo := accAgentConvo("claude-sonnet-4-5")
+	first := rig.start(rig.messages(convo.body(true, "")))
+	rig.awaitSent(arrived, 1)
+	other := &accConvo{model: convo.model, maxTokens: convo.maxTokens, system: convo.system}
+	second := rig.start(rig.messages(other.say("user", accWords("another task", 100)).body(true, "")))
+	rig.awaitSent(arrived, 1)
+	release()
+	accEnded(t, rig, first)
+	c := accEnded(t, rig, second)
+	require.Equal(t, http.StatusOK, c.status)
+	assert.Zero(t, c.int(accEstCached))
+}

@@ -33,6 +33,7 @@ type reservation struct {
 	blocks       []reqscan.Block
 	cachedBytes  int64
 	cachedTokens int64            // cachedBytes at the learned ratio
+	writes       []uint64         // the prefixes it is expected to write to the cache
 	output       OutputAccounting // how its output is counted
 	// need is what the buckets must hold to admit it, where not its cost
 	// (Admission.Need).
@@ -120,6 +121,11 @@ type waiter struct {
 	sendAt  time.Time // granted: when it may be sent (later than now when granted ahead of time)
 	retryAt time.Time // not granted: when to ask the store again, where timed
 	timed   bool
+	// heldFrom is when it first waited for an attempt in flight that is
+	// writing its prompt's prefix to the cache (cacheHoldLocked); held says
+	// it waits for one now.
+	heldFrom time.Time
+	held     bool
 	// deadline is when WithMaxQueueWait gives up on it; zero without a cap.
 	deadline time.Time
 	// pausedFor is how long it has waited so far on pauses the server
@@ -135,4 +141,10 @@ type waiter struct {
 	// made when the waiter first blocks).
 	woken bool
 	wake  chan struct{}
+}
+
+// endsBefore reports whether w's wait ends, by its queue-wait cap or its
+// context's deadline, before until (both on tollgate's clock at now).
+func (w *waiter) endsBefore(now, until time.Time) bool {
+	return (!w.deadline.IsZero() && w.deadline.Before(until)) || outlasts(w.ctx, until.Sub(now))
 }

@@ -297,6 +297,7 @@ func (p *pool) releaseLocked(r *reservation, all bool) {
 		r.slot = false
 		b := &p.budget
 		b.inFlight = slices.DeleteFunc(b.inFlight, func(x *reservation) bool { return x == r })
+		b.cache.sending(r.writes, -1)
 	}
 	p.unwatchLocked(r)
 	p.releaseProbeLocked(r)
