@@ -20,9 +20,9 @@ import (
 // prompt's cache_control prefix an attempt in flight is writing waits for
 // it, at most the refill of what that saves (the server makes the entry
 // usable only once that response has begun). Until any limit is known for
-// a Key, its attempts go one at a time (unless WithLimits gives them). When the attempt's body has been read or closed,
-// its reservation is settled to the usage the response reported; a 429
-// gives all of it back. See the package documentation for how costs are
+// a Key, its attempts go one at a time (unless WithLimits gives them).
+// When the attempt's body has been read or closed, its reservation is
+// settled to the usage the response reported; a 429 gives all of it back. See the package documentation for how costs are
 // estimated and levels kept in step with the server's.
 //
 // A wait ends at once when the request context is done: RoundTrip then
