@@ -635,8 +635,9 @@ func accWithEmptyBlock(c *accConvo, empty accBlock) string {
 // accSharedPrefix starts a call of an agent's first turn through a rig
 // told tier-1 limits, holds it at the base (in flight, its response not
 // begun), and starts a second call with the same system prompt and
-// another task; it returns both calls and what releases the base.
-func accSharedPrefix(t *testing.T) (rig *accRig, first, second <-chan rtResult, release func()) {
+// another task, under ctx; it returns both calls and what releases the
+// base.
+func accSharedPrefix(t *testing.T, ctx context.Context) (rig *accRig, first, second <-chan rtResult, release func()) {
 	t.Helper()
 	rig = newAccRig(t, accTier1(tollgatetest.Config{OutputAccounting: tollgatetest.ReserveMaxTokens}),
 		tollgate.WithLimits(tollgate.Limits{RequestsPerMinute: 50, InputTokensPerMinute: 30_000, OutputTokensPerMinute: 8_000}))
@@ -646,7 +647,7 @@ func accSharedPrefix(t *testing.T) (rig *accRig, first, second <-chan rtResult, 
 	first = rig.start(rig.messages(convo.body(true, "")))
 	rig.awaitSent(arrived, 1)
 	other := &accConvo{model: convo.model, maxTokens: convo.maxTokens, system: convo.system}
-	second = rig.start(rig.messages(other.say("user", accWords("another task", 100)).body(true, "")))
+	second = rig.start(rig.messages(other.say("user", accWords("another task", 100)).body(true, "")).WithContext(ctx))
 	require.True(t, bgtEventually(func() bool {
 		b := rig.budget(accSonnet)
 		return b.InFlight == 1 && b.Waiting == 1 && len(rig.clk.Pending()) == 1
@@ -679,7 +680,7 @@ func accEnded(t *testing.T, rig *accRig, done <-chan rtResult) accCall {
 // that attempt, as Anthropic's docs advise, and then goes charged only for
 // what the cache does not hold.
 func TestPromptCacheCallWaitsForTheWriteInFlight(t *testing.T) {
-	rig, first, second, release := accSharedPrefix(t)
+	rig, first, second, release := accSharedPrefix(t, context.Background())
 	release()
 	w := accEnded(t, rig, first)
 	require.Equal(t, http.StatusOK, w.status)
@@ -697,7 +698,7 @@ func TestPromptCacheCallWaitsForTheWriteInFlight(t *testing.T) {
 // The wait is worth at most what it saves: once the input bucket would
 // have refilled the tokens it spares, the call goes, charged in full.
 func TestPromptCacheWaitForTheWriteIsBounded(t *testing.T) {
-	rig, first, second, release := accSharedPrefix(t)
+	rig, first, second, release := accSharedPrefix(t, context.Background())
 	rig.clk.AdvanceToNext()
 	require.True(t, bgtEventually(func() bool { return rig.budget(accSonnet).InFlight == 2 }),
 		"the second call is sent while the first is still in flight")
@@ -730,4 +731,24 @@ func TestPromptCacheNoWaitForTheWriteBeyondTheQueueWaitCap(t *testing.T) {
 	c := accEnded(t, rig, second)
 	require.Equal(t, http.StatusOK, c.status)
 	assert.Zero(t, c.int(accEstCached))
+}
+
+// A call waiting for a write in flight ends at once when its context does,
+// holding nothing; the writer goes on.
+func TestPromptCacheWaitForTheWriteEndsWithTheContext(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	rig, first, second, release := accSharedPrefix(t, ctx)
+	cancel()
+	select {
+	case r := <-second:
+		require.ErrorIs(t, r.err, context.Canceled)
+	case <-time.After(accGuard):
+		t.Fatal("the cancelled call did not return")
+	}
+	b := rig.budget(accSonnet)
+	assert.Zero(t, b.Waiting, "the cancelled call left the queue")
+	assert.Equal(t, 1, b.InFlight)
+	release()
+	assert.Equal(t, http.StatusOK, accEnded(t, rig, first).status)
+	assert.Equal(t, 1, rig.srv.Stats().Requests, "the cancelled call was never sent")
 }
