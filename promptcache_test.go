@@ -752,3 +752,42 @@ func TestPromptCacheWaitForTheWriteEndsWithTheContext(t *testing.T) {
 	assert.Equal(t, http.StatusOK, accEnded(t, rig, first).status)
 	assert.Equal(t, 1, rig.srv.Stats().Requests, "the cancelled call was never sent")
 }
+
+// A stream's cache entries are usable once its response has begun, and
+// its message_start says what it wrote: a call waiting for that write goes
+// as soon as the stream shows output, not when it ends.
+func TestPromptCacheWaitForAStreamEndsWhenItsOutputShows(t *testing.T) {
+	rig := newAccRig(t, accTier1(tollgatetest.Config{OutputAccounting: tollgatetest.ReserveMaxTokens, OutputTokens: 400}),
+		tollgate.WithLimits(tollgate.Limits{RequestsPerMinute: 50, InputTokensPerMinute: 30_000, OutputTokensPerMinute: 8_000}))
+	convo := accAgentConvo("claude-sonnet-4-5")
+	body := convo.body(true, "")
+	r := rig.receive(rig.start(rig.messages(`{"stream":true,` + body[1:])))
+	require.NoError(t, r.err)
+	defer r.resp.Body.Close()
+	other := &accConvo{model: convo.model, maxTokens: convo.maxTokens, system: convo.system}
+	second := rig.start(rig.messages(other.say("user", accWords("another task", 100)).body(true, "")))
+	require.True(t, bgtEventually(func() bool {
+		return rig.budget(accSonnet).Waiting == 1 && len(rig.clk.Pending()) == 1
+	}), "the second call waits for the stream's write")
+
+	// Read the stream up to its first text delta, and no further.
+	var read []byte
+	buf := make([]byte, 16)
+	for i := -1; i < 0 || !bytes.Contains(read[i:], []byte("\n\n")); i = bytes.Index(read, []byte("text_delta")) {
+		n, err := r.resp.Body.Read(buf)
+		require.NoError(t, err)
+		read = append(read, buf[:n]...)
+	}
+	require.True(t, bgtEventually(func() bool {
+		b := rig.budget(accSonnet)
+		return b.Waiting == 0 && b.InFlight == 2
+	}), "the second call goes while the stream is still being read")
+	_, err := io.Copy(io.Discard, r.resp.Body)
+	require.NoError(t, err)
+	c := accEnded(t, rig, second)
+	require.Equal(t, http.StatusOK, c.status)
+	require.Positive(t, c.int(accUsageRead), "the server read the system prompt from its cache")
+	assert.Positive(t, c.int(accEstCached), "and the estimate left out a predicted read")
+	assert.GreaterOrEqual(t, c.int(accEstInput), c.int(accCountedIn))
+	assert.Zero(t, rig.srv.Stats().RateLimited)
+}

@@ -13,7 +13,7 @@ import (
 type recordSink struct{ calls []string }
 
 func (s *recordSink) FirstByte()        { s.calls = append(s.calls, "first byte") }
-func (s *recordSink) Output()           { s.calls = append(s.calls, "output") }
+func (s *recordSink) Output(Usage)      { s.calls = append(s.calls, "output") }
 func (s *recordSink) Done(Usage, error) { s.calls = append(s.calls, "done") }
 func (s *recordSink) Produced(int64)    {}
 
@@ -70,8 +70,8 @@ type producedSink struct {
 	done        Usage
 }
 
-func (s *producedSink) FirstByte() {}
-func (s *producedSink) Output()    { s.output = true }
+func (s *producedSink) FirstByte()   {}
+func (s *producedSink) Output(Usage) { s.output = true }
 func (s *producedSink) Produced(n int64) {
 	s.beforeFirst = s.beforeFirst || !s.output
 	s.totals = append(s.totals, n)
