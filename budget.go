@@ -62,9 +62,6 @@ func (b *budgeter) RoundTrip(req *http.Request) (*http.Response, error) {
 		a.estInput, a.estCachedInput, a.estOutput = int64(r.cost[InputTokens]), r.cachedTokens, int64(r.cost[OutputTokens])
 	})
 	ex.whenDone((*tenantSettled)(r))
-	if r.blocks != nil {
-		ex.whenOutput((*streamBegun)(r))
-	}
 	if r.watched {
 		ex.watchOutput(r)
 	}

@@ -200,9 +200,6 @@ type exchange struct {
 	observed    bool // an Observe layer has read the response (claimObserve)
 	onOutput    hooks
 	onDone      hooks
-	// before is what a stream reported before its output (Output): an
-	// Anthropic stream's prompt usage.
-	before usage.Usage
 	// watcher is told how much output the stream has shown so far
 	// (Produced); nil when no layer watches it.
 	watcher outputWatcher
@@ -400,14 +397,6 @@ func (ex *exchange) errorDocument() []byte {
 	return ex.errorBody
 }
 
-// reportedBefore returns what a stream reported before its output: zero
-// until its output shows, and for a body that is no stream.
-func (ex *exchange) reportedBefore() usage.Usage {
-	ex.mu.Lock()
-	defer ex.mu.Unlock()
-	return ex.before
-}
-
 // outcome returns the usage and the error the exchange ended with.
 func (ex *exchange) outcome() (usage.Usage, error) {
 	ex.mu.Lock()
@@ -456,16 +445,15 @@ func (ex *exchange) FirstByte() {
 	ex.mu.Unlock()
 }
 
-// Output implements usage.Sink: the stream is under way, having reported
-// before. A body that is no stream is under way once its headers are in;
-// Observe says so then.
-func (ex *exchange) Output(before usage.Usage) {
+// Output implements usage.Sink: the stream is under way. A body that is no
+// stream is under way once its headers are in; Observe says so then.
+func (ex *exchange) Output() {
 	ex.mu.Lock()
 	if ex.output || ex.done {
 		ex.mu.Unlock()
 		return
 	}
-	ex.output, ex.before = true, before
+	ex.output = true
 	hs := ex.onOutput.take()
 	ex.mu.Unlock()
 	hs.run(ex)

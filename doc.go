@@ -119,12 +119,13 @@
 // it has begun, so calls sent together all pay to write the prefix they
 // share, as a fleet's first calls would. An attempt whose prompt has a
 // prefix that an attempt in flight is expected to write, beyond what is
-// predicted cached, waits at the head of the queue for that attempt's
-// response: until a stream shows its first output (its message_start has
-// said what it wrote, which is learned then) or a JSON reply ends; the
-// prefix is then predicted read. That is what Anthropic's docs advise, at
+// predicted cached, waits at the head of the queue for that attempt to end
+// (then the prefix is predicted read), as Anthropic's docs advise — but at
 // most as long as the input bucket takes to refill the tokens the wait
 // saves: a wait longer than that costs more of the limit than it spares.
+// What a response wrote is learned from its usage when it ends, not from a
+// stream's message_start: a server may make an entry usable only then, and
+// a read predicted sooner would be an estimate short of its count.
 //
 // Limits come from WithLimits or from the *-limit response headers; headers
 // win. When an attempt's headers arrive, each bucket whose level is above

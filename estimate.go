@@ -256,15 +256,14 @@ func (p *pool) estimateLocked(r *reservation, info *requestInfo, now time.Time) 
 
 // cacheHoldLocked reports whether r, at the head of the queue, waits for
 // an attempt in flight that is writing a prefix of r's prompt to the cache,
-// rather than being sent now and writing it too: the server makes an entry
+// rather than being sent now and written it too: the server makes an entry
 // usable only once the response that writes it has begun, so that calls
 // sent together all pay for the prefix ("if you need cache hits for
 // parallel requests, wait for the first response", Anthropic's docs). r
-// waits until that attempt's prompt usage is in (streamBegun, or its end,
-// wakes the head, and the prefix is then predicted cached), at most as
-// long as the input bucket takes to refill the tokens the wait saves:
-// beyond that, the wait costs more than it spares. When it waits, r's
-// waiter says until when.
+// waits until that attempt's usage is in (its end wakes the head, and the
+// prefix is then predicted cached), at most as long as the input bucket
+// takes to refill the tokens the wait saves: beyond that, the wait costs
+// more than it spares. When it waits, r's waiter says until when.
 func (p *pool) cacheHoldLocked(r *reservation, now time.Time) bool {
 	b, w, info := &p.budget, &r.waiter, r.info
 	rate := float64(cmp.Or(b.limits[InputTokens], b.limits[Tokens])) / 60 // a second
@@ -393,43 +392,6 @@ func (b *budgetState) exceeding(now time.Time) (n int, next time.Time) {
 	return n, next
 }
 
-// learnCacheLocked learns what the server's cache holds from the prompt
-// usage u reported for r (whose prompt has breakpoints), and returns the
-// bytes of the prefix the server read.
-func (p *pool) learnCacheLocked(r *reservation, u usage.Usage) (read int64) {
-	// Where the read ended is found at this prompt's own bytes per token,
-	// not the learned ratio: a ratio that is off would put the end at the
-	// wrong block, and the sample learned from the rest would put the ratio
-	// further off.
-	perToken := defaultBytesPerToken
-	if text := u.TotalInputTokens() - r.images*imageTokens; text > 0 {
-		perToken = float64(r.promptBytes) / float64(text)
-	}
-	// An entry lives from the start of the request that wrote or read it,
-	// not from the end of the reply (Anthropic's docs).
-	return p.budget.cache.learn(cmp.Or(r.sentAt, p.state.cfg.clock.Now()), r.blocks, u.CacheReadInputTokens,
-		u.CacheCreationInputTokens, perToken, dialectOf(p.key.Provider).minCached(r.model))
-}
-
-// streamBegun is told when r's response shows output (or ends first). A
-// stream's cache entries are usable from then, and its message_start has
-// said what it read and wrote: that is learned at once, so that a call
-// waiting for r's write (cacheHoldLocked), or predicting what the cache
-// holds, need not wait for the stream's end.
-type streamBegun reservation
-
-func (h *streamBegun) exchanged(ex *exchange) {
-	r := (*reservation)(h)
-	u := ex.reportedBefore()
-	p := r.p
-	p.mu.Lock()
-	if r.blocks != nil && !r.settled && r.status >= 200 && r.status < 300 && u.TotalInputTokens() > 0 {
-		p.learnCacheLocked(r, u)
-		p.wakeHeadLocked()
-	}
-	p.unlock(nil, nil)
-}
-
 // settleUsageLocked sets r's token charges to the usage its response
 // reported, and learns from it: the prompt bytes per token (of the part of
 // the prompt the server did not read from its cache), what the pool's calls
@@ -452,7 +414,19 @@ func (p *pool) settleUsageLocked(r *reservation, status int, u usage.Usage) {
 		in = float64(counted)
 		uncached := r.promptBytes
 		if r.blocks != nil && status < 300 {
-			uncached -= p.learnCacheLocked(r, u)
+			// Where the read ended is found at this prompt's own bytes per
+			// token, not the learned ratio: a ratio that is off would put
+			// the end at the wrong block, and the sample learned from the
+			// rest would put the ratio further off.
+			perToken := defaultBytesPerToken
+			if text := u.TotalInputTokens() - r.images*imageTokens; text > 0 {
+				perToken = float64(r.promptBytes) / float64(text)
+			}
+			// An entry lives from the start of the request that wrote or
+			// read it, not from the end of the reply (Anthropic's docs).
+			read := b.cache.learn(cmp.Or(r.sentAt, p.state.cfg.clock.Now()), r.blocks, u.CacheReadInputTokens, u.CacheCreationInputTokens,
+				perToken, dialectOf(p.key.Provider).minCached(model))
+			uncached -= read
 		}
 		text := u.InputTokens + u.CacheCreationInputTokens - r.images*imageTokens
 		if r.blocks == nil {

@@ -109,7 +109,7 @@ func (o *observer) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp.Body = usage.NewReader(resp.Body, ct, ex)
 	if !r.stream {
 		// A body that is no stream has nothing more to show than its status.
-		ex.Output(usage.Usage{})
+		ex.Output()
 	}
 	return resp, nil
 }

@@ -13,7 +13,7 @@ import (
 type recordSink struct{ calls []string }
 
 func (s *recordSink) FirstByte()        { s.calls = append(s.calls, "first byte") }
-func (s *recordSink) Output(Usage)      { s.calls = append(s.calls, "output") }
+func (s *recordSink) Output()           { s.calls = append(s.calls, "output") }
 func (s *recordSink) Done(Usage, error) { s.calls = append(s.calls, "done") }
 func (s *recordSink) Produced(int64)    {}
 
@@ -70,8 +70,8 @@ type producedSink struct {
 	done        Usage
 }
 
-func (s *producedSink) FirstByte()   {}
-func (s *producedSink) Output(Usage) { s.output = true }
+func (s *producedSink) FirstByte() {}
+func (s *producedSink) Output()    { s.output = true }
 func (s *producedSink) Produced(n int64) {
 	s.beforeFirst = s.beforeFirst || !s.output
 	s.totals = append(s.totals, n)
@@ -122,38 +122,4 @@ func TestProducedCountsTheBytesOfOutputEvents(t *testing.T) {
 			assert.IsIncreasing(t, s.totals)
 		})
 	}
-}
-
-// beforeSink keeps the usage Output is told.
-type beforeSink struct{ before *Usage }
-
-func (s *beforeSink) FirstByte()        {}
-func (s *beforeSink) Output(u Usage)    { s.before = &u }
-func (s *beforeSink) Done(Usage, error) {}
-func (s *beforeSink) Produced(int64)    {}
-
-// Output carries what the stream reported before its first output: an
-// Anthropic stream's message_start gives its prompt's usage, cache tokens
-// included, read one byte at a time as from a slow network.
-func TestOutputCarriesThePromptUsage(t *testing.T) {
-	body := events(
-		`event: message_start`,
-		`data: {"type":"message_start","message":{"id":"msg_1","usage":{"input_tokens":10,"cache_creation_input_tokens":200,"cache_read_input_tokens":3000,"output_tokens":1}}}`,
-		``,
-		`event: content_block_delta`,
-		`data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"x"}}`,
-		``,
-		`event: message_delta`,
-		`data: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":7}}`,
-		``,
-	)
-	s := &beforeSink{}
-	r := NewReader(io.NopCloser(oneByte{strings.NewReader(body)}), "text/event-stream", s)
-	_, err := io.ReadAll(r)
-	require.NoError(t, err)
-	require.NotNil(t, s.before, "Output was called")
-	assert.Equal(t, int64(10), s.before.InputTokens)
-	assert.Equal(t, int64(200), s.before.CacheCreationInputTokens)
-	assert.Equal(t, int64(3000), s.before.CacheReadInputTokens)
-	assert.False(t, s.before.Complete)
 }

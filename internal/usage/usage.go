@@ -79,10 +79,7 @@ type Sink interface {
 	FirstByte()
 	// Output is called at most once, when an event stream shows the first
 	// output (a content delta): the stream is under way, not refused.
-	// before is the usage the stream reported before that output: an
-	// Anthropic stream's message_start gives its prompt's (input and cache
-	// tokens); zero where nothing was reported.
-	Output(before Usage)
+	Output()
 	// Produced is called when an event stream's output events have taken
 	// more bytes (Usage.OutputBytes), with their total so far: at most once
 	// per Read, after Output.
@@ -126,7 +123,6 @@ func mediaType(ct string) string {
 type parser interface {
 	feed(p []byte)
 	usage() Usage
-	soFar() Usage       // the usage reported so far, as usage does not end it
 	output() bool       // whether output has been seen
 	outputBytes() int64 // the bytes output events took so far
 }
@@ -160,10 +156,6 @@ func (r *reader) Read(p []byte) (int, error) {
 	}
 	output := !r.outputAt && r.parser != nil && r.parser.output()
 	r.outputAt = r.outputAt || output
-	var before Usage
-	if output {
-		before = r.parser.soFar()
-	}
 	produced := int64(0)
 	if r.parser != nil && r.parser.outputBytes() > r.produced {
 		r.produced = r.parser.outputBytes()
@@ -179,7 +171,7 @@ func (r *reader) Read(p []byte) (int, error) {
 		r.sink.FirstByte()
 	}
 	if output && r.sink != nil {
-		r.sink.Output(before)
+		r.sink.Output()
 	}
 	if produced > 0 && r.sink != nil {
 		r.sink.Produced(produced)
@@ -254,7 +246,6 @@ func (s *sniffParser) usage() Usage {
 	return s.json.usage()
 }
 
-func (s *sniffParser) soFar() Usage       { return Usage{} }
 func (s *sniffParser) output() bool       { return false }
 func (s *sniffParser) outputBytes() int64 { return 0 }
 
@@ -297,7 +288,6 @@ func getScanner() *jsonscan.Scanner {
 
 func putScanner(sc *jsonscan.Scanner) { scanners.Put(sc) }
 
-func (p *jsonParser) soFar() Usage       { return Usage{} } // a document is read whole
 func (p *jsonParser) output() bool       { return false }
 func (p *jsonParser) outputBytes() int64 { return 0 }
 
@@ -331,7 +321,6 @@ func (p *sseParser) usage() Usage {
 	return u
 }
 
-func (p *sseParser) soFar() Usage       { return p.st.usage() }
 func (p *sseParser) output() bool       { return p.out }
 func (p *sseParser) outputBytes() int64 { return p.outLen }
 

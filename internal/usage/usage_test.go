@@ -918,7 +918,7 @@ func BenchmarkUsageReaderJSON(b *testing.B) {
 type doneSink func(Usage, error)
 
 func (f doneSink) FirstByte()     {}
-func (f doneSink) Output(Usage)   {}
+func (f doneSink) Output()        {}
 func (f doneSink) Produced(int64) {}
 func (f doneSink) Done(u Usage, err error) {
 	if f != nil {
