@@ -226,7 +226,7 @@ func (p *pool) estimateLocked(r *reservation, info *requestInfo, now time.Time) 
 	dl := dialectOf(p.key.Provider)
 	if !dl.countsCacheReads(info.Model) && len(info.Blocks) > 0 {
 		r.blocks = info.Blocks
-		r.cachedBytes, _ = b.cache.predict(now, info.Blocks)
+		r.cachedBytes = b.cache.predict(now, info.Blocks)
 		r.writes = writes(info.Blocks, r.cachedBytes, b.ratio.mean, dl.minCached(info.Model))
 	}
 	in := math.Ceil(float64(info.PromptBytes-r.cachedBytes)/b.ratio.divisor()) + float64(info.Images)*imageTokens
@@ -272,8 +272,8 @@ func (p *pool) cacheHoldLocked(r *reservation, now time.Time) bool {
 		dialectOf(p.key.Provider).countsCacheReads(info.Model) {
 		return false
 	}
-	cached, _ := b.cache.predict(now, info.Blocks)
-	soon := pending(info.Blocks, func(prefix uint64) bool {
+	cached := b.cache.predict(now, info.Blocks)
+	soon := readable(info.Blocks, func(prefix uint64) bool {
 		return b.cache.writing[prefix] > 0 || b.cache.valid(now, prefix)
 	})
 	if soon <= cached {

@@ -58,36 +58,22 @@ type cachedPrefix struct {
 }
 
 // predict returns the bytes of the longest prefix of blocks the server is
-// expected to read from its cache at now, and the index of the block that
-// ends it (-1 when none).
-func (c *promptCache) predict(now time.Time, blocks []reqscan.Block) (bytes int64, at int) {
-	at = -1
-	for b, blk := range blocks {
-		if !blk.Breakpoint {
-			continue
-		}
-		for i := b; i >= 0 && i >= b-cacheLookback; i-- {
-			if c.valid(now, blocks[i].Prefix) {
-				if blocks[i].Bytes > bytes {
-					bytes, at = blocks[i].Bytes, i
-				}
-				break
-			}
-		}
-	}
-	return bytes, at
+// expected to read from its cache at now.
+func (c *promptCache) predict(now time.Time, blocks []reqscan.Block) int64 {
+	return readable(blocks, func(prefix uint64) bool { return c.valid(now, prefix) })
 }
 
-// pending returns the bytes of the longest prefix of blocks the server is
-// expected to read once the prefixes for which writing is true are cached,
-// as predict would find them (zero when none is found before a cached one).
-func pending(blocks []reqscan.Block, writing func(prefix uint64) bool) (bytes int64) {
+// readable returns the bytes of the longest prefix of blocks the server
+// reads from a cache that holds the prefixes for which held is true: at each
+// breakpoint, the first held prefix looking back up to cacheLookback blocks
+// (zero when none).
+func readable(blocks []reqscan.Block, held func(prefix uint64) bool) (bytes int64) {
 	for b, blk := range blocks {
 		if !blk.Breakpoint {
 			continue
 		}
 		for i := b; i >= 0 && i >= b-cacheLookback; i-- {
-			if writing(blocks[i].Prefix) {
+			if held(blocks[i].Prefix) {
 				bytes = max(bytes, blocks[i].Bytes)
 				break
 			}
